@@ -1,0 +1,5 @@
+import sys
+
+from ptlab.cli import main
+
+sys.exit(main())

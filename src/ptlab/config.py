@@ -1,0 +1,248 @@
+"""Run configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+    cfg = load_config("configs/t5-tiny.yaml", ["train.max_steps=200", "model.d_model=128"])
+
+Every mistake (unknown key, wrong type, bad value) is a `PtlabError` naming the key, with the nearest valid key
+suggested, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptlab.errors import PtlabError
+
+
+@dataclass
+class ModelConfig:
+    family: str = "t5"
+    vocab_size: int | None = None  # None: taken from the tokenizer
+    d_model: int = 256
+    d_kv: int = 64
+    d_ff: int = 1024
+    num_heads: int = 4
+    num_layers: int = 4
+    num_decoder_layers: int | None = None  # None: same as num_layers
+    feed_forward: str = "gated-gelu"  # T5 v1.1; "relu" for the original T5
+    tie_word_embeddings: bool = False  # True: original T5 (tied head, decoder output scaled by d_model**-0.5)
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_eps: float = 1e-6
+    dropout: float = 0.0
+    initializer_factor: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.family in ("t5",), "model.family", f"unknown family {self.family!r} (known: t5)")
+        _check(self.feed_forward in ("gated-gelu", "relu"), "model.feed_forward",
+               f"must be 'gated-gelu' or 'relu', got {self.feed_forward!r}")
+        for key in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
+            _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "span_corruption"
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    inputs_length: int = 512  # encoder tokens per example; the raw chunk length follows from the objective
+    random_roll: bool = False  # roll the noise mask so spans are not biased towards the chunk's ends (T5 #905)
+
+    def validate(self) -> None:
+        _check(self.name in ("span_corruption",), "objective.name",
+               f"unknown objective {self.name!r} (known: span_corruption)")
+        _check(0.0 < self.noise_density < 1.0, "objective.noise_density", "must be in (0, 1)")
+        _check(self.mean_span_length >= 1.0, "objective.mean_span_length", "must be >= 1")
+        _check(self.inputs_length >= 4, "objective.inputs_length", "must be >= 4")
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=lambda: ["data/corpus/train.jsonl.gz"])
+    validation_files: list[str] = field(default_factory=lambda: ["data/corpus/validation.jsonl.gz"])
+    sources: list[str] = field(default_factory=list)  # keep only these corpus sources; empty: all
+    tokenizer: str = "runs/tokenizer-unigram-8k"  # a directory with tokenizer.json; trained there if missing
+    tokenizer_kind: str = "unigram"
+    vocab_size: int = 8192
+    num_sentinels: int = 100
+    separator: str = "eos"  # between documents in the token stream: "eos" or "none" (T5's original choice)
+    shards_dir: str | None = None  # None: <tokenizer>/shards
+
+    def validate(self) -> None:
+        _check(self.tokenizer_kind in ("unigram", "bpe"), "data.tokenizer_kind", "must be 'unigram' or 'bpe'")
+        _check(self.separator in ("eos", "none"), "data.separator", "must be 'eos' or 'none'")
+        _check(self.vocab_size > self.num_sentinels + 3, "data.vocab_size", "must exceed num_sentinels + 3")
+        _check(bool(self.train_files), "data.train_files", "must name at least one file")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32  # examples per optimizer step (across accumulation steps)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine/linear decay floor, as a fraction of lr
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    precision: str = "bf16"  # bf16 (autocast) | fp32
+    eval_every: int = 100
+    eval_batches: int = 4
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    log_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+
+    def validate(self) -> None:
+        _check(self.max_steps > 0, "train.max_steps", "must be positive")
+        _check(self.batch_size > 0, "train.batch_size", "must be positive")
+        _check(self.grad_accum > 0 and self.batch_size % self.grad_accum == 0, "train.grad_accum",
+               f"must divide train.batch_size ({self.batch_size})")
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.schedule in ("constant", "cosine", "linear", "inverse_sqrt"), "train.schedule",
+               f"unknown schedule {self.schedule!r} (known: constant, cosine, linear, inverse_sqrt)")
+        _check(self.precision in ("bf16", "fp32"), "train.precision", "must be 'bf16' or 'fp32'")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
+        _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every", "must be >= 0")
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for section in (self.model, self.objective, self.data, self.train):
+            section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise PtlabError(f"config key '{key}': {message}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when path is None), apply `key=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise PtlabError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise PtlabError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(data, dict):
+            raise PtlabError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PtlabError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    config = from_dict(Config, data, "")
+    config.validate()
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    config = from_dict(Config, data, "")
+    config.validate()
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise PtlabError(f"config key '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and value type."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise PtlabError(f"config key '{where}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            raise PtlabError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise PtlabError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise PtlabError(f"config key '{key}': expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise PtlabError(f"config key '{key}': expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise PtlabError(f"config key '{key}': expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise PtlabError(f"config key '{key}': expected a string, got {value!r}")
+    return value

@@ -1,0 +1,157 @@
+"""Train and load tokenizers (HF `tokenizers`) with T5's special-token layout.
+
+Ids: <pad>=0, </s>=1, <unk>=2, then the learned vocabulary, then K sentinels at the top with <extra_id_0> at the
+highest id (vocab_size - 1), as in T5's vocabulary. Two kinds:
+- `unigram` (T5/SentencePiece style): Metaspace pre-tokenizer, plus 256 byte pieces <0x00>..<0xFF> as fallback so
+  that any text round-trips;
+- `bpe` (GPT-2 style): byte-level, so there are no unknown tokens at all.
+Saved as a standard `tokenizer.json` plus `ptlab_tokenizer.json` (kind, special ids, training fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ptlab.errors import PtlabError
+from ptlab.objectives import SpecialIds
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def sentinel_token(i: int) -> str:
+    return f"<extra_id_{i}>"
+
+
+@dataclass
+class PtlabTokenizer:
+    """A `tokenizers.Tokenizer` plus the ids ptlab's objectives need."""
+
+    tokenizer: Tokenizer
+    kind: str
+    num_sentinels: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def specials(self) -> SpecialIds:
+        sentinels = tuple(self.tokenizer.token_to_id(sentinel_token(i)) for i in range(self.num_sentinels))
+        return SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        return self.tokenizer.id_to_token(int(i))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
+        meta = {"kind": self.kind, "num_sentinels": self.num_sentinels, "vocab_size": self.vocab_size,
+                "pad_id": 0, "eos_id": 1, "unk_id": 2, "fingerprint": self.fingerprint()}
+        _atomic_write(directory / "ptlab_tokenizer.json", json.dumps(meta, indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
+    directory = Path(directory)
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise PtlabError(f"no tokenizer at {path} (train one with `ptlab tokenizer train`)")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises plain Exceptions for malformed files
+        raise PtlabError(f"{path}: not a valid tokenizer.json ({err})") from None
+    meta_path = directory / "ptlab_tokenizer.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        kind, num_sentinels = meta["kind"], meta["num_sentinels"]
+    else:  # a tokenizer.json from elsewhere: count the sentinels it has
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        kind, num_sentinels = "external", sum(1 for t in vocab if t.startswith("<extra_id_"))
+    for token, want in ((PAD, 0), (EOS, 1), (UNK, 2)):
+        if tokenizer.token_to_id(token) != want:
+            raise PtlabError(f"{path}: expected {token} at id {want}, found {tokenizer.token_to_id(token)}")
+    return PtlabTokenizer(tokenizer, kind, num_sentinels)
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int = 8192, num_sentinels: int = 100,
+                    show_progress: bool = True) -> PtlabTokenizer:
+    """Train on an iterator of texts. `vocab_size` counts everything: specials, byte pieces and sentinels."""
+    reserved = 3 + num_sentinels + (len(BYTE_PIECES) if kind == "unigram" else 0)
+    if vocab_size <= reserved + 16:
+        raise PtlabError(f"vocab size {vocab_size} is too small: {reserved} ids are reserved for special tokens")
+    learned = vocab_size - num_sentinels
+    if kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=learned - len(BYTE_PIECES), special_tokens=[PAD, EOS, UNK],
+                                          unk_token=UNK, show_progress=show_progress, max_piece_length=16)
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        tokenizer = _with_byte_fallback(tokenizer)
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=learned, special_tokens=[PAD, EOS, UNK], show_progress=show_progress,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+    else:
+        raise PtlabError(f"unknown tokenizer kind {kind!r} (use unigram or bpe)")
+    # Added in reverse so that <extra_id_0> gets the highest id, as in T5.
+    tokenizer.add_special_tokens([sentinel_token(i) for i in reversed(range(num_sentinels))])
+    return PtlabTokenizer(tokenizer, kind, num_sentinels)
+
+
+def _with_byte_fallback(tokenizer: Tokenizer) -> Tokenizer:
+    """Rebuild a trained Unigram model with byte pieces after the specials (SentencePiece's layout) and fallback on."""
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]  # [[piece, score], ...], specials first
+    learned = [(p, s) for p, s in vocab[3:] if p not in BYTE_PIECES]
+    lowest = min((s for _, s in learned), default=0.0) - 1.0
+    pieces = vocab[:3] + [[b, lowest] for b in BYTE_PIECES] + [list(v) for v in learned]
+    spec["model"] = {"type": "Unigram", "unk_id": 2, "vocab": pieces, "byte_fallback": True}
+    rebuilt = Tokenizer.from_str(json.dumps(spec))
+    rebuilt.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    return rebuilt
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, checkpoints, metrics and the loop."""

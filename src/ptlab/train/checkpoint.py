@@ -1,0 +1,116 @@
+"""Checkpoints: a directory per save, written under a temporary name and renamed into place.
+
+    RUN_DIR/checkpoints/step_0001000/
+        model.safetensors       weights (no pickle)
+        config.yaml             the full run config (model.vocab_size filled in)
+        tokenizer.json, ptlab_tokenizer.json
+        trainer_state.pt        optimizer + scheduler state and the step (plain tensors; loaded with weights_only)
+        meta.json               step, metrics at save time, sha256 of every file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ptlab.config import Config, config_from_dict, save_config
+from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
+from ptlab.errors import PtlabError
+
+CHECKPOINTS = "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, no `torch.compile` prefixes, tied weights stored once."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        state[key.replace("_orig_mod.", "")] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, config: Config, tokenizer: PtlabTokenizer,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+                    metrics: dict | None = None) -> Path:
+    target = Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_config(config, tmp / "config.yaml")
+    tokenizer.save(tmp)
+    if optimizer is not None:
+        torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   tmp / "trainer_state.pt")
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    meta = {"step": step, "metrics": metrics or {}, "sha256": files}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for path in tmp.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    candidates = sorted((path / CHECKPOINTS).glob("step_*[0-9]")) if (path / CHECKPOINTS).is_dir() else []
+    if not candidates:
+        raise PtlabError(f"no checkpoint at {path} (expected model.safetensors or {CHECKPOINTS}/step_*)")
+    return candidates[-1]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready model (eval mode) from a checkpoint directory or a run directory."""
+    from ptlab.models import build_model
+
+    directory = resolve_checkpoint(path)
+    config = load_checkpoint_config(directory)
+    model = build_model(config.model)
+    state = load_file(str(directory / "model.safetensors"), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PtlabError(f"{directory}/model.safetensors does not match its config: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(device).eval()
+
+
+def load_checkpoint_config(directory: str | Path) -> Config:
+    import yaml
+
+    directory = resolve_checkpoint(directory)
+    return config_from_dict(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
+
+
+def load_checkpoint_tokenizer(path: str | Path) -> PtlabTokenizer:
+    return load_tokenizer(resolve_checkpoint(path))

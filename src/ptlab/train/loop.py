@@ -1,0 +1,170 @@
+"""The pre-training loop: batches from the objective, AdamW, schedule, clipping, accumulation, eval, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ptlab.config import Config, save_config
+from ptlab.data import ensure_shards, ensure_tokenizer
+from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, validation_batches
+from ptlab.errors import PtlabError
+from ptlab.models import build_model, count_parameters
+from ptlab.models.encoder_decoder import shift_right
+from ptlab.train.checkpoint import save_checkpoint
+from ptlab.train.metrics import MetricsLog
+from ptlab.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    checkpoint: Path
+    steps: int
+    initial_val_loss: float | None
+    final_val_loss: float | None
+    tokens_per_second: float
+    train_seconds: float
+    parameters: int
+    history: list[dict] = field(default_factory=list)
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def seq2seq_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, int]:
+    """Summed token cross-entropy over non-ignored labels, and how many labels that was."""
+    labels = batch["labels"]
+    decoder_input_ids = shift_right(labels, start_id=pad_id, pad_id=pad_id)
+    logits = model(batch["input_ids"], decoder_input_ids, batch["attention_mask"])
+    loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], pad_id: int, precision: str) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        with autocast(precision):
+            loss, n = seq2seq_loss_sum(model, batch, pad_id)
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
+    """Run pre-training as configured; returns where the final checkpoint is and the headline figures."""
+    train_cfg = cfg.train
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    tokenizer = ensure_tokenizer(cfg.data, show_progress)
+    if cfg.model.vocab_size is None:
+        cfg.model.vocab_size = tokenizer.vocab_size
+    elif cfg.model.vocab_size < tokenizer.vocab_size:
+        raise PtlabError(f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size}")
+    train_shard, val_shard = ensure_shards(cfg.data, tokenizer, show_progress)
+    specials = tokenizer.specials
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    model.train()
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+
+    train_data = PretrainBatches(train_shard, cfg.objective, specials, cfg.seed)
+    eval_set = [to_tensors(b) for b in validation_batches(val_shard, cfg, specials)] if val_shard else []
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log = MetricsLog(run_dir)
+    parameters = count_parameters(model)
+    log.write({"event": "start", "parameters": parameters, "raw_length": train_data.raw_length,
+               "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,
+               "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size})
+
+    history: list[dict] = []
+
+    def run_eval(step: int) -> float | None:
+        if not eval_set:
+            return None
+        val_loss = evaluate_loss(model, eval_set, specials.pad, train_cfg.precision)
+        record = {"step": step, "val_loss": val_loss}
+        log.write(record)
+        history.append(record)
+        return val_loss
+
+    initial_val = run_eval(0)
+    micro = train_cfg.batch_size // train_cfg.grad_accum
+    tokens_done, train_seconds = 0, 0.0
+    val_loss = initial_val
+    bar = tqdm(total=train_cfg.max_steps, desc="pre-training", unit="step", disable=not show_progress,
+               dynamic_ncols=True)
+    for step in range(train_cfg.max_steps):
+        started = time.perf_counter()
+        batch = train_data.batch(step * train_cfg.batch_size, train_cfg.batch_size)
+        total_labels = int((batch["labels"] != IGNORE_INDEX).sum())
+        step_tokens = int(batch["attention_mask"].sum()) + total_labels
+        loss_total = 0.0
+        for start in range(0, train_cfg.batch_size, micro):
+            part = to_tensors({k: v[start:start + micro] for k, v in batch.items()})
+            with autocast(train_cfg.precision):
+                loss_sum, _ = seq2seq_loss_sum(model, part, specials.pad)
+            (loss_sum / total_labels).backward()
+            loss_total += float(loss_sum.detach())
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                     if train_cfg.grad_clip > 0 else torch.tensor(float("nan")))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_total / total_labels
+        if not math.isfinite(loss):
+            log.write({"step": step + 1, "event": "non_finite_loss", "loss": loss})
+            raise PtlabError(f"loss became {loss} at step {step + 1}; lower train.lr or use train.precision=fp32")
+        train_seconds += time.perf_counter() - started
+        tokens_done += step_tokens
+        tokens_per_second = tokens_done / train_seconds
+        done = step + 1
+        if done % train_cfg.log_every == 0 or done == train_cfg.max_steps:
+            record = {"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                      "tokens": tokens_done, "tokens_per_second": tokens_per_second, "seconds": train_seconds}
+            log.write(record)
+            history.append(record)
+        if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
+            val_loss = run_eval(done)
+        if train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0 and done != train_cfg.max_steps:
+            save_checkpoint(run_dir, done, model, cfg, tokenizer, optimizer, scheduler, {"loss": loss})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                        tok_s=f"{tokens_per_second:,.0f}")
+    bar.close()
+    final_val = run_eval(train_cfg.max_steps)
+    checkpoint = save_checkpoint(run_dir, train_cfg.max_steps, model, cfg, tokenizer, optimizer, scheduler,
+                                 {"val_loss": final_val})
+    log.write({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val,
+               "tokens_per_second": tokens_done / max(train_seconds, 1e-9), "checkpoint": str(checkpoint)})
+    log.close()
+    return PretrainResult(run_dir, checkpoint, train_cfg.max_steps, initial_val, final_val,
+                          tokens_done / max(train_seconds, 1e-9), train_seconds, parameters, history)
