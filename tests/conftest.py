@@ -1,0 +1,51 @@
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from ptlab.data.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "corpus"
+
+
+def read_docs(path: Path, limit: int) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in itertools.islice(f, limit)]
+
+
+def write_jsonl(path: Path, docs: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_docs() -> list[dict]:
+    """A few hundred real documents of the bundled validation split, every source represented."""
+    docs = read_docs(CORPUS / "validation.jsonl.gz", 100_000)
+    by_source: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_source.setdefault(doc["source"], []).append(doc)
+    return [d for group in by_source.values() for d in group[:60]]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, sample_docs) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    split = int(len(sample_docs) * 0.85)
+    return {"train": write_jsonl(root / "train.jsonl.gz", sample_docs[:split]),
+            "validation": write_jsonl(root / "validation.jsonl.gz", sample_docs[split:])}
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer(sample_docs):
+    return train_tokenizer((d["text"] for d in sample_docs), "unigram", 2000, 100, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(sample_docs):
+    return train_tokenizer((d["text"] for d in sample_docs), "bpe", 2000, 100, show_progress=False)

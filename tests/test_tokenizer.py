@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from ptlab.data.tokenizer import load_tokenizer, train_tokenizer
+from ptlab.errors import PtlabError
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_special_token_ids_follow_t5(kind, request):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    vocab = tok.tokenizer
+    assert [vocab.token_to_id(t) for t in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
+    assert tok.vocab_size == 2000
+    assert vocab.token_to_id("<extra_id_0>") == tok.vocab_size - 1
+    assert vocab.token_to_id("<extra_id_99>") == tok.vocab_size - 100
+    assert list(tok.specials.sentinels) == list(range(1999, 1899, -1))
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_round_trip_on_corpus_text(kind, request, sample_docs):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    texts = [d["text"] for d in sample_docs]
+    texts += ["Emoji 🙂, Greek λόγος, CJK 漢字, tabs\tand  double  spaces.\n\nNew paragraph ", "  leading spaces"]
+    for text in texts:
+        ids = tok.encode(text)
+        assert 2 not in ids  # no <unk>: byte fallback (unigram) / byte level (bpe)
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_sentinels_are_atomic_and_not_split(kind, request):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    ids = tok.encode("Thank you <extra_id_0> me to your party <extra_id_1> week.")
+    assert tok.specials.sentinels[0] in ids and tok.specials.sentinels[1] in ids
+
+
+def test_save_and_load(tmp_path, unigram_tokenizer):
+    unigram_tokenizer.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.fingerprint() == unigram_tokenizer.fingerprint()
+    assert loaded.specials == unigram_tokenizer.specials
+    assert loaded.encode("Hello world.") == unigram_tokenizer.encode("Hello world.")
+
+
+def test_uint16_fits_and_unigram_compresses(unigram_tokenizer, sample_docs):
+    text = " ".join(d["text"] for d in sample_docs[:20])
+    ids = np.array(unigram_tokenizer.encode(text))
+    assert ids.max() < 2**16
+    assert len(ids) < len(text) / 2.5  # learned pieces, not characters
+
+
+def test_too_small_vocab_is_a_clear_error():
+    with pytest.raises(PtlabError, match="too small"):
+        train_tokenizer(["some text"], "unigram", 300, 100, show_progress=False)
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    with pytest.raises(PtlabError, match="no tokenizer"):
+        load_tokenizer(tmp_path)
