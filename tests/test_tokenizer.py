@@ -57,3 +57,14 @@ def test_too_small_vocab_is_a_clear_error():
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(PtlabError, match="no tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_tokenizer_sample_spreads_over_the_corpus(small_corpus, sample_docs):
+    from ptlab.data.corpus import iter_texts, sample_texts
+
+    everything = list(iter_texts([small_corpus["train"]]))
+    total = sum(len(t.encode()) for t in everything)
+    sample = list(sample_texts([small_corpus["train"]], max_bytes=total // 4))
+    assert len(everything) // 5 <= len(sample) <= len(everything) // 3
+    assert sample[-1] in everything[-len(everything) // 10:]  # reaches the end of the corpus, not just a prefix
+    assert list(sample_texts([small_corpus["train"]], max_bytes=0)) == everything

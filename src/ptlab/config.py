@@ -73,6 +73,7 @@ class DataConfig:
     tokenizer_kind: str = "unigram"
     vocab_size: int = 8192
     num_sentinels: int = 100
+    tokenizer_sample_bytes: int = 10_000_000  # train the tokenizer on about this much text, spread over the corpus
     separator: str = "eos"  # between documents in the token stream: "eos" or "none" (T5's original choice)
     shards_dir: str | None = None  # None: <tokenizer>/shards
 
@@ -88,6 +89,7 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 32  # examples per optimizer step (across accumulation steps)
     grad_accum: int = 1
+    optimizer: str = "adamw"  # adamw | adamw_scale (step scaled by each tensor's RMS, as nanoT5)
     lr: float = 1e-3
     schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt
     warmup_steps: int = 100
@@ -109,6 +111,8 @@ class TrainConfig:
         _check(self.grad_accum > 0 and self.batch_size % self.grad_accum == 0, "train.grad_accum",
                f"must divide train.batch_size ({self.batch_size})")
         _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.optimizer in ("adamw", "adamw_scale"), "train.optimizer",
+               f"unknown optimizer {self.optimizer!r} (known: adamw, adamw_scale)")
         _check(self.schedule in ("constant", "cosine", "linear", "inverse_sqrt"), "train.schedule",
                f"unknown schedule {self.schedule!r} (known: constant, cosine, linear, inverse_sqrt)")
         _check(self.precision in ("bf16", "fp32"), "train.precision", "must be 'bf16' or 'fp32'")

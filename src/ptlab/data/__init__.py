@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptlab.config import DataConfig
-from ptlab.data.corpus import iter_texts
+import sys
+
+from ptlab.data.corpus import sample_texts
 from ptlab.data.shards import TokenShard, ensure_shard
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
 
@@ -15,8 +17,13 @@ def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokeni
     directory = Path(cfg.tokenizer)
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
-    tokenizer = train_tokenizer(iter_texts(cfg.train_files, cfg.sources), cfg.tokenizer_kind, cfg.vocab_size,
-                                cfg.num_sentinels, show_progress=show_progress)
+    if show_progress:
+        print(f"training a {cfg.tokenizer_kind} tokenizer ({cfg.vocab_size:,} ids) on up to "
+              f"{cfg.tokenizer_sample_bytes / 1e6:g} MB of {', '.join(map(str, cfg.train_files))} ...",
+              file=sys.stderr, flush=True)
+    texts = sample_texts(cfg.train_files, cfg.sources, cfg.tokenizer_sample_bytes)
+    tokenizer = train_tokenizer(texts, cfg.tokenizer_kind, cfg.vocab_size, cfg.num_sentinels,
+                                show_progress=show_progress)
     tokenizer.save(directory)
     return tokenizer
 

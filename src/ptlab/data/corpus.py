@@ -50,3 +50,19 @@ def iter_texts(paths: Iterable[str | Path], sources: Iterable[str] = ()) -> Iter
     for record in iter_records(paths, sources):
         if record["text"].strip():
             yield record["text"]
+
+
+def sample_texts(paths: list[str | Path], sources: Iterable[str] = (), max_bytes: int = 0) -> Iterator[str]:
+    """Texts of the corpus, thinned to about `max_bytes` by keeping every k-th document (0: everything).
+
+    Spreading the sample over the whole corpus keeps every source represented, which a prefix would not.
+    """
+    sources = list(sources)
+    if max_bytes <= 0:
+        yield from iter_texts(paths, sources)
+        return
+    total = sum(len(t.encode("utf-8")) for t in iter_texts(paths, sources))
+    stride = max(1, -(-total // max_bytes))
+    for i, text in enumerate(iter_texts(paths, sources)):
+        if i % stride == 0:
+            yield text

@@ -54,11 +54,12 @@ class PretrainBatches:
 
 
 def validation_batches(shard: TokenShard, cfg: Config, specials: SpecialIds) -> list[dict[str, np.ndarray]]:
-    """The fixed validation set: the shard's first chunks in order, corrupted with seed `cfg.seed + 1`.
+    """The fixed validation set: chunks drawn at random over the whole shard (so every source is represented, not
+    just the first documents), corrupted with seed `cfg.seed + 1`.
 
     Up to `train.eval_batches` batches of `train.batch_size` examples (fewer when the shard is small).
     """
-    data = PretrainBatches(shard, cfg.objective, specials, seed=cfg.seed + 1, shuffle=False)
+    data = PretrainBatches(shard, cfg.objective, specials, seed=cfg.seed + 1)
     size = min(cfg.train.batch_size, data.sampler.num_chunks)
     count = min(cfg.train.eval_batches, data.sampler.num_chunks // size)
     return [data.batch(i * size, size) for i in range(count)]

@@ -109,7 +109,9 @@ def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int
     learned = vocab_size - num_sentinels
     if kind == "unigram":
         tokenizer = Tokenizer(models.Unigram())
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        # No "▁" prepended to the text: SentencePiece's prepend-then-strip loses a leading space, and ptlab's
+        # tokenizers must round-trip any text exactly (a document's first word gets its own piece instead).
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
         trainer = trainers.UnigramTrainer(vocab_size=learned - len(BYTE_PIECES), special_tokens=[PAD, EOS, UNK],
                                           unk_token=UNK, show_progress=show_progress, max_piece_length=16)
         tokenizer.train_from_iterator(texts, trainer=trainer)
@@ -137,8 +139,7 @@ def _with_byte_fallback(tokenizer: Tokenizer) -> Tokenizer:
     pieces = vocab[:3] + [[b, lowest] for b in BYTE_PIECES] + [list(v) for v in learned]
     spec["model"] = {"type": "Unigram", "unk_id": 2, "vocab": pieces, "byte_fallback": True}
     rebuilt = Tokenizer.from_str(json.dumps(spec))
-    rebuilt.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
+    rebuilt.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     return rebuilt
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, append: bool = False):
+        """`append=False` starts the file afresh (a new run); `append=True` continues it (a resumed run)."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
