@@ -20,6 +20,7 @@ from ptlab.config import Config, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, validation_batches
 from ptlab.data.tokenizer import PtlabTokenizer
+from ptlab.errors import PtlabError
 from ptlab.models.generate import greedy_decode
 from ptlab.train.checkpoint import load_model
 from ptlab.train.loop import pretrain
@@ -47,7 +48,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     tokenizer = ensure_tokenizer(cfg.data, show_progress)
     train_shard, val_shard = ensure_shards(cfg.data, tokenizer, show_progress)
     if val_shard is None:
-        raise SystemExit("the demo needs validation files (data.validation_files)")
+        raise PtlabError("config key 'data.validation_files': the demo needs validation files")
     print(f"  tokenizer   {cfg.data.tokenizer_kind}, {tokenizer.vocab_size:,} ids ({cfg.data.tokenizer})", file=out)
     print(f"  corpus      {train_shard.num_tokens:,} training tokens in {train_shard.index['num_documents']:,} "
           f"documents; {val_shard.num_tokens:,} validation tokens", file=out)
