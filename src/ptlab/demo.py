@@ -60,7 +60,8 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     result = pretrain(cfg, show_progress)
 
     specials = tokenizer.specials
-    eval_labels = np.concatenate([b["labels"].reshape(-1) for b in validation_batches(val_shard, cfg, specials)])
+    eval_batches = validation_batches(val_shard, cfg, specials)  # the same examples the trainer validated on
+    eval_labels = np.concatenate([b["labels"].reshape(-1) for b in eval_batches])
     baseline = unigram_target_baseline(train_shard.tokens, eval_labels, specials, tokenizer.vocab_size)
     margin = baseline - result.final_val_loss
     print("", file=out)
@@ -76,7 +77,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     print(f"  checkpoint                        {result.checkpoint}", file=out)
 
     model = load_model(result.checkpoint)
-    sample = validation_batches(val_shard, cfg, specials)[0]
+    sample = eval_batches[0]
     picks = np.linspace(0, len(sample["input_ids"]) - 1, 3).astype(int)
     inputs = torch.from_numpy(sample["input_ids"][picks])
     mask = torch.from_numpy(sample["attention_mask"][picks])
