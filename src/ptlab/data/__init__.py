@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ptlab.config import DataConfig
-import sys
-
 from ptlab.data.corpus import sample_texts
 from ptlab.data.shards import TokenShard, ensure_shard
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
