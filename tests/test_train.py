@@ -6,7 +6,7 @@ import torch
 
 from ptlab.baselines import unigram_target_baseline
 from ptlab.config import load_config
-from ptlab.data.pipeline import PretrainBatches
+from ptlab.data.pipeline import PretrainBatches, resolve_objective
 from ptlab.data.shards import build_shard, open_shard
 from ptlab.objectives import SpecialIds
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model
@@ -44,14 +44,15 @@ def test_shard_holds_documents_separated_by_eos(tmp_path, small_corpus, unigram_
 def test_batches_depend_only_on_seed_and_example_number(tmp_path, small_corpus, unigram_tokenizer):
     cfg = load_config(None, ["objective.inputs_length=64"])
     shard = build_shard([str(small_corpus["train"])], unigram_tokenizer, tmp_path / "s", show_progress=False)
-    batches = PretrainBatches(shard, cfg.objective, unigram_tokenizer.specials, seed=3)
+    objective, specials = resolve_objective(cfg.objective), unigram_tokenizer.specials
+    batches = PretrainBatches(shard, objective, 64, specials, seed=3)
     late = batches.batch(40, 4)
-    fresh = PretrainBatches(shard, cfg.objective, unigram_tokenizer.specials, seed=3)
+    fresh = PretrainBatches(shard, objective, 64, specials, seed=3)
     fresh.batch(0, 4)
     for key, value in fresh.batch(40, 4).items():
         np.testing.assert_array_equal(value, late[key])
     assert late["input_ids"].shape == (4, 64)
-    other = PretrainBatches(shard, cfg.objective, unigram_tokenizer.specials, seed=4).batch(40, 4)
+    other = PretrainBatches(shard, objective, 64, specials, seed=4).batch(40, 4)
     assert not np.array_equal(other["input_ids"], late["input_ids"])
 
 

@@ -18,7 +18,7 @@ import torch
 from ptlab.baselines import unigram_target_baseline
 from ptlab.config import Config, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.pipeline import IGNORE_INDEX, validation_batches
+from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
 from ptlab.models.generate import greedy_decode
@@ -52,15 +52,17 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     print(f"  tokenizer   {cfg.data.tokenizer_kind}, {tokenizer.vocab_size:,} ids ({cfg.data.tokenizer})", file=out)
     print(f"  corpus      {train_shard.num_tokens:,} training tokens in {train_shard.index['num_documents']:,} "
           f"documents; {val_shard.num_tokens:,} validation tokens", file=out)
-    print(f"  objective   span corruption, noise density {cfg.objective.noise_density}, mean span "
-          f"{cfg.objective.mean_span_length}, {cfg.objective.inputs_length} input tokens", file=out)
+    objective = resolve_objective(cfg.objective)
+    settings = ", ".join(f"{k} {v}" for k, v in objective.as_dict().items())
+    print(f"  objective   {objective.name} ({settings}), {cfg.objective.inputs_length} input tokens", file=out)
     print(f"  training    {cfg.train.max_steps} steps x {cfg.train.batch_size} examples, lr {cfg.train.lr} "
           f"({cfg.train.schedule}), {cfg.train.precision}", file=out)
 
     result = pretrain(cfg, show_progress)
 
     specials = tokenizer.specials
-    eval_batches = validation_batches(val_shard, cfg, specials)  # the same examples the trainer validated on
+    # the same examples the trainer validated on
+    eval_batches = validation_batches(pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)
     eval_labels = np.concatenate([b["labels"].reshape(-1) for b in eval_batches])
     baseline = unigram_target_baseline(train_shard.tokens, eval_labels, specials, tokenizer.vocab_size)
     margin = baseline - result.final_val_loss

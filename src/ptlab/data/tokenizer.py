@@ -1,7 +1,7 @@
 """Train and load tokenizers (HF `tokenizers`) with T5's special-token layout.
 
-Ids: <pad>=0, </s>=1, <unk>=2, then the learned vocabulary, then K sentinels at the top with <extra_id_0> at the
-highest id (vocab_size - 1), as in T5's vocabulary. Two kinds:
+Ids: <pad>=0, </s>=1, <unk>=2, then the learned vocabulary, then <mask> and UL2's mode tokens [NLU] [NLG] [S2S],
+then K sentinels at the top with <extra_id_0> at the highest id (vocab_size - 1), as in T5's vocabulary. Two kinds:
 - `unigram` (T5/SentencePiece style): Metaspace pre-tokenizer, plus 256 byte pieces <0x00>..<0xFF> as fallback so
   that any text round-trips;
 - `bpe` (GPT-2 style): byte-level, so there are no unknown tokens at all.
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,9 +22,11 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ptlab.errors import PtlabError
-from ptlab.objectives import SpecialIds
+from ptlab.objectives import MODE_TOKENS, SpecialIds
 
-PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+PAD, EOS, UNK, MASK, BOS = "<pad>", "</s>", "<unk>", "<mask>", "<s>"
+EXTRA_SPECIALS = [MASK, *MODE_TOKENS.values()]  # added after training, just below the sentinels
+SENTENCE_END = (".", "!", "?")
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 
 
@@ -43,10 +46,22 @@ class PtlabTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    @property
+    @cached_property
     def specials(self) -> SpecialIds:
-        sentinels = tuple(self.tokenizer.token_to_id(sentinel_token(i)) for i in range(self.num_sentinels))
-        return SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels)
+        token_id = self.tokenizer.token_to_id
+        sentinels = tuple(token_id(sentinel_token(i)) for i in range(self.num_sentinels))
+        modes = {kind: (token_id(t),) if token_id(t) is not None else tuple(self.encode(t))
+                 for kind, t in MODE_TOKENS.items()}
+        texts = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.vocab_size)]
+        word_start = np.array([t[:1].isspace() for t in texts], dtype=bool)
+        closers = "\"')]\u201d\u2019"
+        sentence_end = np.array([t.rstrip().rstrip(closers).endswith(SENTENCE_END) for t in texts], dtype=bool)
+        special = [i for i in map(token_id, [PAD, EOS, UNK, MASK, BOS, *MODE_TOKENS.values()]) if i is not None]
+        special += sentinels
+        word_start[special] = True  # a special token is a word of its own
+        sentence_end[special] = False
+        return SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels, mask=token_id(MASK), bos=token_id(BOS),
+                          modes=modes, vocab_size=self.vocab_size, word_start=word_start, sentence_end=sentence_end)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -103,10 +118,10 @@ def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
 def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int = 8192, num_sentinels: int = 100,
                     show_progress: bool = True) -> PtlabTokenizer:
     """Train on an iterator of texts. `vocab_size` counts everything: specials, byte pieces and sentinels."""
-    reserved = 3 + num_sentinels + (len(BYTE_PIECES) if kind == "unigram" else 0)
+    reserved = 3 + len(EXTRA_SPECIALS) + num_sentinels + (len(BYTE_PIECES) if kind == "unigram" else 0)
     if vocab_size <= reserved + 16:
         raise PtlabError(f"vocab size {vocab_size} is too small: {reserved} ids are reserved for special tokens")
-    learned = vocab_size - num_sentinels
+    learned = vocab_size - num_sentinels - len(EXTRA_SPECIALS)
     if kind == "unigram":
         tokenizer = Tokenizer(models.Unigram())
         # No "▁" prepended to the text: SentencePiece's prepend-then-strip loses a leading space, and ptlab's
@@ -125,8 +140,8 @@ def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int
         tokenizer.train_from_iterator(texts, trainer=trainer)
     else:
         raise PtlabError(f"unknown tokenizer kind {kind!r} (use unigram or bpe)")
-    # Added in reverse so that <extra_id_0> gets the highest id, as in T5.
-    tokenizer.add_special_tokens([sentinel_token(i) for i in reversed(range(num_sentinels))])
+    # Sentinels added in reverse so that <extra_id_0> gets the highest id, as in T5.
+    tokenizer.add_special_tokens(EXTRA_SPECIALS + [sentinel_token(i) for i in reversed(range(num_sentinels))])
     return PtlabTokenizer(tokenizer, kind, num_sentinels)
 
 

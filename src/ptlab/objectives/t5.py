@@ -1,8 +1,9 @@
-"""T5's span corruption ("replace corrupted spans"), after `t5/data/preprocessors.py`.
+"""The T5 paper's objectives (Tables 3-5), after `t5/data/preprocessors.py`.
 
-Pure numpy: token ids in, (inputs, targets) out, every random choice drawn from the `numpy.random.Generator` passed
-in. Special-token ids are arguments: `sentinels[i]` is the id of `<extra_id_i>` (in T5's vocabulary that is
-`vocab_size - 1 - i`, so sentinel ids decrease in order of appearance).
+Span corruption ("replace corrupted spans"), its i.i.d. variant, drop corrupted tokens, BERT-style and MASS-style
+masking, deshuffling and prefix LM. Pure numpy: token ids in, an `Example` out, every random choice drawn from the
+`numpy.random.Generator` passed in. Special-token ids are arguments: `sentinels[i]` is the id of `<extra_id_i>` (in
+T5's vocabulary that is `vocab_size - 1 - i`, so sentinel ids decrease in order of appearance).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ptlab.errors import PtlabError
+from ptlab.objectives.base import Example, SpecialIds, with_eos
 
 
 def random_spans_helper(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -111,22 +113,91 @@ def noise_spans_with_sentinels(tokens: np.ndarray, noise_mask: np.ndarray, senti
 
 def span_corruption(tokens: np.ndarray, rng: np.random.Generator, *, sentinels: np.ndarray, eos_id: int,
                     noise_density: float = 0.15, mean_span_length: float = 3.0,
-                    random_roll: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    random_roll: bool = False) -> Example:
     """T5 span corruption of one raw chunk.
 
     Returns (inputs, targets), each ending in EOS: inputs keep the non-noise tokens with one sentinel per noise span;
     targets read `<extra_id_0> span_0 <extra_id_1> span_1 ...`. Splicing the target spans back into the inputs'
     sentinels yields the original chunk (see `splice_spans`).
     """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or len(tokens) == 0:
-        raise PtlabError("span corruption needs a non-empty 1-D token array")
-    sentinels = np.asarray(sentinels, dtype=tokens.dtype)
+    tokens = _check_tokens(tokens, "span corruption")
     mask = random_spans_noise_mask(len(tokens), noise_density, mean_span_length, rng, random_roll)
-    eos = np.array([eos_id], dtype=tokens.dtype)
-    inputs = np.concatenate([noise_span_to_unique_sentinel(tokens, mask, sentinels), eos])
-    targets = np.concatenate([noise_spans_with_sentinels(tokens, mask, sentinels), eos])
-    return inputs, targets
+    return replace_spans(tokens, mask, sentinels, eos_id)
+
+
+def replace_spans(tokens: np.ndarray, noise_mask: np.ndarray, sentinels: np.ndarray, eos_id: int) -> Example:
+    """Each noise span becomes one sentinel in the inputs; the targets list the spans after their sentinels."""
+    sentinels = np.asarray(sentinels, dtype=tokens.dtype)
+    return Example(with_eos(noise_span_to_unique_sentinel(tokens, noise_mask, sentinels), eos_id),
+                   with_eos(noise_spans_with_sentinels(tokens, noise_mask, sentinels), eos_id))
+
+
+def _check_tokens(tokens: np.ndarray, what: str, minimum: int = 1) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or len(tokens) < minimum:
+        raise PtlabError(f"{what} needs a 1-D token array of at least {minimum} tokens, got shape {tokens.shape}")
+    return tokens
+
+
+def iid_noise_mask(length: int, noise_density: float, rng: np.random.Generator) -> np.ndarray:
+    """Each token is noise independently with probability `noise_density` (T5's `iid_noise_mask`)."""
+    return rng.random(length) < noise_density
+
+
+def limit_noise_spans(noise_mask: np.ndarray, max_spans: int) -> np.ndarray:
+    """Keep only the first `max_spans` runs of noise.
+
+    An i.i.d. mask has a random number of runs; on the rare draw that it exceeds the sentinel budget, the last runs
+    stay un-noised rather than reusing ordinary ids as sentinels (what T5's code would do) or failing mid-run.
+    """
+    first_noise = noise_mask & ~np.concatenate([[False], noise_mask[:-1]])
+    if first_noise.sum() <= max_spans:
+        return noise_mask
+    return noise_mask & (np.cumsum(first_noise) <= max_spans)
+
+
+def iid_replace_spans(tokens: np.ndarray, rng: np.random.Generator, specials: SpecialIds,
+                      noise_density: float = 0.15) -> Example:
+    """T5's Table-1 baseline: an i.i.d. mask, consecutive noise tokens merged under one sentinel."""
+    tokens = _check_tokens(tokens, "i.i.d. span replacement")
+    mask = limit_noise_spans(iid_noise_mask(len(tokens), noise_density, rng), len(specials.sentinels))
+    return replace_spans(tokens, mask, specials.sentinel_array, specials.eos)
+
+
+def drop_tokens(tokens: np.ndarray, rng: np.random.Generator, specials: SpecialIds,
+                noise_density: float = 0.15) -> Example:
+    """"Drop corrupted tokens": i.i.d. noise tokens are deleted from the inputs; the targets are those tokens, in order."""
+    tokens = _check_tokens(tokens, "drop tokens")
+    mask = iid_noise_mask(len(tokens), noise_density, rng)
+    return Example(with_eos(tokens[~mask], specials.eos), with_eos(tokens[mask], specials.eos))
+
+
+def bert_style(tokens: np.ndarray, rng: np.random.Generator, specials: SpecialIds, noise_density: float = 0.15,
+               random_token_ratio: float = 0.1) -> Example:
+    """T5's BERT-style objective: i.i.d. noise tokens become the mask token, or (with probability
+    `random_token_ratio`) a uniformly random ordinary token; there is no keep-the-original branch. The target is the
+    whole original chunk. With `random_token_ratio=0` this is T5's MASS-style objective."""
+    tokens = _check_tokens(tokens, "BERT-style masking")
+    mask = iid_noise_mask(len(tokens), noise_density, rng)
+    use_random = rng.random(len(tokens)) < random_token_ratio
+    corrupted = np.where(mask, specials.mask_id, tokens).astype(tokens.dtype)
+    randomised = mask & use_random
+    if randomised.any():
+        corrupted[randomised] = specials.random_tokens(rng, int(randomised.sum()))
+    return Example(with_eos(corrupted, specials.eos), with_eos(tokens, specials.eos))
+
+
+def deshuffle(tokens: np.ndarray, rng: np.random.Generator, specials: SpecialIds) -> Example:
+    """The inputs are the chunk's tokens in a random order; the target is the original order."""
+    tokens = _check_tokens(tokens, "deshuffling")
+    return Example(with_eos(rng.permutation(tokens), specials.eos), with_eos(tokens, specials.eos))
+
+
+def prefix_lm(tokens: np.ndarray, rng: np.random.Generator, specials: SpecialIds) -> Example:
+    """Split at a point uniform in [1, L-1]: the inputs are the prefix, the targets the rest (each with EOS)."""
+    tokens = _check_tokens(tokens, "prefix LM", minimum=2)
+    split = int(rng.integers(1, len(tokens)))
+    return Example(with_eos(tokens[:split], specials.eos), with_eos(tokens[split:], specials.eos))
 
 
 def splice_spans(inputs: np.ndarray, targets: np.ndarray, sentinels: np.ndarray, eos_id: int) -> np.ndarray:

@@ -16,10 +16,9 @@ from tqdm import tqdm
 
 from ptlab.config import Config, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, validation_batches
+from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
-from ptlab.models.encoder_decoder import shift_right
 from ptlab.train.checkpoint import save_checkpoint
 from ptlab.train.metrics import MetricsLog
 from ptlab.train.optim import build_optimizer, build_scheduler
@@ -51,8 +50,7 @@ def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 def seq2seq_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed token cross-entropy over non-ignored labels, and how many labels that was."""
     labels = batch["labels"]
-    decoder_input_ids = shift_right(labels, start_id=pad_id, pad_id=pad_id)
-    logits = model(batch["input_ids"], decoder_input_ids, batch["attention_mask"])
+    logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
     loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
     return loss, int((labels != IGNORE_INDEX).sum())
@@ -80,6 +78,10 @@ def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
     # Tiny optimizer statistics become subnormal floats after a few hundred steps, which x86 CPUs handle
     # in microcode, doubling step time; flushing them to zero changes nothing measurable in training.
     torch.set_flush_denormal(True)
+    objective = resolve_objective(cfg.objective)
+    if objective.decoder_only:
+        raise PtlabError(f"objective {objective.name} is for decoder-only models; model.family {cfg.model.family} "
+                         "is an encoder-decoder")
     tokenizer = ensure_tokenizer(cfg.data, show_progress)
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -95,8 +97,10 @@ def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
 
-    train_data = PretrainBatches(train_shard, cfg.objective, specials, cfg.seed)
-    eval_set = [to_tensors(b) for b in validation_batches(val_shard, cfg, specials)] if val_shard else []
+    train_data = pretrain_batches(cfg, objective, train_shard, specials)
+    eval_set = ([to_tensors(b) for b in validation_batches(pretrain_batches(cfg, objective, val_shard, specials,
+                                                                            validation=True), cfg)]
+                if val_shard else [])
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
