@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow corpus clean
+.PHONY: demo test test-slow bench corpus clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/objectives.py
 
 corpus: $(VENV)/.installed
 	$(PY) scripts/build_corpus.py

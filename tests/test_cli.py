@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "ptlab", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args", [[], ["demo"], ["pretrain"], ["tokenizer"], ["tokenizer", "train"], ["tokenize"]])
+@pytest.mark.parametrize("args", [[], ["demo"], ["pretrain"], ["tokenizer"], ["tokenizer", "train"], ["tokenize"],
+                                  ["objectives"], ["objectives", "list"], ["objectives", "show"]])
 def test_every_command_explains_itself(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--help"])
@@ -50,3 +52,81 @@ def test_tokenizer_train_and_tokenize(tmp_path, small_corpus):
                      "--output", str(tmp_path / "shard"), "--quiet")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "shard" / "tokens.bin").stat().st_size > 0
+
+
+LECTURE = "Thank you for inviting me to your party last week ."
+
+
+def show_json(capsys, *args):
+    assert main(["objectives", "show", *args, "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_objectives_list_names_every_objective(capsys):
+    from ptlab.objectives import REGISTRY
+
+    assert main(["objectives", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert name in out
+    assert "mask_ratio=0.3" in out and "noise_density=0.15" in out
+
+
+def test_lecture_example_span_corruption(capsys):
+    [shown] = show_json(capsys, "span_corruption", "--tokenizer", "words", "--text", LECTURE,
+                        "--set", "noise_density=0.3", "--set", "mean_span_length=1.5")
+    inputs, targets = shown["inputs"], shown["targets"]
+    sentinels = [t for t in inputs if t.startswith("<extra_id_")]
+    assert sentinels == ["<extra_id_0>", "<extra_id_1>"] == [t for t in targets if t.startswith("<extra_id_")]
+    assert inputs[-1] == targets[-1] == "</s>" and targets[0] == "<extra_id_0>"
+    spans = " ".join(targets[:-1]).split("<extra_id_1>")
+    rebuilt = " ".join(inputs[:-1]).replace("<extra_id_0>", spans[0].replace("<extra_id_0>", "").strip()) \
+        .replace("<extra_id_1>", spans[1].strip())
+    assert rebuilt.split() == LECTURE.split()
+
+
+def test_lecture_example_every_t5_objective(capsys):
+    words = LECTURE.split()
+    for name in ("iid_replace_spans", "drop_tokens", "bert_style", "mass_style", "deshuffle", "prefix_lm"):
+        noise = ["--set", "noise_density=0.3"] if name not in ("deshuffle", "prefix_lm") else []
+        [shown] = show_json(capsys, name, "--tokenizer", "words", "--text", LECTURE, "--seed", "3", *noise)
+        inputs, targets = shown["inputs"][:-1], shown["targets"][:-1]
+        if name == "drop_tokens":
+            assert sorted(inputs + targets) == sorted(words) and len(targets) > 0
+        elif name in ("bert_style", "mass_style"):
+            assert targets == words and "<mask>" in inputs and len(inputs) == len(words)
+        elif name == "deshuffle":
+            assert sorted(inputs) == sorted(words) and targets == words
+        elif name == "prefix_lm":
+            assert inputs + targets == words
+        else:
+            assert any(t.startswith("<extra_id_") for t in inputs)
+
+
+def test_objectives_show_text_file_one_document_per_line(tmp_path, capsys):
+    text = tmp_path / "docs.txt"
+    text.write_text("one two three four five six .\n\nseven eight nine ten eleven twelve .\n")
+    shown = show_json(capsys, "bart", "--text-file", str(text))
+    assert len(shown) == 2 and all("<mask>" in s["inputs"] for s in shown)
+    assert shown[1]["targets"] == "seven eight nine ten eleven twelve . </s>".split()
+
+
+def test_objectives_show_with_a_trained_tokenizer(tmp_path, unigram_tokenizer, capsys):
+    unigram_tokenizer.save(tmp_path / "tok")
+    [shown] = show_json(capsys, "bart_text_infilling", "--tokenizer", str(tmp_path / "tok"), "--text",
+                        "The quick brown fox jumps over the lazy dog. " * 4)
+    assert "<mask>" in shown["inputs"] and shown["targets"][-1] == "</s>"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bertstyle"], "unknown objective 'bertstyle' (did you mean bert_style?)"),
+    (["span_corruption", "--set", "noise=0.3"], "unknown config key 'objective.noise' for objective span_corruption"),
+    (["span_corruption", "--set", "noise_density"], "--set 'noise_density' must look like key=value"),
+    (["span_corruption", "--text-file", "/nonexistent.txt"], "text file not found"),
+])
+def test_objectives_show_errors_are_one_line(args, message):
+    if "--text-file" not in args:
+        args = [*args, "--text", LECTURE]
+    result = run_cli("objectives", "show", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -68,3 +68,19 @@ def test_tokenizer_sample_spreads_over_the_corpus(small_corpus, sample_docs):
     assert len(everything) // 5 <= len(sample) <= len(everything) // 3
     assert sample[-1] in everything[-len(everything) // 10:]  # reaches the end of the corpus, not just a prefix
     assert list(sample_texts([small_corpus["train"]], max_bytes=0)) == everything
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_specials_know_masks_modes_words_and_sentences(kind, unigram_tokenizer, bpe_tokenizer):
+    tok = unigram_tokenizer if kind == "unigram" else bpe_tokenizer
+    specials = tok.specials
+    assert tok.id_to_token(specials.mask) == "<mask>"
+    assert {k: tok.id_to_token(v[0]) for k, v in specials.modes.items()} == {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
+    assert max(specials.mask, *(v[0] for v in specials.modes.values())) < min(specials.sentinels)
+    ids = tok.encode("The cat sat on the mat. Then it left!")
+    starts = [tok.decode(ids[i:]) for i in range(len(ids)) if specials.word_start[ids[i]]]
+    assert any(s.startswith(" sat") for s in starts) and any(s.startswith(" Then") for s in starts)
+    ends = [tok.decode(ids[:i + 1]) for i in range(len(ids)) if specials.sentence_end[ids[i]]]
+    assert ends[-1].endswith("left!") and any(e.endswith("mat.") for e in ends)
+    ordinary = specials.ordinary_ids
+    assert not np.isin([0, 1, 2, specials.mask, *specials.sentinels], ordinary).any()

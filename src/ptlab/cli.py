@@ -54,6 +54,35 @@ def _cmd_tokenize(args: argparse.Namespace) -> None:
           f"({shard.index['dtype']})")
 
 
+def _cmd_objectives_list(args: argparse.Namespace) -> None:
+    from ptlab.preview import format_list
+
+    print(format_list())
+
+
+def _cmd_objectives_show(args: argparse.Namespace) -> None:
+    import json
+
+    from ptlab.preview import format_shown, show_objective
+
+    if args.text_file:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise PtlabError(f"text file not found: {path}")
+        try:
+            texts = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise PtlabError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    else:
+        texts = [args.text]
+    objective, shown = show_objective(args.name, texts, args.tokenizer, args.seed, args.set or [])
+    if args.json:
+        for item in shown:
+            print(json.dumps({"inputs": item["inputs"], "targets": item["targets"]}, ensure_ascii=False))
+    else:
+        print(format_shown(objective, shown))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
@@ -97,6 +126,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="directory to write tokenizer.json into")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_tokenizer_train)
+
+    obj = sub.add_parser("objectives", help="list the pre-training objectives or show one on a text",
+                         description="The pre-training objectives and their parameters.")
+    obj.set_defaults(help_parser=obj)
+    obj_sub = obj.add_subparsers(dest="objectives_command", metavar="SUBCOMMAND")
+    listing = obj_sub.add_parser("list", help="every objective with its parameters and defaults",
+                                 description="Every objective name usable as objective.name in a config, with its "
+                                             "parameters (set them as objective.KEY in a config).")
+    listing.set_defaults(func=_cmd_objectives_list)
+    show = obj_sub.add_parser(
+        "show", help="show what an objective does to a text",
+        description="Apply an objective to a text and print the inputs and targets a model would see. Sentinels "
+                    "print as <extra_id_N>, the mask as <mask>, EOS as </s>.",
+        epilog="example: ptlab objectives show span_corruption --tokenizer words --set noise_density=0.3 "
+               "--text \"Thank you for inviting me to your party last week .\"")
+    show.add_argument("name", help="objective name (see `ptlab objectives list`)")
+    source = show.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the text to corrupt")
+    source.add_argument("--text-file", help="a UTF-8 file; each non-empty line is one document")
+    show.add_argument("--tokenizer", default="words",
+                      help="'words' (whitespace-separated words; default) or a directory holding tokenizer.json")
+    show.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    show.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="an objective parameter, e.g. noise_density=0.3 (repeatable)")
+    show.add_argument("--json", action="store_true",
+                      help='one JSON object per document: {"inputs": [...], "targets": [...]} with token strings')
+    show.set_defaults(func=_cmd_objectives_show)
 
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
                            description="Stream JSONL(.gz) documents through a tokenizer into OUTPUT/tokens.bin "

@@ -17,6 +17,7 @@ import numpy as np
 
 from ptlab.config import Config, ObjectiveConfig
 from ptlab.data.shards import ChunkSampler, TokenShard
+from ptlab.errors import PtlabError
 from ptlab.objectives import BoundObjective, Example, SpecialIds, build_objective
 
 IGNORE_INDEX = -100
@@ -101,6 +102,9 @@ class PretrainBatches:
                  seed: int, architecture: str = "encoder_decoder", decoder_start_id: int | None = None,
                  pack: bool = False, shuffle: bool = True):
         objective.check(inputs_length, specials)
+        if pack and architecture != "decoder":
+            raise PtlabError("config key 'objective.pack': packing several examples per row is for decoder-only "
+                             "models")
         self.objective = objective
         self.specials = specials
         self.seed = seed

@@ -161,6 +161,14 @@ def _span_sentinels(n: int, p: SpanParams, s: SpecialIds) -> int:
     return t5.num_noise_spans(raw, p.noise_density, p.mean_span_length)
 
 
+def _iid_sentinels(n: int, p: IidParams, s: SpecialIds) -> int:
+    # Runs of i.i.d. noise: mean raw*r*(1-r); budget for three standard deviations above it (beyond that the last
+    # runs stay un-noised, see `t5.limit_noise_spans`).
+    raw, _ = _iid_replace_lengths(n, p, s)
+    mean = raw * p.noise_density * (1 - p.noise_density)
+    return math.ceil(mean + 3 * math.sqrt(mean))
+
+
 def _ul2_sentinels(n: int, p: Ul2Params, s: SpecialIds) -> int:
     return max(ul2.denoiser_spans(d, n - _ul2_mode_length(p, s)) for d in _ul2_active(p))
 
@@ -205,7 +213,7 @@ SPECS: tuple[ObjectiveSpec, ...] = (
     _spec("span_corruption", "T5: replace random spans with sentinels; targets are the spans (T5's final "
           "objective)", SpanParams, _span_corruption, _span_lengths, sentinels=_span_sentinels),
     _spec("iid_replace_spans", "T5: i.i.d. noise, each run of noise tokens -> one sentinel (T5's Table-1 baseline)",
-          IidParams, _plain(t5.iid_replace_spans), _iid_replace_lengths),
+          IidParams, _plain(t5.iid_replace_spans), _iid_replace_lengths, sentinels=_iid_sentinels),
     _spec("drop_tokens", "T5: i.i.d. noise tokens deleted from the inputs; targets are the deleted tokens",
           IidParams, _plain(t5.drop_tokens), _drop_lengths),
     _spec("bert_style", "T5's BERT-style: 15% i.i.d. noise, 90% -> mask, 10% -> random token; target = original",

@@ -8,12 +8,15 @@ T5's vocabulary that is `vocab_size - 1 - i`, so sentinel ids decrease in order 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ptlab.errors import PtlabError
 from ptlab.objectives.base import Example, SpecialIds, with_eos
 
 
+@functools.lru_cache(maxsize=256)
 def random_spans_helper(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
     """Raw chunk length and target length that yield exactly `inputs_length` encoder tokens.
 
@@ -23,8 +26,10 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_span_leng
     """
 
     def lengths(tokens_length: int) -> tuple[int, int]:
-        num_noise = int(round(tokens_length * noise_density))
-        num_spans = int(round(num_noise / mean_span_length))
+        # T5's helper rounds the span count alone; counting as `random_spans_noise_mask` does (at least one span)
+        # keeps long-span settings such as UL2's mu=64 from overshooting `inputs_length` by one.
+        num_noise = min(max(int(round(tokens_length * noise_density)), 1), tokens_length - 1)
+        num_spans = num_noise_spans(tokens_length, noise_density, mean_span_length)
         return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
     tokens_length = inputs_length
