@@ -20,7 +20,7 @@ from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import PretrainBatches, encoder_decoder_batch, resolve_objective
 from ptlab.models import build_model
 from ptlab.objectives import REGISTRY, build_objective
-from ptlab.train.loop import autocast, seq2seq_loss_sum, to_tensors
+from ptlab.train.loop import autocast, loss_sum, to_tensors
 from ptlab.train.optim import build_optimizer
 
 INPUTS_LENGTH = 512
@@ -48,7 +48,7 @@ def model_consumption(cfg, shard, specials, steps: int = 3) -> float:
 
     def step(batch):
         with autocast(cfg.train.precision):
-            loss, count = seq2seq_loss_sum(model, batch, specials.pad)
+            loss, count = loss_sum(model, batch)
         (loss / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

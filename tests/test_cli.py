@@ -12,7 +12,8 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args", [[], ["demo"], ["pretrain"], ["tokenizer"], ["tokenizer", "train"], ["tokenize"],
-                                  ["objectives"], ["objectives", "list"], ["objectives", "show"]])
+                                  ["objectives"], ["objectives", "list"], ["objectives", "show"], ["import-hf"],
+                                  ["export-hf"], ["generate"]])
 def test_every_command_explains_itself(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--help"])
@@ -130,3 +131,34 @@ def test_objectives_show_errors_are_one_line(args, message):
     result = run_cli("objectives", "show", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_import_generate_export_from_the_command_line(tmp_path, unigram_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=unigram_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                      bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    unigram_tokenizer.tokenizer.save(str(tmp_path / "hf" / "tokenizer.json"))
+    assert run_cli("import-hf", str(tmp_path / "hf"), str(tmp_path / "ours")).returncode == 0
+    sample = ["generate", str(tmp_path / "ours"), "--prompt", "In the beginning", "--sample", "--seed", "3",
+              "--max-new-tokens", "6"]
+    first, second = run_cli(*sample), run_cli(*sample)
+    assert first.returncode == 0 and first.stdout == second.stdout and first.stdout.strip()
+    greedy = run_cli("generate", str(tmp_path / "ours"), "--prompt", "In the beginning", "--num-beams", "2")
+    assert greedy.returncode == 0
+    exported = run_cli("export-hf", str(tmp_path / "ours"), str(tmp_path / "back"))
+    assert exported.returncode == 0 and (tmp_path / "back" / "config.json").is_file()
+    again = run_cli("export-hf", str(tmp_path / "ours"), str(tmp_path / "back"))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token == "<pad>"
+
+
+def test_import_of_a_non_model_directory_is_one_line(tmp_path):
+    result = run_cli("import-hf", str(tmp_path), str(tmp_path / "out"))
+    assert result.returncode == 2 and "config.json not found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

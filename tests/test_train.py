@@ -96,3 +96,22 @@ def test_runs_are_deterministic_and_accumulation_matches(tmp_path, small_corpus,
     assert a == b
     accumulated = losses("c", "train.grad_accum=4")
     np.testing.assert_allclose(accumulated, a, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", ["t5-tiny", "bart-tiny", "gpt2-tiny", "llama-tiny", "demo"])
+def test_every_family_config_pretrains_and_generates(tmp_path, small_corpus, tokenizer_dir, config):
+    from ptlab.models.generate import generate
+
+    cfg = load_config(f"configs/{config}.yaml", [
+        f"run_dir={tmp_path / 'run'}", f"data.train_files=[{small_corpus['train']}]",
+        f"data.validation_files=[{small_corpus['validation']}]", f"data.tokenizer={tokenizer_dir}",
+        "data.tokenizer_kind=unigram", "data.vocab_size=2000", "model.d_model=64", "model.d_ff=128",
+        "model.num_layers=1", "objective.inputs_length=64", "train.batch_size=4", "train.max_steps=12",
+        "train.warmup_steps=2", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=0",
+        "train.lr=3e-3", "train.threads=2"])
+    result = pretrain(cfg, show_progress=False)
+    assert result.final_val_loss < result.initial_val_loss
+    model = load_model(result.checkpoint)
+    assert model.config.family == cfg.model.family and model.config.eos_token_id == 1
+    prompt = torch.tensor([[5, 6, 7, 1]])
+    assert generate(model, prompt, max_new_tokens=4).shape[1] <= 4

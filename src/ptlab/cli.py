@@ -83,6 +83,52 @@ def _cmd_objectives_show(args: argparse.Namespace) -> None:
         print(format_shown(objective, shown))
 
 
+def _cmd_import_hf(args: argparse.Namespace) -> None:
+    from ptlab.interop import import_hf
+
+    out = import_hf(args.hf_dir, args.out_dir)
+    print(f"imported {args.hf_dir} into the ptlab checkpoint {out}")
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from ptlab.interop import export_hf
+
+    out, notes = export_hf(args.checkpoint, args.out_dir)
+    for note in notes:
+        print(f"ptlab: note: {note}", file=sys.stderr)
+    print(f"exported {args.checkpoint} to {out} (load it with transformers' AutoModelForSeq2SeqLM / "
+          "AutoModelForCausalLM)")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from ptlab.models.generate import GenerationOptions, generate
+    from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+
+    model = load_model(args.checkpoint)
+    tokenizer = load_checkpoint_tokenizer(args.checkpoint)
+    cfg = model.config
+    ids = tokenizer.encode(args.prompt)
+    if model.is_encoder_decoder:
+        ids = ids + [cfg.eos_token_id]  # encoder inputs end with EOS, as in pre-training
+    elif cfg.bos_token_id is not None and cfg.bos_token_id != cfg.eos_token_id:
+        ids = [cfg.bos_token_id] + ids
+    if not ids:
+        raise PtlabError("--prompt is empty")
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                length_penalty=args.length_penalty, do_sample=args.sample,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                use_cache=not args.no_cache)
+    for _ in range(args.num_samples):
+        new = generate(model, torch.tensor([ids]), options=options)[0].tolist()
+        if cfg.eos_token_id in new:
+            new = new[:new.index(cfg.eos_token_id)]
+        print(tokenizer.decode(new, skip_special_tokens=False) if args.show_special else tokenizer.decode(new))
+        if options.seed is not None:
+            options.seed += 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
@@ -153,6 +199,43 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true",
                       help='one JSON object per document: {"inputs": [...], "targets": [...]} with token strings')
     show.set_defaults(func=_cmd_objectives_show)
+
+    imp = sub.add_parser("import-hf", help="import a Hugging Face transformers model as a ptlab checkpoint",
+                         description="Read a save_pretrained directory of T5ForConditionalGeneration, "
+                                     "BartForConditionalGeneration, GPT2LMHeadModel or LlamaForCausalLM (config.json "
+                                     "and safetensors weights; tokenizer.json when present) and write a ptlab "
+                                     "checkpoint directory. Settings ptlab does not implement are an error.")
+    imp.add_argument("hf_dir", help="the transformers model directory")
+    imp.add_argument("out_dir", help="the ptlab checkpoint directory to create")
+    imp.set_defaults(func=_cmd_import_hf)
+
+    exp = sub.add_parser("export-hf", help="export a ptlab checkpoint for Hugging Face transformers",
+                         description="Write config.json, model.safetensors and the tokenizer files so that "
+                                     "transformers' AutoModelForSeq2SeqLM / AutoModelForCausalLM and AutoTokenizer "
+                                     "load the model with no custom code.")
+    exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    exp.add_argument("out_dir", help="the directory to create")
+    exp.set_defaults(func=_cmd_export_hf)
+
+    gen = sub.add_parser("generate", help="generate text from a checkpoint",
+                         description="Encoder-decoders generate the target for the prompt; decoder-only models "
+                                     "continue it. Greedy by default; --num-beams for beam search, --sample for "
+                                     "sampling. Uses a KV cache.")
+    gen.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    gen.add_argument("--prompt", required=True, help="the input text")
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="default: %(default)s")
+    gen.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default: greedy)")
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam search: score = log p / length ** penalty (default: %(default)s)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    gen.add_argument("--seed", type=int, help="sampling seed, for reproducible samples")
+    gen.add_argument("--num-samples", type=int, default=1, help="how many outputs to print (default: 1)")
+    gen.add_argument("--no-cache", action="store_true", help="recompute every step (slower; for checking)")
+    gen.add_argument("--show-special", action="store_true", help="print sentinels and other special tokens")
+    gen.set_defaults(func=_cmd_generate)
 
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
                            description="Stream JSONL(.gz) documents through a tokenizer into OUTPUT/tokens.bin "

@@ -21,31 +21,83 @@ import yaml
 from ptlab.errors import PtlabError
 
 
+FAMILIES = ("t5", "bart", "gpt2", "llama")
+ENCODER_DECODER_FAMILIES = ("t5", "bart")
+# Family defaults for keys left at None: (tie_word_embeddings, layer_norm_eps)
+_FAMILY_DEFAULTS = {"t5": (False, 1e-6), "bart": (True, 1e-5), "gpt2": (True, 1e-5), "llama": (False, 1e-6)}
+
+
 @dataclass
 class ModelConfig:
-    family: str = "t5"
+    """The architecture. Keys left at None take the family's default (see `validate`)."""
+
+    family: str = "t5"  # t5 | bart (encoder-decoders) | gpt2 | llama (decoder-only)
     vocab_size: int | None = None  # None: taken from the tokenizer
     d_model: int = 256
-    d_kv: int = 64
+    d_kv: int | None = None  # per-head size; None: d_model // num_heads
     d_ff: int = 1024
     num_heads: int = 4
-    num_layers: int = 4
+    num_kv_heads: int | None = None  # llama: grouped-query attention; None: num_heads
+    num_layers: int = 4  # encoder layers (decoder-only: all layers)
     num_decoder_layers: int | None = None  # None: same as num_layers
-    feed_forward: str = "gated-gelu"  # T5 v1.1; "relu" for the original T5
-    tie_word_embeddings: bool = False  # True: original T5 (tied head, decoder output scaled by d_model**-0.5)
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    layer_norm_eps: float = 1e-6
+    shared_encoder_decoder: bool = False  # t5: the decoder reuses the encoder's attention and FFN (T5 Table 2)
+    prefix_lm: bool = False  # gpt2/llama: attention fully visible over the prefix (T5's "prefix LM")
+    feed_forward: str = "gated-gelu"  # t5: gated-gelu (v1.1) | relu (original T5)
+    tie_word_embeddings: bool | None = None  # None: t5 False (v1.1), bart/gpt2 True, llama False
+    relative_attention_num_buckets: int = 32  # t5
+    relative_attention_max_distance: int = 128  # t5
+    max_position_embeddings: int = 1024  # bart/gpt2 learned positions
+    rope_theta: float = 10_000.0  # llama
+    scale_embedding: bool = False  # bart: embeddings times sqrt(d_model)
+    layer_norm_eps: float | None = None  # None: t5/llama 1e-6, bart/gpt2 1e-5
     dropout: float = 0.0
     initializer_factor: float = 1.0
+    # Special ids the model needs to generate (None: taken from the tokenizer when training starts).
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+    bos_token_id: int | None = None
+    decoder_start_token_id: int | None = None  # None: t5 pad, bart eos
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.family in ENCODER_DECODER_FAMILIES
 
     def validate(self) -> None:
-        _check(self.family in ("t5",), "model.family", f"unknown family {self.family!r} (known: t5)")
+        """Check the keys and fill the family defaults in place."""
+        _check(self.family in FAMILIES, "model.family",
+               f"unknown family {self.family!r} (known: {', '.join(FAMILIES)})")
         _check(self.feed_forward in ("gated-gelu", "relu"), "model.feed_forward",
                f"must be 'gated-gelu' or 'relu', got {self.feed_forward!r}")
-        for key in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
+        for key in ("d_model", "d_ff", "num_heads", "num_layers", "max_position_embeddings"):
             _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        tie, eps = _FAMILY_DEFAULTS[self.family]
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = tie
+        if self.layer_norm_eps is None:
+            self.layer_norm_eps = eps
+        if self.d_kv is None:
+            _check(self.d_model % self.num_heads == 0, "model.num_heads",
+                   f"must divide model.d_model ({self.d_model}) unless model.d_kv is set")
+            self.d_kv = self.d_model // self.num_heads
+        if self.family in ("bart", "gpt2"):
+            _check(self.d_kv * self.num_heads == self.d_model, "model.d_kv",
+                   f"{self.family} needs d_kv * num_heads == d_model ({self.d_kv} * {self.num_heads} != "
+                   f"{self.d_model})")
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        _check(self.num_kv_heads == self.num_heads or self.family == "llama", "model.num_kv_heads",
+               "grouped-query attention is a llama option")
+        _check(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads",
+               f"must divide model.num_heads ({self.num_heads})")
+        _check(not self.shared_encoder_decoder or self.family == "t5", "model.shared_encoder_decoder",
+               "is a t5 option")
+        _check(not self.shared_encoder_decoder or self.num_decoder_layers in (None, self.num_layers),
+               "model.shared_encoder_decoder", "needs as many decoder layers as encoder layers")
+        _check(not self.prefix_lm or not self.is_encoder_decoder, "model.prefix_lm",
+               "is for decoder-only families (gpt2, llama)")
+        _check(self.num_decoder_layers is None or self.is_encoder_decoder, "model.num_decoder_layers",
+               "is for encoder-decoder families; decoder-only models use model.num_layers")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
-from ptlab.models.generate import greedy_decode
+from ptlab.models.generate import generate
 from ptlab.train.checkpoint import load_model
 from ptlab.train.loop import pretrain
 
@@ -83,8 +83,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     picks = np.linspace(0, len(sample["input_ids"]) - 1, 3).astype(int)
     inputs = torch.from_numpy(sample["input_ids"][picks])
     mask = torch.from_numpy(sample["attention_mask"][picks])
-    predicted = greedy_decode(model, inputs, mask, start_id=specials.pad, eos_id=specials.eos,
-                              max_new_tokens=sample["labels"].shape[1]).numpy()
+    predicted = generate(model, inputs, mask, max_new_tokens=sample["labels"].shape[1]).numpy()
     print("", file=out)
     print("Held-out validation passages (greedy predictions for the masked spans)", file=out)
     for n, row in enumerate(picks):

@@ -135,8 +135,11 @@ class PretrainBatches:
 def pretrain_batches(cfg: Config, objective: BoundObjective, shard: TokenShard, specials: SpecialIds,
                      validation: bool = False) -> PretrainBatches:
     """The configured batches from `shard` (validation data uses seed + 1, so it never repeats training draws)."""
+    model = cfg.model
     return PretrainBatches(shard, objective, cfg.objective.inputs_length, specials,
-                           seed=cfg.seed + 1 if validation else cfg.seed, pack=cfg.objective.pack)
+                           seed=cfg.seed + 1 if validation else cfg.seed,
+                           architecture="encoder_decoder" if model.is_encoder_decoder else "decoder",
+                           decoder_start_id=model.decoder_start_token_id, pack=cfg.objective.pack)
 
 
 def validation_batches(data: PretrainBatches, cfg: Config) -> list[dict[str, np.ndarray]]:

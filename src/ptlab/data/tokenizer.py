@@ -41,6 +41,9 @@ class PtlabTokenizer:
     tokenizer: Tokenizer
     kind: str
     num_sentinels: int
+    pad_id: int = 0
+    eos_id: int = 1
+    unk_id: int = 2
 
     @property
     def vocab_size(self) -> int:
@@ -56,11 +59,11 @@ class PtlabTokenizer:
         word_start = np.array([t[:1].isspace() for t in texts], dtype=bool)
         closers = "\"')]\u201d\u2019"
         sentence_end = np.array([t.rstrip().rstrip(closers).endswith(SENTENCE_END) for t in texts], dtype=bool)
-        special = [i for i in map(token_id, [PAD, EOS, UNK, MASK, BOS, *MODE_TOKENS.values()]) if i is not None]
-        special += sentinels
+        special = [i for i in map(token_id, [MASK, BOS, *MODE_TOKENS.values()]) if i is not None]
+        special += [self.pad_id, self.eos_id, self.unk_id, *sentinels]
         word_start[special] = True  # a special token is a word of its own
         sentence_end[special] = False
-        return SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels, mask=token_id(MASK), bos=token_id(BOS),
+        return SpecialIds(pad=self.pad_id, eos=self.eos_id, unk=self.unk_id, sentinels=sentinels, mask=token_id(MASK), bos=token_id(BOS),
                           modes=modes, vocab_size=self.vocab_size, word_start=word_start, sentence_end=sentence_end)
 
     def encode(self, text: str) -> list[int]:
@@ -83,7 +86,8 @@ class PtlabTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
         meta = {"kind": self.kind, "num_sentinels": self.num_sentinels, "vocab_size": self.vocab_size,
-                "pad_id": 0, "eos_id": 1, "unk_id": 2, "fingerprint": self.fingerprint()}
+                "pad_id": self.pad_id, "eos_id": self.eos_id, "unk_id": self.unk_id,
+                "fingerprint": self.fingerprint()}
         _atomic_write(directory / "ptlab_tokenizer.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -106,13 +110,31 @@ def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         kind, num_sentinels = meta["kind"], meta["num_sentinels"]
-    else:  # a tokenizer.json from elsewhere: count the sentinels it has
-        vocab = tokenizer.get_vocab(with_added_tokens=True)
-        kind, num_sentinels = "external", sum(1 for t in vocab if t.startswith("<extra_id_"))
-    for token, want in ((PAD, 0), (EOS, 1), (UNK, 2)):
-        if tokenizer.token_to_id(token) != want:
-            raise PtlabError(f"{path}: expected {token} at id {want}, found {tokenizer.token_to_id(token)}")
-    return PtlabTokenizer(tokenizer, kind, num_sentinels)
+        ids = {k: meta.get(f"{k}_id", default) for k, default in (("pad", 0), ("eos", 1), ("unk", 2))}
+    else:  # a tokenizer.json from elsewhere: find its special tokens by name
+        kind, num_sentinels, ids = "external", count_sentinels(tokenizer), external_special_ids(tokenizer)
+    for name, token_id in ids.items():
+        if token_id is None or tokenizer.id_to_token(token_id) is None:
+            raise PtlabError(f"{path}: no {name} token (id {token_id})")
+    return PtlabTokenizer(tokenizer, kind, num_sentinels, pad_id=ids["pad"], eos_id=ids["eos"], unk_id=ids["unk"])
+
+
+def count_sentinels(tokenizer: Tokenizer) -> int:
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    return sum(1 for t in vocab if t.startswith("<extra_id_"))
+
+
+def external_special_ids(tokenizer: Tokenizer, pad: int | None = None, eos: int | None = None,
+                         unk: int | None = None) -> dict[str, int | None]:
+    """Special ids of a tokenizer not trained by ptlab: given ones first, else found by their usual names
+    (T5/BART/Llama `</s>`, GPT-2 `<|endoftext|>`); a vocabulary without pad or unk uses EOS for them."""
+    def find(*names: str) -> int | None:
+        return next((tokenizer.token_to_id(n) for n in names if tokenizer.token_to_id(n) is not None), None)
+
+    eos = eos if eos is not None else find(EOS, "<|endoftext|>", "<|end_of_text|>")
+    pad = pad if pad is not None else find(PAD, "<|pad|>")
+    unk = unk if unk is not None else find(UNK)
+    return {"pad": pad if pad is not None else eos, "eos": eos, "unk": unk if unk is not None else eos}
 
 
 def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int = 8192, num_sentinels: int = 100,

@@ -1,17 +1,167 @@
-"""Weight-name maps between ptlab models and Hugging Face transformers checkpoints.
+"""Hugging Face transformers interop: configs and weight names of `T5ForConditionalGeneration`,
+`BartForConditionalGeneration`, `GPT2LMHeadModel` and `LlamaForCausalLM`, both ways.
 
-Only plain tensors cross this boundary (state dicts), so this module never imports transformers.
+Only plain dicts and tensors cross this boundary, so this module never imports transformers. A setting ptlab does
+not implement is a `PtlabError` naming the key, never a silently different model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from ptlab.config import ModelConfig
+from ptlab.errors import PtlabError
+
+ARCHITECTURES = {"t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration",
+                 "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+HF_MODEL_TYPES = {"t5": "t5", "mt5": "t5", "bart": "bart", "gpt2": "gpt2", "llama": "llama"}
 
 
-def t5_key_map(cfg: ModelConfig) -> dict[str, str]:
-    """ptlab parameter name -> HF `T5ForConditionalGeneration` parameter name."""
+def _require(hf: dict, key: str, allowed: tuple, default: Any = None) -> Any:
+    value = hf.get(key, default)
+    if value not in allowed:
+        raise PtlabError(f"config.json: {key}={value!r} is not supported (ptlab implements "
+                         f"{', '.join(map(repr, allowed))})")
+    return value
+
+
+def _ids(hf: dict) -> dict:
+    return {k: hf.get(k) for k in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")
+            if isinstance(hf.get(k), int)}
+
+
+# ---- configs ------------------------------------------------------------------------------------------------------
+
+def model_config_from_hf(hf: dict) -> ModelConfig:
+    """A ptlab ModelConfig equivalent to an HF config.json (as a dict)."""
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise PtlabError(f"config.json: model_type {model_type!r} is not supported (ptlab imports "
+                         f"{', '.join(sorted(HF_MODEL_TYPES))})")
+    family = HF_MODEL_TYPES[model_type]
+    if family == "t5":
+        ff = _require(hf, "feed_forward_proj", ("relu", "gated-gelu"), "relu")
+        if "scale_decoder_outputs" in hf:  # transformers 5.x: the head is always tied; this says whether scaled
+            tied = bool(hf["scale_decoder_outputs"])
+        else:  # transformers 4.x: tied (and scaled) unless tie_word_embeddings is false
+            tied = bool(hf.get("tie_word_embeddings", True))
+        cfg = ModelConfig(family="t5", vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"],
+                          d_ff=hf["d_ff"], num_heads=hf["num_heads"], num_layers=hf["num_layers"],
+                          num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"], feed_forward=ff,
+                          tie_word_embeddings=tied,
+                          relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+                          relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+                          layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+                          initializer_factor=hf.get("initializer_factor", 1.0), **_ids(hf))
+        cfg.decoder_start_token_id = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else \
+            cfg.pad_token_id
+    elif family == "bart":
+        _require(hf, "activation_function", ("gelu",), "gelu")
+        for key in ("normalize_before", "add_final_layer_norm", "normalize_embedding"):
+            if key in hf and hf[key] != (key == "normalize_embedding"):
+                raise PtlabError(f"config.json: {key}={hf[key]!r} is not supported (that is mBART's layout)")
+        for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"),
+                         ("encoder_ffn_dim", "decoder_ffn_dim")):
+            if hf[enc] != hf[dec]:
+                raise PtlabError(f"config.json: {enc}={hf[enc]} differs from {dec}={hf[dec]}; ptlab's BART uses "
+                                 "one value for both stacks")
+        cfg = ModelConfig(family="bart", vocab_size=hf["vocab_size"], d_model=hf["d_model"],
+                          num_heads=hf["encoder_attention_heads"], d_ff=hf["encoder_ffn_dim"],
+                          num_layers=hf["encoder_layers"], num_decoder_layers=hf["decoder_layers"],
+                          max_position_embeddings=hf["max_position_embeddings"],
+                          scale_embedding=bool(hf.get("scale_embedding", False)),
+                          tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)), layer_norm_eps=1e-5,
+                          **_ids(hf))
+    elif family == "gpt2":
+        _require(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
+        _require(hf, "scale_attn_weights", (True,), True)
+        _require(hf, "scale_attn_by_inverse_layer_idx", (False,), False)
+        _require(hf, "add_cross_attention", (False,), False)
+        cfg = ModelConfig(family="gpt2", vocab_size=hf["vocab_size"], d_model=hf["n_embd"], num_heads=hf["n_head"],
+                          d_ff=hf.get("n_inner") or 4 * hf["n_embd"], num_layers=hf["n_layer"],
+                          max_position_embeddings=hf["n_positions"],
+                          layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                          tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)), **_ids(hf))
+    else:
+        _require(hf, "hidden_act", ("silu",), "silu")
+        _require(hf, "attention_bias", (False,), False)
+        _require(hf, "mlp_bias", (False,), False)
+        rope = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+        if rope_type != "default":
+            raise PtlabError(f"config.json: rope type {rope_type!r} is not supported (ptlab implements plain RoPE, "
+                             "'default')")
+        heads = hf["num_attention_heads"]
+        cfg = ModelConfig(family="llama", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_heads=heads,
+                          num_kv_heads=hf.get("num_key_value_heads") or heads,
+                          d_kv=hf.get("head_dim") or hf["hidden_size"] // heads, d_ff=hf["intermediate_size"],
+                          num_layers=hf["num_hidden_layers"], max_position_embeddings=hf["max_position_embeddings"],
+                          rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+                          layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                          tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), **_ids(hf))
+    cfg.validate()
+    return cfg
+
+
+def hf_config_from_model(cfg: ModelConfig) -> tuple[dict, list[str]]:
+    """An HF config.json (dict) for `cfg`, and notes the user must read (e.g. version constraints)."""
+    cfg = dataclasses.replace(cfg)
+    cfg.validate()
+    if cfg.prefix_lm:
+        raise PtlabError("model.prefix_lm: transformers has no prefix-LM attention for GPT-2 or Llama; the export "
+                         "would attend differently")
+    notes: list[str] = []
+    # Every id is written, null included: a missing key would take transformers' default (GPT-2's 50256).
+    ids = {k: getattr(cfg, k) for k in ("pad_token_id", "eos_token_id", "bos_token_id")}
+    if cfg.is_encoder_decoder:
+        ids["decoder_start_token_id"] = cfg.decoder_start_token_id
+    if cfg.family == "t5" and ids["decoder_start_token_id"] is None:
+        ids["decoder_start_token_id"] = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    common = {"architectures": [ARCHITECTURES[cfg.family]], "vocab_size": cfg.vocab_size,
+              "tie_word_embeddings": cfg.tie_word_embeddings, **ids}
+    if cfg.family == "t5":
+        hf = {"model_type": "t5", "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
+              "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
+              "num_decoder_layers": cfg.num_decoder_layers or cfg.num_layers, "feed_forward_proj": cfg.feed_forward,
+              "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+              "relative_attention_max_distance": cfg.relative_attention_max_distance,
+              "layer_norm_epsilon": cfg.layer_norm_eps, "initializer_factor": cfg.initializer_factor,
+              "dropout_rate": 0.0, "is_encoder_decoder": True, "scale_decoder_outputs": cfg.tie_word_embeddings}
+        if not cfg.tie_word_embeddings:
+            notes.append("an untied T5 head (T5 v1.1) is written in the transformers 4.x layout "
+                         "(tie_word_embeddings=false plus lm_head.weight); transformers 5.x always ties T5's head "
+                         "to the embedding and would load a different model: use transformers 4.x, or export a "
+                         "model trained with model.tie_word_embeddings=true")
+    elif cfg.family == "bart":
+        hf = {"model_type": "bart", "d_model": cfg.d_model, "encoder_layers": cfg.num_layers,
+              "decoder_layers": cfg.num_decoder_layers or cfg.num_layers, "encoder_attention_heads": cfg.num_heads,
+              "decoder_attention_heads": cfg.num_heads, "encoder_ffn_dim": cfg.d_ff, "decoder_ffn_dim": cfg.d_ff,
+              "max_position_embeddings": cfg.max_position_embeddings, "activation_function": "gelu",
+              "scale_embedding": cfg.scale_embedding, "dropout": 0.0, "attention_dropout": 0.0,
+              "activation_dropout": 0.0, "is_encoder_decoder": True, "forced_eos_token_id": None}
+        if cfg.layer_norm_eps != 1e-5:
+            raise PtlabError(f"model.layer_norm_eps: transformers' BART uses 1e-5, not {cfg.layer_norm_eps}")
+    elif cfg.family == "gpt2":
+        hf = {"model_type": "gpt2", "n_embd": cfg.d_model, "n_head": cfg.num_heads, "n_layer": cfg.num_layers,
+              "n_inner": cfg.d_ff, "n_positions": cfg.max_position_embeddings, "activation_function": "gelu_new",
+              "layer_norm_epsilon": cfg.layer_norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    else:
+        hf = {"model_type": "llama", "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+              "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+              "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.d_kv,
+              "max_position_embeddings": cfg.max_position_embeddings, "rms_norm_eps": cfg.layer_norm_eps,
+              "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+              "hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+    return {**common, **hf}, notes
+
+
+# ---- weights ------------------------------------------------------------------------------------------------------
+
+def _t5_keys(cfg: ModelConfig) -> dict[str, str]:
     ff = ["wi_0", "wi_1", "wo"] if cfg.feed_forward == "gated-gelu" else ["wi", "wo"]
     keys = {"embed.weight": "shared.weight",
             "encoder_norm.weight": "encoder.final_layer_norm.weight",
@@ -43,12 +193,104 @@ def t5_key_map(cfg: ModelConfig) -> dict[str, str]:
     return keys
 
 
-def t5_from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    missing = [hf for hf in t5_key_map(cfg).values() if hf not in hf_state]
+def _with_bias(ours: str, hf: str) -> dict[str, str]:
+    return {f"{ours}.weight": f"{hf}.weight", f"{ours}.bias": f"{hf}.bias"}
+
+
+def _bart_keys(cfg: ModelConfig) -> dict[str, str]:
+    keys = {"embed.weight": "model.shared.weight", "final_logits_bias": "final_logits_bias",
+            "encoder_positions.weight": "model.encoder.embed_positions.weight",
+            "decoder_positions.weight": "model.decoder.embed_positions.weight",
+            **_with_bias("encoder_embed_norm", "model.encoder.layernorm_embedding"),
+            **_with_bias("decoder_embed_norm", "model.decoder.layernorm_embedding")}
+    if not cfg.tie_word_embeddings:
+        keys["lm_head.weight"] = "lm_head.weight"
+    projections = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+    stacks = (("encoder", cfg.num_layers, {"attn": "self_attn"}, {"attn_norm": "self_attn_layer_norm"}),
+              ("decoder", cfg.num_decoder_layers or cfg.num_layers,
+               {"self_attn": "self_attn", "cross_attn": "encoder_attn"},
+               {"self_attn_norm": "self_attn_layer_norm", "cross_attn_norm": "encoder_attn_layer_norm"}))
+    for stack, layers, attentions, norms in stacks:
+        for i in range(layers):
+            ours, hf = f"{stack}_blocks.{i}", f"model.{stack}.layers.{i}"
+            for our_attn, hf_attn in attentions.items():
+                for p, hp in projections.items():
+                    keys.update(_with_bias(f"{ours}.{our_attn}.{p}", f"{hf}.{hf_attn}.{hp}"))
+            for our_norm, hf_norm in {**norms, "ff_norm": "final_layer_norm"}.items():
+                keys.update(_with_bias(f"{ours}.{our_norm}", f"{hf}.{hf_norm}"))
+            keys.update(_with_bias(f"{ours}.ff.fc_in", f"{hf}.fc1"))
+            keys.update(_with_bias(f"{ours}.ff.fc_out", f"{hf}.fc2"))
+    return keys
+
+
+def _gpt2_keys(cfg: ModelConfig) -> dict[str, str]:
+    """Plain renames only; the fused, transposed attention (Conv1D `c_attn`) is handled in the converters."""
+    keys = {"embed.weight": "transformer.wte.weight", "positions.weight": "transformer.wpe.weight",
+            **_with_bias("norm", "transformer.ln_f")}
+    if not cfg.tie_word_embeddings:
+        keys["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.num_layers):
+        ours, hf = f"blocks.{i}", f"transformer.h.{i}"
+        keys.update(_with_bias(f"{ours}.attn_norm", f"{hf}.ln_1"))
+        keys.update(_with_bias(f"{ours}.ff_norm", f"{hf}.ln_2"))
+        keys.update(_with_bias(f"{ours}.attn.o", f"{hf}.attn.c_proj"))
+        keys.update(_with_bias(f"{ours}.ff.fc_in", f"{hf}.mlp.c_fc"))
+        keys.update(_with_bias(f"{ours}.ff.fc_out", f"{hf}.mlp.c_proj"))
+    return keys
+
+
+def _llama_keys(cfg: ModelConfig) -> dict[str, str]:
+    keys = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    if not cfg.tie_word_embeddings:
+        keys["lm_head.weight"] = "lm_head.weight"
+    names = {"attn_norm": "input_layernorm", "ff_norm": "post_attention_layernorm", "attn.q": "self_attn.q_proj",
+             "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj", "attn.o": "self_attn.o_proj",
+             "ff.gate": "mlp.gate_proj", "ff.up": "mlp.up_proj", "ff.down": "mlp.down_proj"}
+    for i in range(cfg.num_layers):
+        for ours, hf in names.items():
+            keys[f"blocks.{i}.{ours}.weight"] = f"model.layers.{i}.{hf}.weight"
+    return keys
+
+
+KEY_MAPS = {"t5": _t5_keys, "bart": _bart_keys, "gpt2": _gpt2_keys, "llama": _llama_keys}
+
+
+def _conv1d_transposed(cfg: ModelConfig, ours: str) -> bool:
+    """GPT-2 stores its linear layers as Conv1D ([in, out]); ptlab's are nn.Linear ([out, in])."""
+    return cfg.family == "gpt2" and ours.endswith(".weight") and (".attn.o." in ours or ".ff." in ours)
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """ptlab state dict from an HF one (tied weights may be stored once under any of their names)."""
+    keys = KEY_MAPS[cfg.family](cfg)
+    if cfg.family == "t5" and not cfg.tie_word_embeddings and "lm_head.weight" not in hf_state:
+        keys["lm_head.weight"] = "shared.weight"  # transformers 5.x: a tied, unscaled head
+    if cfg.family == "bart" and "model.shared.weight" not in hf_state:
+        keys["embed.weight"] = "model.encoder.embed_tokens.weight"
+    missing = [hf for hf in keys.values() if hf not in hf_state]
     if missing:
-        raise KeyError(f"HF T5 state dict lacks {len(missing)} tensors, e.g. {missing[0]}")
-    return {ours: hf_state[hf] for ours, hf in t5_key_map(cfg).items()}
+        raise PtlabError(f"the checkpoint lacks {len(missing)} of the {cfg.family} weights the config implies, "
+                         f"e.g. {missing[0]}")
+    state = {ours: (hf_state[hf].t() if _conv1d_transposed(cfg, ours) else hf_state[hf]).contiguous()
+             for ours, hf in keys.items()}
+    if cfg.family == "gpt2":
+        for i in range(cfg.num_layers):
+            weight = hf_state[f"transformer.h.{i}.attn.c_attn.weight"].t()
+            bias = hf_state[f"transformer.h.{i}.attn.c_attn.bias"]
+            for part, w, b in zip("qkv", weight.chunk(3, dim=0), bias.chunk(3)):
+                state[f"blocks.{i}.attn.{part}.weight"] = w.contiguous()
+                state[f"blocks.{i}.attn.{part}.bias"] = b.contiguous()
+    return state
 
 
-def t5_to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    return {hf: state[ours] for ours, hf in t5_key_map(cfg).items()}
+def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF state dict from a ptlab one (contiguous copies, safe to save)."""
+    out = {hf: (state[ours].t() if _conv1d_transposed(cfg, ours) else state[ours]).contiguous().clone()
+           for ours, hf in KEY_MAPS[cfg.family](cfg).items()}
+    if cfg.family == "gpt2":
+        for i in range(cfg.num_layers):
+            attn = f"blocks.{i}.attn"
+            out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(
+                [state[f"{attn}.{p}.weight"] for p in "qkv"], dim=0).t().contiguous()
+            out[f"transformer.h.{i}.attn.c_attn.bias"] = torch.cat([state[f"{attn}.{p}.bias"] for p in "qkv"])
+    return out

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model families: norms, attention through SDPA, relative position bias, MLPs."""
+"""Building blocks shared by the model families: norms, attention (SDPA, GQA, KV cache), rotary and relative
+position encodings, feed-forward variants."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ MASK_VALUE = -1e9
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm without mean subtraction or bias (T5's "T5LayerNorm"), computed in float32."""
+    """Root-mean-square norm without mean subtraction or bias (T5's "T5LayerNorm", Llama's RMSNorm), in float32."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -25,31 +26,70 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-class Attention(nn.Module):
-    """Multi-head attention without biases. `scale=None` is the usual 1/sqrt(d_head); T5 uses 1.0 (folded into init)."""
+class KVCache:
+    """Keys and values one attention layer has seen: the tokens decoded so far (self-attention, appended step by
+    step) or the encoder output (cross-attention, computed once)."""
 
-    def __init__(self, d_model: int, num_heads: int, d_head: int, dropout: float = 0.0, scale: float | None = None):
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the given batch rows (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `scaled_dot_product_attention`.
+
+    `num_kv_heads < num_heads` is grouped-query attention (each key/value head serves a group of query heads).
+    `scale=None` is the usual 1/sqrt(d_head); T5 uses 1.0 (folded into its init). `bias` adds biases to the four
+    projections (BART, GPT-2).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_head: int, *, num_kv_heads: int | None = None,
+                 bias: bool = False, scale: float | None = None, dropout: float = 0.0):
         super().__init__()
         self.num_heads, self.d_head, self.scale, self.dropout = num_heads, d_head, scale, dropout
-        inner = num_heads * d_head
-        self.q = nn.Linear(d_model, inner, bias=False)
-        self.k = nn.Linear(d_model, inner, bias=False)
-        self.v = nn.Linear(d_model, inner, bias=False)
-        self.o = nn.Linear(inner, d_model, bias=False)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.q = nn.Linear(d_model, num_heads * d_head, bias=bias)
+        self.k = nn.Linear(d_model, self.num_kv_heads * d_head, bias=bias)
+        self.v = nn.Linear(d_model, self.num_kv_heads * d_head, bias=bias)
+        self.o = nn.Linear(num_heads * d_head, d_model, bias=bias)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.d_head).transpose(1, 2)
+        return x.view(batch, length, heads, self.d_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention over `x`, or cross-attention to `context`; `bias` is added to the scores (masks included)."""
-        source = x if context is None else context
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                is_causal: bool = False, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Self-attention over `x`, or cross-attention to `context`. `mask` is added to the scores; `rotary` is the
+        (cos, sin) of each position; `cache` holds earlier keys/values (self) or the encoder's (cross)."""
+        q = self._heads(self.q(x), self.num_heads)
+        if context is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention: the encoder's keys and values, computed at the first step
+        else:
+            source = x if context is None else context
+            k, v = self._heads(self.k(source), self.num_kv_heads), self._heads(self.v(source), self.num_kv_heads)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        if self.num_kv_heads != self.num_heads:
+            group = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if mask is not None:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
         batch, _, length, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_head))
 
@@ -79,6 +119,55 @@ class ReluFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.wo(self.dropout(F.relu(self.wi(x))))
+
+
+class SwiGLUFeedForward(nn.Module):
+    """Llama's FFN: down(silu(gate x) * up x)."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_ff, bias=False)
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class GeluFeedForward(nn.Module):
+    """GPT-2's and BART's FFN: fc_out(gelu(fc_in x)) with biases; GPT-2 uses the tanh approximation of GELU."""
+
+    def __init__(self, d_model: int, d_ff: int, approximate: str = "none", dropout: float = 0.0):
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_ff)
+        self.fc_out = nn.Linear(d_ff, d_model)
+        self.approximate = approximate
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.dropout(F.gelu(self.fc_in(x), approximate=self.approximate)))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE's (cos, sin) per position, in Hugging Face's convention (the two halves of each head are rotated
+    together; Meta's checkpoints pair adjacent dimensions instead, which permutes the q/k rows)."""
+
+    def __init__(self, d_head: int, theta: float = 10_000.0):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch, length] positions -> cos and sin of shape [batch, 1, length, d_head] (float32)."""
+        angles = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
@@ -119,22 +208,13 @@ class RelativePositionBias(nn.Module):
         return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
 
 
-def padding_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """[batch, key_length] 1/0 mask -> additive [batch, 1, 1, key_length] bias (None when there is no mask)."""
-    if attention_mask is None:
-        return None
-    return (1.0 - attention_mask[:, None, None, :].float()) * MASK_VALUE
-
-
-def causal_bias(length: int, device: torch.device) -> torch.Tensor:
-    """Additive [1, 1, length, length] bias that hides future positions."""
-    future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-    return torch.zeros(length, length, device=device).masked_fill(future, MASK_VALUE)[None, None]
-
-
-def add_biases(*biases: torch.Tensor | None) -> torch.Tensor | None:
-    total = None
-    for bias in biases:
-        if bias is not None:
-            total = bias if total is None else total + bias
-    return total
+@torch.no_grad()
+def init_gpt_style(model: nn.Module, std: float) -> None:
+    """GPT-2's and BART's initialisation: normal(0, std) linear and embedding weights, zero biases, unit norms."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(module.weight)
+        if isinstance(getattr(module, "bias", None), nn.Parameter):
+            nn.init.zeros_(module.bias)

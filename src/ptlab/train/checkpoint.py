@@ -44,23 +44,42 @@ def _fsync_dir(path: Path) -> None:
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, no `torch.compile` prefixes, tied weights stored once."""
-    state = {}
+    """Contiguous CPU tensors, no `torch.compile` prefixes, shared weights (a shared encoder-decoder's blocks)
+    stored once under their first name."""
+    state, seen = {}, set()
     for key, tensor in model.state_dict().items():
+        identity = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and identity in seen:
+            continue
+        seen.add(identity)
         state[key.replace("_orig_mod.", "")] = tensor.detach().to("cpu").contiguous()
     return state
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, config: Config, tokenizer: PtlabTokenizer,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
-                    metrics: dict | None = None) -> Path:
-    target = Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a saved state dict strictly, accepting the names of shared weights that were stored once."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    live = model.state_dict()
+    stored = {live[k].data_ptr() for k in state if k in live}
+    missing = [k for k in missing if live[k].data_ptr() not in stored]
+    if missing or unexpected:
+        raise PtlabError(f"{source} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def write_checkpoint(target: str | Path, model: nn.Module, config: Config, tokenizer: PtlabTokenizer | None,
+                     step: int = 0, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+                     metrics: dict | None = None, replace: bool = True) -> Path:
+    """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place."""
+    target = Path(target)
+    if target.exists() and not replace:
+        raise PtlabError(f"{target} already exists; choose a new directory")
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     save_config(config, tmp / "config.yaml")
-    tokenizer.save(tmp)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
     if optimizer is not None:
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
@@ -77,6 +96,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, config: Co
     os.replace(tmp, target)
     _fsync_dir(target.parent)
     return target
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, config: Config, tokenizer: PtlabTokenizer,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+                    metrics: dict | None = None) -> Path:
+    """RUN_DIR/checkpoints/step_NNNNNNN, written atomically."""
+    return write_checkpoint(Path(run_dir) / CHECKPOINTS / f"step_{step:07d}", model, config, tokenizer, step,
+                            optimizer, scheduler, metrics)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -97,11 +124,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     directory = resolve_checkpoint(path)
     config = load_checkpoint_config(directory)
     model = build_model(config.model)
-    state = load_file(str(directory / "model.safetensors"), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise PtlabError(f"{directory}/model.safetensors does not match its config: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    load_weights(model, load_file(str(directory / "model.safetensors"), device="cpu"),
+                 f"{directory}/model.safetensors")
     return model.to(device).eval()
 
 

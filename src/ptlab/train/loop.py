@@ -19,6 +19,7 @@ from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
+from ptlab.objectives import SpecialIds
 from ptlab.train.checkpoint import save_checkpoint
 from ptlab.train.metrics import MetricsLog
 from ptlab.train.optim import build_optimizer, build_scheduler
@@ -47,27 +48,58 @@ def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def seq2seq_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, int]:
+def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if model.is_encoder_decoder:
+        return model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
+                 prefix_mask=batch["prefix_mask"])
+
+
+def batch_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Tokens the model reads and predicts in a batch (for throughput)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+    return int((batch["segment_ids"] > 0).sum())
+
+
+def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed token cross-entropy over non-ignored labels, and how many labels that was."""
     labels = batch["labels"]
-    logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+    logits = batch_logits(model, batch)
     loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
     return loss, int((labels != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], pad_id: int, precision: str) -> float:
+def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
         with autocast(precision):
-            loss, n = seq2seq_loss_sum(model, batch, pad_id)
+            loss, n = loss_sum(model, batch)
         total += float(loss)
         count += n
     model.train(was_training)
     return total / max(count, 1)
+
+
+def fill_model_ids(cfg: Config, vocab_size: int, specials: SpecialIds) -> None:
+    """Take the vocabulary size and special ids the model needs (to generate) from the tokenizer."""
+    model = cfg.model
+    if model.vocab_size is None:
+        model.vocab_size = vocab_size
+    elif model.vocab_size < vocab_size:
+        raise PtlabError(f"config key 'model.vocab_size': {model.vocab_size} is smaller than the tokenizer's "
+                         f"{vocab_size}")
+    for key, value in (("pad_token_id", specials.pad), ("eos_token_id", specials.eos),
+                       ("bos_token_id", specials.bos)):
+        if getattr(model, key) is None:
+            setattr(model, key, value)
+    if model.decoder_start_token_id is None and model.is_encoder_decoder:
+        # T5 starts decoding from pad, BART from EOS (fairseq's `</s> <s> ...`)
+        model.decoder_start_token_id = specials.eos if model.family == "bart" else specials.pad
 
 
 def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
@@ -79,17 +111,13 @@ def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
     # in microcode, doubling step time; flushing them to zero changes nothing measurable in training.
     torch.set_flush_denormal(True)
     objective = resolve_objective(cfg.objective)
-    if objective.decoder_only:
+    if objective.decoder_only and cfg.model.is_encoder_decoder:
         raise PtlabError(f"objective {objective.name} is for decoder-only models; model.family {cfg.model.family} "
                          "is an encoder-decoder")
     tokenizer = ensure_tokenizer(cfg.data, show_progress)
-    if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = tokenizer.vocab_size
-    elif cfg.model.vocab_size < tokenizer.vocab_size:
-        raise PtlabError(f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the tokenizer's "
-                         f"{tokenizer.vocab_size}")
-    train_shard, val_shard = ensure_shards(cfg.data, tokenizer, show_progress)
     specials = tokenizer.specials
+    fill_model_ids(cfg, tokenizer.vocab_size, specials)
+    train_shard, val_shard = ensure_shards(cfg.data, tokenizer, show_progress)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
@@ -116,14 +144,13 @@ def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
     def run_eval(step: int) -> float | None:
         if not eval_set:
             return None
-        val_loss = evaluate_loss(model, eval_set, specials.pad, train_cfg.precision)
+        val_loss = evaluate_loss(model, eval_set, train_cfg.precision)
         record = {"step": step, "val_loss": val_loss}
         log.write(record)
         history.append(record)
         return val_loss
 
     initial_val = run_eval(0)
-    micro = train_cfg.batch_size // train_cfg.grad_accum
     tokens_done, train_seconds = 0, 0.0
     val_loss = initial_val
     bar = tqdm(total=train_cfg.max_steps, desc="pre-training", unit="step", disable=not show_progress,
@@ -132,14 +159,15 @@ def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
         started = time.perf_counter()
         batch = train_data.batch(step * train_cfg.batch_size, train_cfg.batch_size)
         total_labels = int((batch["labels"] != IGNORE_INDEX).sum())
-        step_tokens = int(batch["attention_mask"].sum()) + total_labels
+        step_tokens = batch_tokens(batch)
         loss_total = 0.0
-        for start in range(0, train_cfg.batch_size, micro):
-            part = to_tensors({k: v[start:start + micro] for k, v in batch.items()})
+        rows = len(batch["labels"])  # packed decoder batches have fewer rows than examples
+        for part_rows in np.array_split(np.arange(rows), min(train_cfg.grad_accum, rows)):
+            part = to_tensors({k: v[part_rows] for k, v in batch.items()})
             with autocast(train_cfg.precision):
-                loss_sum, _ = seq2seq_loss_sum(model, part, specials.pad)
-            (loss_sum / total_labels).backward()
-            loss_total += float(loss_sum.detach())
+                part_loss, _ = loss_sum(model, part)
+            (part_loss / total_labels).backward()
+            loss_total += float(part_loss.detach())
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                      if train_cfg.grad_clip > 0 else torch.tensor(float("nan")))
         lr = optimizer.param_groups[0]["lr"]

@@ -1,8 +1,9 @@
-"""Encoder-decoder Transformer, T5 flavour (v1.1 by default; original T5 via `feed_forward: relu` and a tied head).
+"""T5 encoder-decoder (v1.1 by default; original T5 via `feed_forward: relu` and a tied head; a shared variant).
 
 Read top to bottom, a block is the paper's:  x = x + SelfAttention(RMSNorm(x));  [x = x + CrossAttention(RMSNorm(x),
 encoder)];  x = x + FFN(RMSNorm(x)).  Attention scores are not scaled by 1/sqrt(d_head) (T5 folds that into the init),
 and a learned relative position bias, computed once per stack, is added to every self-attention layer's scores.
+With `shared_encoder_decoder` the decoder's self-attention and FFN are the encoder's (T5 Table 2, "Enc-dec, shared").
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
-from ptlab.models.layers import (Attention, GatedGeluFeedForward, RelativePositionBias, ReluFeedForward, RMSNorm,
-                                 add_biases, causal_bias, padding_bias)
+from ptlab.models.layers import (Attention, GatedGeluFeedForward, KVCache, RelativePositionBias, ReluFeedForward,
+                                 RMSNorm)
+from ptlab.models.masks import add_biases, causal_bias, padding_bias
 
 
 def _feed_forward(cfg: ModelConfig) -> nn.Module:
@@ -34,39 +36,40 @@ class EncoderBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), bias=bias))
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask=bias))
         x = x + self.dropout(self.ff(self.ff_norm(x)))
         return x
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, shared_with: EncoderBlock | None = None):
         super().__init__()
         self.self_attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.self_attn = _attention(cfg)
+        self.self_attn = shared_with.attn if shared_with is not None else _attention(cfg)
         self.cross_attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.cross_attn = _attention(cfg)
         self.ff_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.ff = _feed_forward(cfg)
+        self.ff = shared_with.ff if shared_with is not None else _feed_forward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, encoded: torch.Tensor, self_bias: torch.Tensor | None,
-                cross_bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), bias=self_bias))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=encoded, bias=cross_bias))
+                cross_bias: torch.Tensor | None, cache: tuple[KVCache, KVCache] | None = None) -> torch.Tensor:
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), mask=self_bias, cache=self_cache))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=encoded, mask=cross_bias,
+                                             cache=cross_cache))
         x = x + self.dropout(self.ff(self.ff_norm(x)))
         return x
 
 
-class EncoderDecoder(nn.Module):
-    """T5: shared token embedding, encoder and decoder stacks, LM head (untied in v1.1)."""
+class T5(nn.Module):
+    """Shared token embedding, encoder and decoder stacks, LM head (untied in v1.1)."""
+
+    is_encoder_decoder = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("model.vocab_size must be set (it is normally taken from the tokenizer)")
         self.config = cfg
-        num_decoder_layers = cfg.num_decoder_layers or cfg.num_layers
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder_position_bias = RelativePositionBias(
             cfg.num_heads, True, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
@@ -74,7 +77,11 @@ class EncoderDecoder(nn.Module):
         self.encoder_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.decoder_position_bias = RelativePositionBias(
             cfg.num_heads, False, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
-        self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(num_decoder_layers))
+        if cfg.shared_encoder_decoder:
+            self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg, shared_with=b) for b in self.encoder_blocks)
+        else:
+            self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_decoder_layers or
+                                                                                 cfg.num_layers))
         self.decoder_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -117,15 +124,22 @@ class EncoderDecoder(nn.Module):
             x = block(x, bias)
         return self.dropout(self.encoder_norm(x))
 
+    def new_cache(self) -> list[tuple[KVCache, KVCache]]:
+        return [(KVCache(), KVCache()) for _ in self.decoder_blocks]
+
     def decode(self, decoder_input_ids: torch.Tensor, encoded: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder logits [batch, target_length, vocab] given the encoder output and the encoder's padding mask."""
+               attention_mask: torch.Tensor | None = None, cache: list | None = None,
+               past_length: int = 0) -> torch.Tensor:
+        """Decoder logits [batch, length, vocab] given the encoder output and the encoder's padding mask. With a
+        `cache` (from `new_cache`), `decoder_input_ids` are the tokens after the `past_length` already seen."""
         length = decoder_input_ids.shape[1]
-        self_bias = self.decoder_position_bias(length, length) + causal_bias(length, decoder_input_ids.device)
+        total = past_length + length
+        self_bias = (self.decoder_position_bias(length, total, offset=past_length)
+                     + causal_bias(length, total, decoder_input_ids.device))
         cross_bias = padding_bias(attention_mask)
         x = self.dropout(self.embed(decoder_input_ids))
-        for block in self.decoder_blocks:
-            x = block(x, encoded, self_bias, cross_bias)
+        for i, block in enumerate(self.decoder_blocks):
+            x = block(x, encoded, self_bias, cross_bias, cache[i] if cache is not None else None)
         x = self.dropout(self.decoder_norm(x))
         if self.lm_head is None:
             # original T5: tied head, with the decoder output rescaled to keep logits at the embedding's scale
