@@ -23,7 +23,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from ptlab.train.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, show_progress=not args.quiet)
+    resume = "always" if args.resume else "never" if args.restart else "auto"
+    result = pretrain(cfg, show_progress=not args.quiet, resume=resume, allow_data_change=args.allow_data_change)
+    if result.interrupted:
+        print(f"ptlab: {result.interrupted} at step {result.steps}: saved {result.checkpoint}; run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(130 if result.interrupted == "SIGINT" else 143)
     first = f"{result.initial_val_loss:.3f}" if result.initial_val_loss is not None else "-"
     last = f"{result.final_val_loss:.3f}" if result.final_val_loss is not None else "-"
     print(f"done: {result.steps} steps, validation loss {first} -> {last}, "
@@ -148,9 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="pre-train a model from a YAML config",
                          description="Pre-train as configured: the tokenizer and token shards are built on first "
-                                     "use; metrics go to RUN_DIR/metrics.jsonl and checkpoints to "
-                                     "RUN_DIR/checkpoints/step_N/ (safetensors weights, config, tokenizer).")
+                                     "use; metrics go to RUN_DIR/metrics.jsonl (and RUN_DIR/tensorboard) and "
+                                     "checkpoints to RUN_DIR/checkpoints/step_N/. A run directory that holds a "
+                                     "checkpoint is resumed exactly where it stopped. Ctrl-C or SIGTERM saves a "
+                                     "checkpoint and exits. For several processes or GPUs: torchrun "
+                                     "--nproc_per_node=N -m ptlab pretrain ... (train.distributed: ddp or fsdp).")
     pre.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    again = pre.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="require a checkpoint in run_dir to continue from (default: continue when there is one)")
+    again.add_argument("--restart", action="store_true",
+                       help="delete run_dir's checkpoints and metrics and start afresh")
+    pre.add_argument("--allow-data-change", action="store_true",
+                     help="resume even though the data, tokenizer, objective, seed or batch size changed")
     pre.add_argument("--quiet", action="store_true", help="no progress bars")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     pre.set_defaults(func=_cmd_pretrain)

@@ -147,41 +147,60 @@ class DataConfig:
         _check(bool(self.train_files), "data.train_files", "must name at least one file")
 
 
+SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "wsd")
+OPTIMIZERS = ("adamw", "adamw_scale", "adafactor")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
-    batch_size: int = 32  # examples per optimizer step (across accumulation steps)
-    grad_accum: int = 1
-    optimizer: str = "adamw"  # adamw | adamw_scale (step scaled by each tensor's RMS, as nanoT5)
+    batch_size: int = 32  # examples per optimizer step, across all ranks and accumulation steps
+    grad_accum: int = 1  # micro-batches per rank and step
+    optimizer: str = "adamw"  # adamw | adamw_scale (step scaled by each tensor's RMS, as nanoT5) | adafactor
     lr: float = 1e-3
-    schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt
+    schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt (T5) | wsd (warmup-stable-decay)
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # cosine/linear decay floor, as a fraction of lr
+    min_lr_ratio: float = 0.1  # cosine/linear/wsd decay floor, as a fraction of lr
+    decay_ratio: float = 0.1  # wsd: the share of steps spent decaying at the end
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     precision: str = "bf16"  # bf16 (autocast) | fp32
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2, fully_shard per block)
     eval_every: int = 100
     eval_batches: int = 4
-    checkpoint_every: int = 0  # 0: only the final checkpoint
+    checkpoint_every: int = 0  # 0: only the final checkpoint (and one on SIGTERM/Ctrl-C)
+    keep_checkpoints: int = 3  # the newest K checkpoints are kept
+    max_bad_steps: int = 5  # a non-finite loss skips the step; this many in a row stops the run
     log_every: int = 10
-    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    tensorboard: bool = True  # also write TensorBoard event files to RUN_DIR/tensorboard
+    peak_tflops: float | None = None  # for MFU; None: the GPU's datasheet bf16 peak, or this CPU's measured one
+    threads: int = 0  # torch intra-op threads per process; 0: leave torch's default
 
     def validate(self) -> None:
         _check(self.max_steps > 0, "train.max_steps", "must be positive")
         _check(self.batch_size > 0, "train.batch_size", "must be positive")
-        _check(self.grad_accum > 0 and self.batch_size % self.grad_accum == 0, "train.grad_accum",
-               f"must divide train.batch_size ({self.batch_size})")
+        _check(self.grad_accum > 0, "train.grad_accum", "must be positive")
         _check(self.lr > 0, "train.lr", "must be positive")
-        _check(self.optimizer in ("adamw", "adamw_scale"), "train.optimizer",
-               f"unknown optimizer {self.optimizer!r} (known: adamw, adamw_scale)")
-        _check(self.schedule in ("constant", "cosine", "linear", "inverse_sqrt"), "train.schedule",
-               f"unknown schedule {self.schedule!r} (known: constant, cosine, linear, inverse_sqrt)")
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer",
+               f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        _check(self.schedule in SCHEDULES, "train.schedule",
+               f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
         _check(self.precision in ("bf16", "fp32"), "train.precision", "must be 'bf16' or 'fp32'")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be 'auto', 'cpu' or 'cuda'")
+        _check(self.distributed in ("ddp", "fsdp"), "train.distributed", "must be 'ddp' or 'fsdp'")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
-        _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every", "must be >= 0")
+        _check(0.0 < self.decay_ratio <= 1.0, "train.decay_ratio", "must be in (0, 1]")
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
 
 
 @dataclass

@@ -4,8 +4,12 @@
         model.safetensors       weights (no pickle)
         config.yaml             the full run config (model.vocab_size filled in)
         tokenizer.json, ptlab_tokenizer.json
-        trainer_state.pt        optimizer + scheduler state and the step (plain tensors; loaded with weights_only)
+        trainer_state.pt        step, optimizer (keyed by parameter name, so any number of ranks can resume it),
+                                scheduler, RNG states, data position and fingerprints (loaded with weights_only)
         meta.json               step, metrics at save time, sha256 of every file
+
+A checkpoint whose files do not match their checksums (a crash mid-copy, a truncated disk) is skipped with a
+warning in favour of the previous one.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -66,24 +71,23 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise PtlabError(f"{source} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def write_checkpoint(target: str | Path, model: nn.Module, config: Config, tokenizer: PtlabTokenizer | None,
-                     step: int = 0, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+def write_checkpoint(target: str | Path, weights: nn.Module | dict[str, torch.Tensor], config: Config,
+                     tokenizer: PtlabTokenizer | None, step: int = 0, trainer_state: dict | None = None,
                      metrics: dict | None = None, replace: bool = True) -> Path:
     """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place."""
     target = Path(target)
     if target.exists() and not replace:
         raise PtlabError(f"{target} already exists; choose a new directory")
+    state = state_dict_for_saving(weights) if isinstance(weights, nn.Module) else weights
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     save_config(config, tmp / "config.yaml")
     if tokenizer is not None:
         tokenizer.save(tmp)
-    if optimizer is not None:
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
-                   tmp / "trainer_state.pt")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
     meta = {"step": step, "metrics": metrics or {}, "sha256": files}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -98,23 +102,69 @@ def write_checkpoint(target: str | Path, model: nn.Module, config: Config, token
     return target
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, config: Config, tokenizer: PtlabTokenizer,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
-                    metrics: dict | None = None) -> Path:
-    """RUN_DIR/checkpoints/step_NNNNNNN, written atomically."""
-    return write_checkpoint(Path(run_dir) / CHECKPOINTS / f"step_{step:07d}", model, config, tokenizer, step,
-                            optimizer, scheduler, metrics)
+def save_checkpoint(run_dir: str | Path, step: int, weights: nn.Module | dict[str, torch.Tensor], config: Config,
+                    tokenizer: PtlabTokenizer, trainer_state: dict | None = None, metrics: dict | None = None,
+                    keep: int | None = None) -> Path:
+    """RUN_DIR/checkpoints/step_NNNNNNN, written atomically; then only the newest `keep` checkpoints remain."""
+    path = write_checkpoint(Path(run_dir) / CHECKPOINTS / f"step_{step:07d}", weights, config, tokenizer, step,
+                            trainer_state, metrics)
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Completed checkpoint directories of a run, oldest first (unfinished `.tmp` ones excluded)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return sorted(root.glob("step_*[0-9]")) if root.is_dir() else []
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """What is wrong with a checkpoint directory, or None when every file matches its recorded checksum."""
+    meta_path = directory / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected = meta["sha256"]
+    except (OSError, ValueError, KeyError):
+        return "meta.json is missing or unreadable"
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_valid_checkpoint(run_dir: str | Path, warn=None) -> Path | None:
+    """The newest checkpoint that verifies; each broken newer one is reported through `warn`."""
+    for candidate in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(candidate)
+        if problem is None:
+            return candidate
+        if warn is not None:
+            warn(f"skipping checkpoint {candidate}: {problem}")
+    return None
+
+
+def load_trainer_state(directory: str | Path) -> dict:
+    path = Path(directory) / "trainer_state.pt"
+    if not path.is_file():
+        raise PtlabError(f"{path} not found: this checkpoint holds weights only and cannot resume training")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    """A checkpoint directory, or a run directory (its newest checkpoint that verifies)."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
-    candidates = sorted((path / CHECKPOINTS).glob("step_*[0-9]")) if (path / CHECKPOINTS).is_dir() else []
-    if not candidates:
+    latest = latest_valid_checkpoint(path, warn=lambda message: print(f"ptlab: warning: {message}",
+                                                                        file=sys.stderr))
+    if latest is None:
         raise PtlabError(f"no checkpoint at {path} (expected model.safetensors or {CHECKPOINTS}/step_*)")
-    return candidates[-1]
+    return latest
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

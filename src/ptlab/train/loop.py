@@ -1,9 +1,20 @@
-"""The pre-training loop: batches from the objective, AdamW, schedule, clipping, accumulation, eval, checkpoints."""
+"""The pre-training loop, the same on a laptop CPU and under torchrun.
+
+Each step reads the global batch's examples `[step * batch_size, (step + 1) * batch_size)`; rank r of W takes its
+contiguous share, split into `grad_accum` micro-batches. The loss is token-weighted over the global batch, so any
+rank count and accumulation gives the same gradient. The learning rate is a pure function of the step, batches a
+pure function of (seed, step), and checkpoints hold model, optimizer (keyed by parameter name), RNG state and
+the data position: a run killed at any point and resumed logs the same losses as one never stopped (on CPU).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,18 +22,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
 from tqdm import tqdm
 
 from ptlab.config import Config, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.errors import PtlabError
+from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
 from ptlab.objectives import SpecialIds
-from ptlab.train.checkpoint import save_checkpoint
-from ptlab.train.metrics import MetricsLog
-from ptlab.train.optim import build_optimizer, build_scheduler
+from ptlab.train import distributed
+from ptlab.train.checkpoint import (CHECKPOINTS, latest_valid_checkpoint, load_trainer_state, load_weights,
+                                    save_checkpoint, state_dict_for_saving)
+from ptlab.train.metrics import MetricsLog, read_metrics
+from ptlab.train.optim import build_optimizer, lr_factor
 
 
 @dataclass
@@ -36,20 +53,24 @@ class PretrainResult:
     train_seconds: float
     parameters: int
     history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+    interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
+    skipped_steps: int = 0
+    mfu: float | None = None
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in batch.items()}
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
 def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    if model.is_encoder_decoder:
+    if "decoder_input_ids" in batch:
         return model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
     return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
                  prefix_mask=batch["prefix_mask"])
@@ -72,12 +93,13 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str) -> float:
+def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str,
+                  device: torch.device | str = "cpu") -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        with autocast(precision):
+        with autocast(precision, device):
             loss, n = loss_sum(model, batch)
         total += float(loss)
         count += n
@@ -102,104 +124,309 @@ def fill_model_ids(cfg: Config, vocab_size: int, specials: SpecialIds) -> None:
         model.decoder_start_token_id = specials.eos if model.family == "bart" else specials.pad
 
 
-def pretrain(cfg: Config, show_progress: bool = True) -> PretrainResult:
-    """Run pre-training as configured; returns where the final checkpoint is and the headline figures."""
-    train_cfg = cfg.train
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
-    # Tiny optimizer statistics become subnormal floats after a few hundred steps, which x86 CPUs handle
-    # in microcode, doubling step time; flushing them to zero changes nothing measurable in training.
-    torch.set_flush_denormal(True)
-    objective = resolve_objective(cfg.objective)
-    if objective.decoder_only and cfg.model.is_encoder_decoder:
-        raise PtlabError(f"objective {objective.name} is for decoder-only models; model.family {cfg.model.family} "
-                         "is an encoder-decoder")
-    tokenizer = ensure_tokenizer(cfg.data, show_progress)
-    specials = tokenizer.specials
-    fill_model_ids(cfg, tokenizer.vocab_size, specials)
-    train_shard, val_shard = ensure_shards(cfg.data, tokenizer, show_progress)
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations during backward (less memory, about a third more compute). The
+    forward is wrapped in place, so parameter names do not change."""
+    for block in distributed.blocks(model):
+        block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    model.train()
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
 
-    train_data = pretrain_batches(cfg, objective, train_shard, specials)
-    eval_set = ([to_tensors(b) for b in validation_batches(pretrain_batches(cfg, objective, val_shard, specials,
-                                                                            validation=True), cfg)]
-                if val_shard else [])
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request to checkpoint and stop after the current step."""
 
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    log = MetricsLog(run_dir, append=False)
-    parameters = count_parameters(model)
-    log.write({"event": "start", "parameters": parameters, "raw_length": train_data.raw_length,
-               "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,
-               "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size})
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
 
-    history: list[dict] = []
+    def __enter__(self) -> "_StopSignals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
 
-    def run_eval(step: int) -> float | None:
-        if not eval_set:
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def data_identity(cfg: Config, train_index: dict, tokenizer_fingerprint: str) -> dict:
+    """What must not change between a checkpoint and its resumption for the data stream to continue exactly."""
+    return {"train_data": train_index["data_fingerprint"], "tokenizer": tokenizer_fingerprint,
+            "objective": cfg.objective.to_dict(), "seed": cfg.seed, "batch_size": cfg.train.batch_size,
+            "inputs_length": cfg.objective.inputs_length}
+
+
+def pretrain(cfg: Config, show_progress: bool = True, resume: str = "auto",
+             allow_data_change: bool = False) -> PretrainResult:
+    """Run pre-training as configured; returns where the final checkpoint is and the headline figures.
+
+    `resume`: "auto" continues from the run directory's newest valid checkpoint when there is one, "always"
+    requires one, "never" deletes the run directory's checkpoints and metrics and starts afresh.
+    """
+    runtime = distributed.setup(cfg.train.device)
+    try:
+        return _Trainer(cfg, runtime, show_progress).run(resume, allow_data_change)
+    finally:
+        distributed.teardown()
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, runtime: distributed.Runtime, show_progress: bool):
+        self.cfg, self.runtime = cfg, runtime
+        self.show = show_progress and runtime.is_main
+        self.run_dir = Path(cfg.run_dir)
+
+    def note(self, message: str) -> None:
+        if self.runtime.is_main:
+            print(f"ptlab: {message}", file=sys.stderr, flush=True)
+
+    def _prepare_data(self):
+        cfg, runtime = self.cfg, self.runtime
+        if runtime.is_main:  # one process trains the tokenizer and writes the shards; the others then read them
+            tokenizer = ensure_tokenizer(cfg.data, self.show)
+            shards = ensure_shards(cfg.data, tokenizer, self.show)
+        runtime.barrier()
+        if not runtime.is_main:
+            tokenizer = ensure_tokenizer(cfg.data, False)
+            shards = ensure_shards(cfg.data, tokenizer, False)
+        return tokenizer, shards
+
+    def _check_config(self, objective) -> None:
+        cfg, world = self.cfg, self.runtime.world_size
+        if objective.decoder_only and cfg.model.is_encoder_decoder:
+            raise PtlabError(f"objective {objective.name} is for decoder-only models; model.family "
+                             f"{cfg.model.family} is an encoder-decoder")
+        if cfg.train.batch_size % world:
+            raise PtlabError(f"config key 'train.batch_size': {cfg.train.batch_size} examples do not split evenly "
+                             f"over {world} processes")
+        if world > 1 and cfg.train.distributed == "fsdp" and cfg.model.shared_encoder_decoder:
+            raise PtlabError("config key 'train.distributed': FSDP cannot shard a shared encoder-decoder's blocks "
+                             "twice; use ddp")
+
+    def run(self, resume: str, allow_data_change: bool) -> PretrainResult:
+        cfg, runtime, train_cfg = self.cfg, self.runtime, self.cfg.train
+        device = runtime.device
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        # Tiny optimizer statistics become subnormal floats after a few hundred steps, which x86 CPUs handle
+        # in microcode, doubling step time; flushing them to zero changes nothing measurable in training.
+        torch.set_flush_denormal(True)
+        objective = resolve_objective(cfg.objective, quiet=not runtime.is_main)
+        self._check_config(objective)
+
+        if resume == "never" and runtime.is_main:
+            for stale in (self.run_dir / CHECKPOINTS, self.run_dir / "tensorboard"):
+                shutil.rmtree(stale, ignore_errors=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        tokenizer, (train_shard, val_shard) = self._prepare_data()
+        specials = tokenizer.specials
+        fill_model_ids(cfg, tokenizer.vocab_size, specials)
+        identity = data_identity(cfg, train_shard.index, tokenizer.fingerprint())
+
+        checkpoint = None if resume == "never" else latest_valid_checkpoint(
+            self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
+        if resume == "always" and checkpoint is None:
+            raise PtlabError(f"nothing to resume: no valid checkpoint in {self.run_dir / CHECKPOINTS}")
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model)
+        state = None
+        if checkpoint is not None:
+            state = load_trainer_state(checkpoint)
+            self._check_identity(state["data"], identity, checkpoint, allow_data_change)
+            load_weights(model, load_file(str(checkpoint / "model.safetensors")), f"{checkpoint}/model.safetensors")
+        model.to(device)
+        if train_cfg.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        trained = distributed.wrap(model, runtime, train_cfg.distributed)
+        forward = torch.compile(trained) if train_cfg.compile else trained
+        optimizer = build_optimizer(trained, train_cfg, device)
+        start_step, bad_total = 0, 0
+        if state is not None:
+            set_optimizer_state_dict(trained, optimizer, optim_state_dict=state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            start_step, bad_total = state["step"], state["progress"]["skipped_steps"]
+            self.note(f"resuming {self.run_dir} from step {start_step} ({checkpoint.name})")
+        model.train()
+
+        train_data = pretrain_batches(cfg, objective, train_shard, specials)
+        eval_set = ([to_tensors(b, device) for b in validation_batches(
+            pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
+        parameters = count_parameters(model)
+        peak, peak_source = peak_tflops(device, train_cfg.precision, train_cfg.peak_tflops)
+
+        log = None
+        if runtime.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            log = MetricsLog(self.run_dir, resume_step=start_step if state is not None else None,
+                             tensorboard=train_cfg.tensorboard)
+            log.write({"event": "resume" if state is not None else "start", "step": start_step,
+                       "parameters": parameters, "raw_length": train_data.raw_length,
+                       "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,
+                       "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size,
+                       "world_size": runtime.world_size, "device": str(device), "peak_tflops": peak,
+                       "peak_source": peak_source})
+        history: list[dict] = []
+
+        def record(entry: dict) -> None:
+            if log is not None:
+                log.write(entry)
+            history.append(entry)
+
+        def run_eval(step: int) -> float | None:
+            if not eval_set:
+                return None
+            val_loss = evaluate_loss(forward, eval_set, train_cfg.precision, device)
+            record({"step": step, "val_loss": val_loss})
+            return val_loss
+
+        def checkpoint_now(step: int, metrics: dict) -> Path:
+            progress = {"tokens": tokens_done, "flops": flops_done, "seconds": train_seconds,
+                        "skipped_steps": bad_total}
+            return self._save(step, model, trained, optimizer, tokenizer, identity, progress, metrics)
+
+        initial_val = run_eval(0) if state is None else next(
+            (r["val_loss"] for r in read_metrics(self.run_dir) if r.get("step") == 0 and "val_loss" in r), None)
+        val_loss = initial_val
+        share = train_cfg.batch_size // runtime.world_size
+        progress = state.get("progress", {}) if state is not None else {}
+        tokens_done, flops_done = progress.get("tokens", 0.0), progress.get("flops", 0.0)
+        train_seconds, bad_in_row, loss = progress.get("seconds", 0.0), 0, float("nan")
+        last_checkpoint = None
+        bar = tqdm(total=train_cfg.max_steps, initial=start_step, desc="pre-training", unit="step",
+                   disable=not self.show, dynamic_ncols=True)
+        with _StopSignals() as signals:
+            for step in range(start_step, train_cfg.max_steps):
+                started = time.perf_counter()
+                lr = train_cfg.lr * lr_factor(step, train_cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = train_data.batch(step * train_cfg.batch_size + runtime.rank * share, share)
+                local_labels = int((batch["labels"] != IGNORE_INDEX).sum())
+                total_labels, step_tokens, step_flops = runtime.sum(
+                    local_labels, batch_tokens(batch), self._flops(batch))
+                loss_total = 0.0
+                parts = np.array_split(np.arange(len(batch["labels"])), min(train_cfg.grad_accum,
+                                                                             len(batch["labels"])))
+                for i, rows in enumerate(parts):
+                    part = to_tensors({k: v[rows] for k, v in batch.items()}, device)
+                    sync = i == len(parts) - 1 or not hasattr(trained, "no_sync")
+                    with (contextlib.nullcontext() if sync else trained.no_sync()), \
+                            autocast(train_cfg.precision, device):
+                        part_loss, _ = loss_sum(forward, part)
+                    # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
+                    (part_loss * runtime.world_size / max(total_labels, 1)).backward()
+                    loss_total += float(part_loss.detach())
+                loss = runtime.sum(loss_total)[0] / max(total_labels, 1)
+                if not math.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_in_row += 1
+                    bad_total += 1
+                    record({"step": step + 1, "event": "skipped_step", "loss": loss, "in_a_row": bad_in_row})
+                    if bad_in_row >= train_cfg.max_bad_steps:
+                        path = checkpoint_now(step + 1, {"loss": loss})
+                        raise PtlabError(f"loss was {loss} for {bad_in_row} steps in a row (up to step {step + 1}); "
+                                         f"stopped with a checkpoint of the last good weights at {path}. Lower "
+                                         "train.lr, raise train.warmup_steps or use train.precision=fp32")
+                else:
+                    bad_in_row = 0
+                    grad_norm = (torch.nn.utils.clip_grad_norm_(trained.parameters(), train_cfg.grad_clip)
+                                 if train_cfg.grad_clip > 0 else torch.tensor(float("nan")))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                train_seconds += time.perf_counter() - started
+                tokens_done += step_tokens
+                flops_done += step_flops
+                done = step + 1
+                tokens_per_second = tokens_done / train_seconds
+                tflops = flops_done / train_seconds / 1e12
+                mfu = tflops / (peak * runtime.world_size)
+                if math.isfinite(loss) and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
+                    record({"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                            "tokens": tokens_done, "tokens_per_second": tokens_per_second, "tflops": tflops,
+                            "mfu": mfu, "seconds": train_seconds})
+                if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
+                    val_loss = run_eval(done)
+                stop = runtime.any(signals.received is not None)
+                if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
+                        and done != train_cfg.max_steps) or stop:
+                    last_checkpoint = checkpoint_now(done, {"loss": loss})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                                tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
+                if stop:
+                    bar.close()
+                    name = signals.received or "SIGTERM"
+                    record({"step": done, "event": "interrupted", "signal": name, "checkpoint": str(last_checkpoint)})
+                    if log is not None:
+                        log.close()
+                    return PretrainResult(self.run_dir, last_checkpoint, done, initial_val, val_loss,
+                                          tokens_done / max(train_seconds, 1e-9), train_seconds, parameters, history,
+                                          start_step if state is not None else None, name, bad_total, mfu)
+        bar.close()
+        if start_step >= train_cfg.max_steps and checkpoint is not None:
+            self.note(f"{self.run_dir} already finished {start_step} steps (train.max_steps={train_cfg.max_steps})")
+            final_val, final = val_loss, checkpoint
+        else:
+            final_val = run_eval(train_cfg.max_steps)
+            final = checkpoint_now(train_cfg.max_steps, {"val_loss": final_val})
+        speed = tokens_done / max(train_seconds, 1e-9)
+        mfu = flops_done / max(train_seconds, 1e-9) / 1e12 / (peak * runtime.world_size) if flops_done else None
+        record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val, "tokens_per_second": speed,
+                "mfu": mfu, "skipped_steps": bad_total, "checkpoint": str(final)})
+        if log is not None:
+            log.close()
+        return PretrainResult(self.run_dir, final, train_cfg.max_steps, initial_val, final_val, speed,
+                              train_seconds, parameters, history, start_step if state is not None else None, None,
+                              bad_total, mfu)
+
+    @functools.cache
+    def _flops_per_example(self, inputs: int, targets: int) -> float:
+        return training_flops(self.cfg.model, inputs, targets)
+
+    def _flops(self, batch: dict[str, np.ndarray]) -> float:
+        """Training FLOPs of the batch's padded shapes."""
+        if "decoder_input_ids" in batch:
+            rows, inputs = batch["input_ids"].shape
+            return rows * self._flops_per_example(inputs, batch["labels"].shape[1])
+        rows, length = batch["input_ids"].shape
+        return rows * self._flops_per_example(0, length)
+
+    def _check_identity(self, saved: dict, current: dict, checkpoint: Path, allow_data_change: bool) -> None:
+        changed = [key for key in current if saved.get(key) != current[key]]
+        if changed and not allow_data_change:
+            raise PtlabError(f"{checkpoint} was trained on different data settings ({', '.join(changed)} changed); "
+                             "resuming would not continue the same data stream. Pass --allow-data-change to "
+                             "resume anyway, or use a new run_dir")
+        if changed:
+            self.note(f"warning: resuming although {', '.join(changed)} changed (--allow-data-change)")
+
+    def _save(self, step: int, model: nn.Module, trained: nn.Module, optimizer, tokenizer, identity: dict,
+              progress: dict, metrics: dict) -> Path | None:
+        """Gather the full (unsharded) state on every rank's behalf; the main process writes it."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sharded = self.runtime.distributed and self.cfg.train.distributed == "fsdp"
+        weights = get_model_state_dict(trained, options=options) if sharded else None
+        optimizer_state = get_optimizer_state_dict(trained, optimizer, options=options)
+        if not self.runtime.is_main:
+            self.runtime.barrier()
             return None
-        val_loss = evaluate_loss(model, eval_set, train_cfg.precision)
-        record = {"step": step, "val_loss": val_loss}
-        log.write(record)
-        history.append(record)
-        return val_loss
-
-    initial_val = run_eval(0)
-    tokens_done, train_seconds = 0, 0.0
-    val_loss = initial_val
-    bar = tqdm(total=train_cfg.max_steps, desc="pre-training", unit="step", disable=not show_progress,
-               dynamic_ncols=True)
-    for step in range(train_cfg.max_steps):
-        started = time.perf_counter()
-        batch = train_data.batch(step * train_cfg.batch_size, train_cfg.batch_size)
-        total_labels = int((batch["labels"] != IGNORE_INDEX).sum())
-        step_tokens = batch_tokens(batch)
-        loss_total = 0.0
-        rows = len(batch["labels"])  # packed decoder batches have fewer rows than examples
-        for part_rows in np.array_split(np.arange(rows), min(train_cfg.grad_accum, rows)):
-            part = to_tensors({k: v[part_rows] for k, v in batch.items()})
-            with autocast(train_cfg.precision):
-                part_loss, _ = loss_sum(model, part)
-            (part_loss / total_labels).backward()
-            loss_total += float(part_loss.detach())
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                     if train_cfg.grad_clip > 0 else torch.tensor(float("nan")))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_total / total_labels
-        if not math.isfinite(loss):
-            log.write({"step": step + 1, "event": "non_finite_loss", "loss": loss})
-            raise PtlabError(f"loss became {loss} at step {step + 1}; lower train.lr or use train.precision=fp32")
-        train_seconds += time.perf_counter() - started
-        tokens_done += step_tokens
-        tokens_per_second = tokens_done / train_seconds
-        done = step + 1
-        if done % train_cfg.log_every == 0 or done == train_cfg.max_steps:
-            record = {"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens": tokens_done, "tokens_per_second": tokens_per_second, "seconds": train_seconds}
-            log.write(record)
-            history.append(record)
-        if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
-            val_loss = run_eval(done)
-        if train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0 and done != train_cfg.max_steps:
-            save_checkpoint(run_dir, done, model, cfg, tokenizer, optimizer, scheduler, {"loss": loss})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
-                        tok_s=f"{tokens_per_second:,.0f}")
-    bar.close()
-    final_val = run_eval(train_cfg.max_steps)
-    checkpoint = save_checkpoint(run_dir, train_cfg.max_steps, model, cfg, tokenizer, optimizer, scheduler,
-                                 {"val_loss": final_val})
-    log.write({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val,
-               "tokens_per_second": tokens_done / max(train_seconds, 1e-9), "checkpoint": str(checkpoint)})
-    log.close()
-    return PretrainResult(run_dir, checkpoint, train_cfg.max_steps, initial_val, final_val,
-                          tokens_done / max(train_seconds, 1e-9), train_seconds, parameters, history)
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda" else None}
+        trainer_state = {"step": step, "optimizer": optimizer_state, "rng": rng, "progress": progress,
+                         "data": {**identity, "examples_seen": step * self.cfg.train.batch_size}}
+        path = save_checkpoint(self.run_dir, step, weights if weights is not None else state_dict_for_saving(model),
+                               self.cfg, tokenizer, trainer_state, metrics, keep=self.cfg.train.keep_checkpoints)
+        self.runtime.barrier()
+        return path

@@ -27,32 +27,46 @@ class AdamWScale(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
+            states = [self.state[p] for p in params]
+            for param, state in zip(params, states):
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                step = float(state["step"])
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(param.grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                rms = max(1e-3, float(param.detach().float().pow(2).mean().sqrt()))
-                step_size = group["lr"] * rms * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                denom = exp_avg_sq.sqrt().add_(group["eps"] * math.sqrt(1 - beta2**step))
-                param.addcdiv_(exp_avg, denom, value=-step_size)
-                if group["weight_decay"]:
-                    param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+            step = float(states[0]["step"])  # one host read per group: every parameter steps together
+            grads = [p.grad for p in params]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            # RMS of each tensor before the update (a sharded tensor's full RMS, so FSDP changes nothing)
+            rms = torch.stack([_full(p.detach().float().norm()) / p.numel() ** 0.5 for p in params]).clamp(min=1e-3)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            bias_correction2 = math.sqrt(1 - beta2**step)
+            step_sizes = (-group["lr"] * bias_correction2 / (1 - beta1**step)) * rms
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denoms, group["eps"] * bias_correction2)
+            updates = torch._foreach_div(exp_avgs, denoms)
+            torch._foreach_mul_(updates, [size.to(u.dtype) for size, u in zip(step_sizes.unbind(), updates)])
+            torch._foreach_add_(params, updates)
         return loss
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (`adamw`) or RMS-scaled AdamW (`adamw_scale`); weight decay only on matrices, not on norms, biases
-    or position-bias tables."""
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly sharded (DTensor) reduction."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW (fused on GPU, foreach on CPU), RMS-scaled AdamW (`adamw_scale`) or Adafactor (T5's optimizer, with
+    the relative step: `lr` caps it); weight decay only on matrices, not on norms, biases or position-bias tables."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -62,7 +76,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw_scale":
         return AdamWScale(groups, lr=cfg.lr, betas=betas, eps=1e-8)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, foreach=True)
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(groups, lr=cfg.lr)
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused or None,
+                             foreach=None if fused else True)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -75,12 +93,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "inverse_sqrt":
         # T5: 1/sqrt(max(step, warmup)), normalised so the factor is 1 at the end of warmup
         return math.sqrt(max(warmup, 1) / max(step + 1, warmup, 1))
-    progress = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
     floor = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":  # warmup, stable at the peak, then a linear decay over the last decay_ratio of steps
+        decay_steps = max(1, round(cfg.decay_ratio * cfg.max_steps))
+        decay_start = max(warmup, cfg.max_steps - decay_steps)
+        if step < decay_start:
+            return 1.0
+        return floor + (1 - floor) * max(0.0, 1 - (step - decay_start) / max(1, cfg.max_steps - decay_start))
+    progress = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
     if cfg.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return floor + (1 - floor) * (1 - progress)  # linear
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

@@ -1,0 +1,91 @@
+"""Data parallelism through PyTorch's own engine: torchrun sets RANK/WORLD_SIZE, ptlab wraps the model in DDP or
+FSDP2 (`fully_shard` per block), gloo on CPU and NCCL on GPU. A single process needs none of it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ptlab.errors import PtlabError
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum numbers over ranks (identity on one process)."""
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        return self.sum(float(flag))[0] > 0
+
+
+def setup(device: str = "auto") -> Runtime:
+    """Join the process group when launched by torchrun; pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise PtlabError("config key 'train.device': cuda requested but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return Runtime(rank, world_size, target)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, runtime: Runtime, mode: str) -> nn.Module:
+    """The model to train: itself (one process), DistributedDataParallel, or FSDP2-sharded in place."""
+    if not runtime.distributed:
+        return model
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The Transformer blocks of any ptlab model (the unit of FSDP sharding and activation checkpointing)."""
+    found = []
+    for name in ("encoder_blocks", "decoder_blocks", "blocks"):
+        found.extend(getattr(model, name, []))
+    return found

@@ -1,0 +1,191 @@
+"""The trainer's promises: exact resume after SIGKILL, accumulation and data parallelism that do not change the
+loss, FSDP2 checkpoints that resume on one process, corrupted checkpoints skipped, SIGTERM saves, NaN steps skipped."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ptlab.config import load_config
+from ptlab.errors import PtlabError
+from ptlab.train.checkpoint import list_checkpoints, load_model
+from ptlab.train.loop import pretrain
+from ptlab.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
+    path = tmp_path_factory.mktemp("tok")
+    unigram_tokenizer.save(path)
+    return path
+
+
+def write_config(tmp_path, small_corpus, tokenizer_dir, **train) -> Path:
+    config = {
+        "run_dir": str(tmp_path / "run"), "seed": 1,
+        "model": {"family": "t5", "d_model": 32, "d_ff": 64, "num_heads": 2, "num_layers": 1},
+        "objective": {"name": "span_corruption", "inputs_length": 32},
+        "data": {"train_files": [str(small_corpus["train"])], "validation_files": [str(small_corpus["validation"])],
+                 "tokenizer": str(tokenizer_dir), "vocab_size": 2000, "shards_dir": str(tmp_path / "shards")},
+        "train": {"max_steps": 16, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "log_every": 1,
+                  "eval_every": 4, "eval_batches": 1, "checkpoint_every": 4, "precision": "fp32", "threads": 1,
+                  "tensorboard": False, "peak_tflops": 1.0, **train},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_ptlab(config: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptlab", "pretrain", "--config", str(config), "--quiet", *extra],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def curve(run_dir: Path) -> list[tuple]:
+    return [(r["step"], r.get("loss"), r.get("val_loss"), r.get("lr"), r.get("grad_norm"))
+            for r in read_metrics(run_dir) if "event" not in r]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_corpus, tokenizer_dir):
+    slow = {"max_steps": 60, "checkpoint_every": 8, "eval_every": 8}
+    reference = write_config(tmp_path / "a", small_corpus, tokenizer_dir, **slow)
+    assert run_ptlab(reference).returncode == 0
+    expected = curve(tmp_path / "a" / "run")
+
+    config = write_config(tmp_path / "b", small_corpus, tokenizer_dir, **slow)
+    run_dir = tmp_path / "b" / "run"
+    process = subprocess.Popen([sys.executable, "-m", "ptlab", "pretrain", "--config", str(config), "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.get("step", 0) >= 30 for r in read_metrics(run_dir)):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps = [c.name for c in list_checkpoints(run_dir)]
+    assert steps and "step_0000060" not in steps  # killed mid-run, after at least one checkpoint
+    resumed = run_ptlab(config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert curve(run_dir) == expected
+
+
+def in_process(tmp_path, small_corpus, tokenizer_dir, *overrides):
+    config = write_config(tmp_path, small_corpus, tokenizer_dir)
+    return load_config(config, list(overrides))
+
+
+def test_four_micro_batches_of_one_equal_one_batch_of_four(tmp_path, small_corpus, tokenizer_dir):
+    runs = {}
+    for accum in (1, 4):
+        cfg = in_process(tmp_path / str(accum), small_corpus, tokenizer_dir, "train.batch_size=4",
+                         f"train.grad_accum={accum}", "train.max_steps=8", "train.checkpoint_every=0")
+        pretrain(cfg, show_progress=False)
+        runs[accum] = [loss for _, loss, *_ in curve(tmp_path / str(accum) / "run") if loss is not None]
+    np.testing.assert_allclose(runs[4], runs[1], rtol=1e-6, atol=0)
+    assert len(runs[1]) == 8
+
+
+def torchrun(config: Path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "ptlab", "pretrain", "--config", str(config), "--quiet", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, small_corpus, tokenizer_dir, mode):
+    single = write_config(tmp_path / "one", small_corpus, tokenizer_dir, max_steps=8, checkpoint_every=4)
+    assert run_ptlab(single).returncode == 0
+    double = write_config(tmp_path / "two", small_corpus, tokenizer_dir, max_steps=8, checkpoint_every=4,
+                          distributed=mode)
+    result = torchrun(double, 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = curve(tmp_path / "one" / "run"), curve(tmp_path / "two" / "run")
+    assert [s for s, *_ in one] == [s for s, *_ in two]
+    for a, b in zip(one, two):
+        for x, y in zip(a[1:3], b[1:3]):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert abs(x - y) <= 1e-5 * max(1.0, abs(x))
+    start = json.loads((tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2
+    if mode == "fsdp":  # the sharded run's checkpoint resumes on one process and carries on
+        resumed = run_ptlab(double, "train.max_steps=12", "train.distributed=ddp")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming" in resumed.stderr
+        steps = [s for s, loss, *_ in curve(tmp_path / "two" / "run") if loss is not None]
+        assert steps == list(range(1, 13))
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, small_corpus, tokenizer_dir):
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir)
+    pretrain(cfg, show_progress=False)
+    checkpoints = list_checkpoints(tmp_path / "run")
+    assert [c.name for c in checkpoints] == ["step_0000008", "step_0000012", "step_0000016"]  # keep_checkpoints=3
+    weights = checkpoints[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a truncated write
+    result = run_ptlab(write_config(tmp_path, small_corpus, tokenizer_dir), "train.max_steps=20")
+    assert result.returncode == 0, result.stderr
+    assert "skipping checkpoint" in result.stderr and "step_0000016" in result.stderr
+    assert "resuming" in result.stderr and "step_0000012" in result.stderr
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits(tmp_path, small_corpus, tokenizer_dir):
+    config = write_config(tmp_path, small_corpus, tokenizer_dir, max_steps=2000, checkpoint_every=0, eval_every=0)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "ptlab", "pretrain", "--config", str(config), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.get("step", 0) >= 5 for r in read_metrics(run_dir)):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    [checkpoint] = list_checkpoints(run_dir)
+    interrupted = [r for r in read_metrics(run_dir) if r.get("event") == "interrupted"]
+    assert interrupted and checkpoint.name == f"step_{interrupted[0]['step']:07d}"
+    assert load_model(checkpoint).config.family == "t5"
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path, small_corpus, tokenizer_dir,
+                                                                   monkeypatch):
+    import ptlab.train.loop as loop
+
+    real = loop.loss_sum
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        loss, count = real(model, batch)
+        calls["n"] += model.training
+        if model.training and (calls["n"] == 3 or calls["n"] >= 7):
+            loss = loss * float("nan")
+        return loss, count
+
+    monkeypatch.setattr(loop, "loss_sum", flaky)
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir, "train.eval_every=0", "train.max_bad_steps=3")
+    with pytest.raises(PtlabError, match="for 3 steps in a row"):
+        pretrain(cfg, show_progress=False)
+    skipped = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "skipped_step"]
+    assert [r["step"] for r in skipped] == [3, 7, 8, 9]
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step_0000009"
+
+
+def test_a_changed_dataset_refuses_to_resume_without_the_override(tmp_path, small_corpus, tokenizer_dir):
+    config = write_config(tmp_path, small_corpus, tokenizer_dir, max_steps=4)
+    assert run_ptlab(config).returncode == 0
+    changed = run_ptlab(config, "train.max_steps=8", "seed=5")
+    assert changed.returncode == 2 and "seed changed" in changed.stderr and "--allow-data-change" in changed.stderr
+    assert run_ptlab(config, "train.max_steps=8", "seed=5", "--allow-data-change").returncode == 0
