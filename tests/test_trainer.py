@@ -189,3 +189,49 @@ def test_a_changed_dataset_refuses_to_resume_without_the_override(tmp_path, smal
     changed = run_ptlab(config, "train.max_steps=8", "seed=5")
     assert changed.returncode == 2 and "seed changed" in changed.stderr and "--allow-data-change" in changed.stderr
     assert run_ptlab(config, "train.max_steps=8", "seed=5", "--allow-data-change").returncode == 0
+
+
+def test_tensorboard_events_and_the_loss_plot(tmp_path, small_corpus, tokenizer_dir):
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir, "train.tensorboard=true", "train.max_steps=6")
+    result = pretrain(cfg, show_progress=False)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
+    assert result.mfu is not None and 0 < result.mfu
+    out = subprocess.run([sys.executable, "-m", "ptlab", "plot", str(tmp_path / "run"), str(tmp_path / "run"),
+                          "--output", str(tmp_path / "curves.png"), "--x", "tokens"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, small_corpus, tokenizer_dir):
+    losses = {}
+    for flag in ("false", "true"):
+        cfg = in_process(tmp_path / flag, small_corpus, tokenizer_dir, f"train.activation_checkpointing={flag}",
+                         "train.max_steps=4", "train.checkpoint_every=0")
+        pretrain(cfg, show_progress=False)
+        losses[flag] = [loss for _, loss, *_ in curve(tmp_path / flag / "run") if loss is not None]
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path, small_corpus, tokenizer_dir):
+    losses = {}
+    for flag in ("false", "true"):
+        cfg = in_process(tmp_path / flag, small_corpus, tokenizer_dir, f"train.compile={flag}", "train.max_steps=4",
+                         "train.checkpoint_every=0", "train.eval_every=0")
+        result = pretrain(cfg, show_progress=False)
+        losses[flag] = [loss for _, loss, *_ in curve(tmp_path / flag / "run") if loss is not None]
+        assert load_model(result.checkpoint) is not None  # no _orig_mod. prefixes in the saved keys
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-4)
+
+
+def test_a_data_error_on_rank_0_stops_every_rank(tmp_path, small_corpus, tokenizer_dir):
+    config = write_config(tmp_path, small_corpus, tokenizer_dir)
+    started = time.time()
+    result = torchrun(config, 2, f"data.train_files=[{tmp_path / 'missing.jsonl'}]")
+    assert result.returncode != 0 and time.time() - started < 120
+    assert "corpus file not found" in result.stderr

@@ -134,6 +134,13 @@ def _cmd_generate(args: argparse.Namespace) -> None:
             options.seed += 1
 
 
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from ptlab.plot import plot_runs
+
+    out = plot_runs(args.run_dirs, args.output, args.x, args.log)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
@@ -214,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true",
                       help='one JSON object per document: {"inputs": [...], "targets": [...]} with token strings')
     show.set_defaults(func=_cmd_objectives_show)
+
+    plot = sub.add_parser("plot", help="draw the loss curves of one or several runs into a PNG",
+                          description="Training loss (lines) and validation loss (markers) from each RUN_DIR's "
+                                      "metrics.jsonl, one colour per run.")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    plot.add_argument("--output", default="loss.png", help="PNG to write (default: %(default)s)")
+    plot.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis (default: %(default)s)")
+    plot.add_argument("--log", action="store_true", help="logarithmic loss axis")
+    plot.set_defaults(func=_cmd_plot)
 
     imp = sub.add_parser("import-hf", help="import a Hugging Face transformers model as a ptlab checkpoint",
                          description="Read a save_pretrained directory of T5ForConditionalGeneration, "

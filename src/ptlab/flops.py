@@ -2,7 +2,8 @@
 
 FLOPs are counted as the matmuls do: a token through a weight matrix W costs 2|W| forward and 4|W| backward
 (6N per token for N non-embedding weights, Kaplan et al.), plus attention's score and value products
-(2 * 2 * keys * d_attn forward per token and layer). The LM head counts as a matrix; embedding lookups do not.
+(2 * 2 * keys * d_attn forward per token and layer, over all keys even when causal, as PaLM's MFU and nanoGPT
+count: 6N + 12 * layers * d_attn * length per token). The LM head counts as a matrix; embedding lookups do not.
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ def forward_flops(cfg: ModelConfig, inputs: int, targets: int) -> float:
     if cfg.is_encoder_decoder:
         enc, dec = _stack(cfg, cfg.num_layers), _stack(cfg, cfg.num_decoder_layers or cfg.num_layers)
         encoder = inputs * enc.layers * (2 * (enc.self_attention_weights + enc.ffn_weights)
-                                         + 4 * inputs * enc.attn_inner)  # bidirectional: every query sees all keys
+                                         + 4 * inputs * enc.attn_inner)
         cross_kv = inputs * dec.layers * 2 * (2 * dec.d_model * dec.kv_inner)  # keys/values of the encoder output
         decoder = targets * dec.layers * (
             2 * (dec.self_attention_weights + dec.ffn_weights + 2 * dec.d_model * dec.attn_inner)  # + cross q, o
-            + 4 * (targets / 2) * dec.attn_inner + 4 * inputs * dec.attn_inner)  # causal self, full cross
+            + 4 * targets * dec.attn_inner + 4 * inputs * dec.attn_inner)  # self-attention, cross-attention
         return encoder + cross_kv + decoder + targets * head
     stack, length = _stack(cfg, cfg.num_layers), inputs + targets
     return length * stack.layers * (2 * (stack.self_attention_weights + stack.ffn_weights)
-                                    + 4 * (length / 2) * stack.attn_inner) + length * head
+                                    + 4 * length * stack.attn_inner) + length * head
 
 
 def training_flops(cfg: ModelConfig, inputs: int, targets: int) -> float:

@@ -186,11 +186,20 @@ class _Trainer:
             print(f"ptlab: {message}", file=sys.stderr, flush=True)
 
     def _prepare_data(self):
+        """One process trains the tokenizer and writes the shards, then the others read them. A failure there is
+        shared with every rank (instead of leaving them waiting at a barrier forever)."""
         cfg, runtime = self.cfg, self.runtime
-        if runtime.is_main:  # one process trains the tokenizer and writes the shards; the others then read them
-            tokenizer = ensure_tokenizer(cfg.data, self.show)
-            shards = ensure_shards(cfg.data, tokenizer, self.show)
-        runtime.barrier()
+        error = None
+        if runtime.is_main:
+            try:
+                tokenizer = ensure_tokenizer(cfg.data, self.show)
+                shards = ensure_shards(cfg.data, tokenizer, self.show)
+            except Exception as err:  # re-raised below, after telling the other ranks
+                error = err
+        if runtime.any(error is not None):
+            if error is not None:
+                raise error
+            raise PtlabError("rank 0 failed while preparing the data (see its error)")
         if not runtime.is_main:
             tokenizer = ensure_tokenizer(cfg.data, False)
             shards = ensure_shards(cfg.data, tokenizer, False)
