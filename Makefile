@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-dev
 
 corpus: $(VENV)/.installed
 	$(PY) scripts/build_corpus.py
+	$(PY) scripts/build_messy.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1229,6 +1229,10 @@ def write_sources_md(path: Path, results: list[SourceResult], manifest: dict) ->
         "byte-for-byte reproducible (sorted documents, gzip mtime 0) as long as the "
         "registries serve the same packages; see the Debian caveats below.",
         "",
+        "The messy web stand-in for `ptlab clean` (`data/messy/`, from the SpamAssassin "
+        "public corpus) is built by `scripts/build_messy.py` and described in "
+        "`data/messy/SOURCES.md`.",
+        "",
         "| source | package | version | documents | raw text bytes |",
         "| --- | --- | --- | ---: | ---: |",
     ]

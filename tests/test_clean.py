@@ -1,0 +1,262 @@
+"""C4's rules on hand-written pages, their order, de-duplication, language, bad input, and the pipeline."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ptlab.cleaning import clean_files
+from ptlab.data.clean import CleanConfig, Report, bad_words, clean_page, count_sentences
+from ptlab.data.dedup import normalize_url
+from ptlab.errors import PtlabError
+
+GOOD = ["The quick brown fox jumps over the lazy dog near the river bank.",
+        "She sells sea shells by the sea shore every single summer morning.",
+        "Peter Piper picked a peck of pickled peppers for his dear grandmother.",
+        "How much wood would a woodchuck chuck if a woodchuck could chuck wood?"]
+
+
+def page(*extra, good=GOOD):
+    return "\n".join([*good, *extra])
+
+
+def cleaned(text, **cfg):
+    report = Report()
+    return clean_page(text, CleanConfig(**cfg), report), report
+
+
+def test_a_clean_page_passes_unchanged():
+    text, report = cleaned(page())
+    assert text == page()
+    assert all(c.lines == 0 and c.pages == 0 for c in report.rules.values())
+
+
+@pytest.mark.parametrize("line,rule", [
+    ("This line has no terminal punctuation at all here", "terminal_punct"),
+    ("This line trails off into an ellipsis and more...", "terminal_punct"),
+    ("Too short.", "min_words"),
+    ("Please enable JavaScript in your browser to see this.", "javascript"),
+    ("By using this site you agree to our Terms of Use today.", "policy"),
+    ("This website uses cookies to improve your experience here.", "policy"),
+    ("A word " + "x" * 1001 + " that is far too long for anyone.", "long_word"),
+])
+def test_line_rules_drop_only_the_line(line, rule):
+    text, report = cleaned(page(line))
+    assert text == page()
+    assert report.rules[rule].lines == 1 and report.rules[rule].pages == 0
+
+
+def test_a_1000_character_word_is_fine_and_1001_is_not():
+    ok = "A word " + "y" * 1000 + " that is just long enough here."
+    text, _ = cleaned(page(ok))
+    assert ok in text
+
+
+def test_quotes_count_as_terminal_punctuation():
+    line = 'He said that he would come back again "tomorrow."'
+    assert line in cleaned(page(line))[0]
+    assert 'She asked "is this the right way to go"' in cleaned(page('She asked "is this the right way to go"'))[0]
+
+
+def test_citation_markers_are_removed_before_the_punctuation_check():
+    text, report = cleaned(page("The battle ended in a decisive victory for the rebels.[1]",
+                                "Historians still debate the exact number of casualties.[citation needed]",
+                                "The treaty was signed a few months later in the capital.[edit]"))
+    assert "The battle ended in a decisive victory for the rebels." in text
+    assert "[" not in text and report.rules["citations"].lines == 3
+
+
+@pytest.mark.parametrize("marker,rule", [("Lorem ipsum dolor sit amet, consectetur adipiscing elit.", "lorem_ipsum"),
+                                         ("The function returns { a: 1 } when called with no args.", "curly_brace")])
+def test_page_killers_on_a_surviving_line_drop_the_page(marker, rule):
+    text, report = cleaned(page(marker))
+    assert text is None
+    assert report.rules[rule].pages == 1 and report.rules[rule].lines == len(GOOD) + 1
+
+
+@pytest.mark.parametrize("marker", ["lorem ipsum dolor sit amet without punctuation",  # dropped first by punct
+                                    "lorem ipsum.",  # dropped first by min_words
+                                    "var x = { a: 1 }",  # no terminal punctuation
+                                    "Enable javascript { now } to continue using this site."])  # javascript first
+def test_page_killers_on_lines_already_dropped_do_not_drop_the_page(marker):
+    text, report = cleaned(page(marker))
+    assert text == page()
+    assert report.rules["lorem_ipsum"].pages == 0 and report.rules["curly_brace"].pages == 0
+
+
+def test_pages_need_three_sentences():
+    text, report = cleaned("\n".join(GOOD[:2]))
+    assert text is None and report.rules["min_sentences"].pages == 1
+    assert cleaned("\n".join(GOOD[:3]))[0] is not None
+    assert cleaned("One sentence here that is long. Another one follows it now. And a third one ends it.")[0]
+
+
+def test_sentence_counting():
+    assert count_sentences("Mr. Smith went to Washington. He liked it.") == 2
+    assert count_sentences("It costs 3.5 dollars. Really! Is that so? Yes.") == 4
+    assert count_sentences('He said "stop." Then he left.') == 2
+    assert count_sentences("no punctuation at all") == 1
+
+
+def test_skipping_a_rule():
+    line = "This line has no terminal punctuation at all here"
+    assert line in cleaned(page(line), skip=frozenset({"terminal_punct"}))[0]
+
+
+def test_url_normalisation_matches_c4():
+    assert normalize_url("https://www.example.com/a/b/") == "example.com/a/b"
+    assert normalize_url("http://example.com/page?utm_source=x&y=1") == "example.com/page"
+    assert normalize_url("http://example.com/page?id=7") == "example.com/page?id=7"
+
+
+def test_bad_words_list_is_the_403_entry_superset():
+    words = bad_words()
+    assert len(words) == 403 and "2g1c" in words
+
+
+# ---- the whole pipeline -------------------------------------------------------------------------------------------
+
+def write_jsonl(path, records, raw_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    with open(path, "ab") as f:
+        for line in raw_lines:
+            f.write(line)
+    return path
+
+
+def read_jsonl(path):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+SHARED = "This exact sentence appears on several different pages of the site."
+GERMAN = ("Der schnelle braune Fuchs springt über den faulen Hund am Flussufer.\n"
+          "Sie verkauft Muscheln am Meeresufer jeden einzelnen Sommermorgen.\n"
+          "Peter Piper pflückte einen Scheffel eingelegter Paprika für seine Oma.\n"
+          "Wie viel Holz würde ein Murmeltier hacken, wenn es Holz hacken könnte?")
+
+
+def own(name, count=3):
+    """Sentences that appear on page `name` only."""
+    return [f"The page called {name} tells its own story in sentence number {i} of the set." for i in range(count)]
+
+
+def corpus(tmp_path):
+    records = [
+        {"id": "a", "url": "https://www.site.org/a", "timestamp": "2019-01-01T00:00:00Z",
+         "text": "\n".join(own("a") + [SHARED])},
+        {"id": "b", "url": "http://site.org/b?utm_source=feed", "text": "\n".join(own("b") + [SHARED])},
+        {"id": "a-newer", "url": "http://site.org/a/", "timestamp": "2020-06-01T00:00:00Z",
+         "text": "\n".join(own("a-newer") + [SHARED, "Menu", "Home | About | Contact"])},
+        {"id": "de", "text": GERMAN},
+        {"id": "short", "text": "Just a title"},
+        {"id": "long", "text": "\n".join(own("long")) + "\n" + ("word " * 40_000)},
+        {"id": "bad", "text": "\n".join(own("bad") + ["The old sailor called the captain a bastard in front of the crew."])},
+        {"id": "keep", "text": "\n".join(own("keep"))},
+    ]
+    garbage = [b"{not json}\n", b'{"no_text": 1}\n', b'{"text": "caf\xe9 au lait"}\n', b"[1, 2]\n"]
+    return write_jsonl(tmp_path / "in.jsonl", records, garbage)
+
+
+def test_pipeline_end_to_end(tmp_path):
+    report = clean_files([corpus(tmp_path)], tmp_path / "out.jsonl", tmp_path / "report.json", show_progress=False)
+    out = {r["id"]: r["text"] for r in read_jsonl(tmp_path / "out.jsonl")}
+    # "a" lost to its newer copy; German, the title, the 200,000-character page and the bad word go
+    assert list(out) == ["b", "a-newer", "keep"]
+    assert sum(SHARED in text for text in out.values()) == 1  # the shared line stays on exactly one page
+    assert out["keep"] == "\n".join(own("keep"))
+    assert out["a-newer"].startswith("\n".join(own("a-newer"))) and "Menu" not in out["a-newer"]
+    rules = json.loads((tmp_path / "report.json").read_text())["rules"]
+    assert rules["url_dedup"]["pages_removed"] == 1 and rules["language"]["pages_removed"] == 1
+    assert rules["page_length"]["pages_removed"] == 1 and rules["bad_words"]["pages_removed"] == 1
+    assert rules["dedup_lines"]["lines_removed"] == 1 and rules["terminal_punct"]["lines_removed"] >= 2
+    assert report.bad_input == 4 and report.docs_in == 8 and report.docs_out == 3
+    assert any("in.jsonl:9: invalid JSON" in e for e in report.bad_input_examples)
+    assert any("in.jsonl:11: not UTF-8" in e for e in report.bad_input_examples)
+
+
+def test_cross_document_duplicates_keep_one_copy_deterministically(tmp_path):
+    records = [{"id": str(i), "url": f"http://x.org/{i}", "text": page(SHARED, good=GOOD[:3] + [g])}
+               for i, g in enumerate(["One more unique sentence is here for page zero of the set.",
+                                      "Another unique sentence appears only here on page number one.",
+                                      "A third unique sentence lives on page two and nowhere else."])]
+    path = write_jsonl(tmp_path / "in.jsonl", records)
+    clean_files([path], tmp_path / "out.jsonl", cfg=CleanConfig(skip=frozenset({"language"})), show_progress=False)
+    first = read_jsonl(tmp_path / "out.jsonl")
+    holders = [r["id"] for r in first if SHARED in r["text"]]
+    assert len(holders) == 1
+    write_jsonl(tmp_path / "reversed.jsonl", records[::-1])
+    clean_files([tmp_path / "reversed.jsonl"], tmp_path / "out2.jsonl", cfg=CleanConfig(skip=frozenset({"language"})),
+                show_progress=False)
+    assert [r["id"] for r in read_jsonl(tmp_path / "out2.jsonl") if SHARED in r["text"]] == holders
+
+
+def test_cleaning_is_idempotent_and_workers_change_nothing(tmp_path):
+    source = corpus(tmp_path)
+    clean_files([source], tmp_path / "one.jsonl", show_progress=False)
+    clean_files([source], tmp_path / "two.jsonl", workers=2, show_progress=False)
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+    clean_files([tmp_path / "one.jsonl"], tmp_path / "again.jsonl", show_progress=False)
+    assert read_jsonl(tmp_path / "again.jsonl") == read_jsonl(tmp_path / "one.jsonl")
+
+
+def test_strict_mode_stops_at_the_first_bad_record(tmp_path):
+    with pytest.raises(PtlabError, match=r"in.jsonl:9: invalid JSON"):
+        clean_files([corpus(tmp_path)], tmp_path / "out.jsonl", strict=True, show_progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_plain_text_files_and_empty_files(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "one.txt").write_text(page())
+    (tmp_path / "docs" / "empty.txt").write_text("")
+    (tmp_path / "docs" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    report = clean_files([tmp_path / "docs"], tmp_path / "out.jsonl", show_progress=False)
+    [record] = read_jsonl(tmp_path / "out.jsonl")
+    assert record["text"] == page() and record["id"].endswith("one.txt")
+    assert report.bad_input == 2
+
+
+def test_cli_prints_the_table_and_rejects_unknown_rules(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "ptlab", "clean", str(corpus(tmp_path)), "--output",
+                          str(tmp_path / "out.jsonl.gz"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "terminal_punct" in run.stdout and "documents 8 in" in run.stdout
+    assert read_jsonl(tmp_path / "out.jsonl.gz")
+    bad = subprocess.run([sys.executable, "-m", "ptlab", "clean", str(tmp_path / "in.jsonl"), "--output",
+                          str(tmp_path / "x.jsonl"), "--skip", "terminal_punctuation"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_bad_words_match_whole_entries_only():
+    from ptlab.data.clean import bad_word_in
+
+    assert bad_word_in("He called the captain a bastard in public.") == "bastard"
+    assert bad_word_in("A classic assessment of the assets.") is None  # "ass" inside words does not count
+    assert bad_word_in("Plural forms such as dildos are not entries.") is None  # C4's list is matched exactly
+
+
+def test_ray_engine_equals_the_local_engine(tmp_path):
+    pytest.importorskip("ray.data")
+    source = corpus(tmp_path)
+    local = clean_files([source], tmp_path / "local.jsonl", show_progress=False)
+    on_ray = clean_files([source], tmp_path / "ray.jsonl", engine="ray", show_progress=False)
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert on_ray.to_dict() == local.to_dict()
+
+
+def test_ray_engine_equals_the_local_engine_on_the_messy_corpus(tmp_path):
+    pytest.importorskip("ray.data")
+    from pathlib import Path
+
+    messy = Path(__file__).resolve().parents[1] / "data" / "messy" / "spam_assassin.jsonl.gz"
+    local = clean_files([messy], tmp_path / "local.jsonl", workers=2, show_progress=False)
+    on_ray = clean_files([messy], tmp_path / "ray.jsonl", engine="ray", show_progress=False)
+    assert local.docs_in == 6046 and 0 < local.docs_out < local.docs_in
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert on_ray.to_dict() == local.to_dict()
