@@ -260,3 +260,25 @@ def test_ray_engine_equals_the_local_engine_on_the_messy_corpus(tmp_path):
     assert local.docs_in == 6046 and 0 < local.docs_out < local.docs_in
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     assert on_ray.to_dict() == local.to_dict()
+
+
+def test_gopher_rules():
+    from ptlab.data.gopher import gopher_failure
+
+    prose = ("The history of the town is long and full of stories that have been told to the children of each "
+             "generation, and with every telling the tale of the old mill and the river grows a little richer. ")
+    assert gopher_failure(prose * 2) is None
+    assert gopher_failure(prose[:100]) == "gopher_words"
+    assert gopher_failure(("#tag " * 5 + prose) * 3) == "gopher_symbols"
+    assert gopher_failure("\n".join("- " + line for line in (prose * 3).split(", "))) == "gopher_bullets"
+    assert gopher_failure(" ".join(["12345 67890 ++--"] * 30) + " the and of") == "gopher_alphabetic"
+    assert gopher_failure(" ".join(["blue green yellow purple orange"] * 15)) == "gopher_stop_words"
+
+
+def test_gopher_rule_set_in_the_pipeline(tmp_path):
+    text = " ".join(["The river and the mill have stood with the town for a hundred years of quiet work."] * 6)
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "prose", "text": text},
+                                               {"id": "list", "text": "Menu\nHome\nAbout us"}])
+    report = clean_files([path], tmp_path / "out.jsonl", cfg=CleanConfig(rules="gopher"), show_progress=False)
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["prose"]
+    assert report.rules["gopher_words"].pages == 1 and report.rules["terminal_punct"].lines == 0

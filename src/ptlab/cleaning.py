@@ -23,8 +23,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ptlab.data.clean import RULES, CleanConfig, Report, clean_page, final_filters
+from ptlab.data.clean import ALL_RULES, CleanConfig, Report, clean_page, final_filters
 from ptlab.data.dedup import LineOwners, UrlWinners, dedupe_page, page_key, page_line_hashes
+from ptlab.data.gopher import gopher_page
+from ptlab.data.tokenizer import batched
 from ptlab.errors import PtlabError
 
 BATCH = 256
@@ -118,7 +120,7 @@ def first_stage(pages: list[Page], cfg: CleanConfig | None = None) -> tuple[list
         if cfg.on("page_length") and len(text) > cfg.max_page_length:
             report.page("page_length", text, len(text.splitlines()))
             continue
-        cleaned = clean_page(text, cfg, report)
+        cleaned = gopher_page(text, cfg, report) if cfg.rules == "gopher" else clean_page(text, cfg, report)
         if cleaned is not None:
             kept.append((page, cleaned))
     return kept, report
@@ -157,26 +159,17 @@ def _ordered_map(fn: Callable, batches: Iterable, workers: int, initargs: tuple)
             yield pending.popleft().result()
 
 
-def _batched(items: Iterable, size: int = BATCH) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 # ---- the local engine -----------------------------------------------------------------------------------------------
 
 def clean_files(inputs: list[str | Path], output: str | Path, report_path: str | Path | None = None,
                 cfg: CleanConfig = CleanConfig(), workers: int = 1, engine: str = "local", strict: bool = False,
                 show_progress: bool = True) -> Report:
     """Clean `inputs` into the JSONL file `output` (gzip when it ends in .gz); returns the report."""
-    unknown = sorted(cfg.skip - set(RULES))
+    unknown = sorted(cfg.skip - set(ALL_RULES))
     if unknown:
-        raise PtlabError(f"unknown rule(s) to skip: {', '.join(unknown)}; rules: {', '.join(RULES)}")
+        raise PtlabError(f"unknown rule(s) to skip: {', '.join(unknown)}; rules: {', '.join(ALL_RULES)}")
+    if cfg.rules not in ("c4", "gopher"):
+        raise PtlabError(f"unknown rule set {cfg.rules!r} (use c4 or gopher)")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if engine == "ray":
@@ -189,7 +182,7 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
     else:
         raise PtlabError(f"unknown engine {engine!r} (use local or ray)")
     if report_path is not None:
-        _atomic_text(Path(report_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        _atomic_text(Path(report_path), json.dumps(report.to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
     return report
 
 
@@ -230,7 +223,7 @@ def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, str
                     if keep_url(page, winners, cfg, report):
                         yield page
 
-            for kept, part in _ordered_map(first_stage, _batched(survivors()), workers, (cfg,)):
+            for kept, part in _ordered_map(first_stage, batched(survivors(), BATCH), workers, (cfg,)):
                 report.merge(part)
                 for page, text in kept:
                     key = page_key(page.record, page.origin)
@@ -248,7 +241,7 @@ def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, str
                     yield Page(item["i"], item["o"], item["r"]), item["t"], item["k"]
 
         def results() -> Iterator[dict]:
-            for out, part in _ordered_map(second_stage, _batched(spilled()), workers, (cfg, owners)):
+            for out, part in _ordered_map(second_stage, batched(spilled(), BATCH), workers, (cfg, owners)):
                 report.merge(part)
                 for _, record in out:
                     yield record
@@ -288,4 +281,4 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def print_report(report: Report, cfg: CleanConfig, out=sys.stdout) -> None:
-    print(report.format_table(cfg.skip), file=out)
+    print(report.format_table(cfg), file=out)

@@ -146,7 +146,7 @@ def _cmd_clean(args: argparse.Namespace) -> None:
     from ptlab.data.clean import CleanConfig
 
     cfg = CleanConfig(skip=frozenset(args.skip or ()), language=args.language,
-                      min_language_probability=args.min_language_probability)
+                      min_language_probability=args.min_language_probability, rules=args.rules)
     report = clean_files(args.inputs, args.output, args.report, cfg, workers=args.workers, engine=args.engine,
                          strict=args.strict, show_progress=not args.quiet)
     print_report(report, cfg)
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_tokenizer_train)
 
-    from ptlab.data.clean import RULES
+    from ptlab.data.clean import ALL_RULES, RULES
 
     clean = sub.add_parser(
         "clean", help="clean raw web-like text the way C4 was cleaned, with a report of what each rule removed",
@@ -221,8 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--output", required=True, help="JSONL file to write (.gz to compress)")
     clean.add_argument("--report", help="also write the report as JSON here")
     clean.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
-    clean.add_argument("--skip", action="append", choices=RULES, metavar="RULE",
-                       help=f"a rule to leave out (repeatable): {', '.join(RULES)}")
+    clean.add_argument("--skip", action="append", choices=ALL_RULES, metavar="RULE",
+                       help=f"a rule to leave out (repeatable): {', '.join(ALL_RULES)}")
+    clean.add_argument("--rules", choices=["c4", "gopher"], default="c4",
+                       help="c4: C4's line rules; gopher: Gopher's page-level quality rules in their place (word "
+                            "count, word length, symbols, bullets, ellipses, letters, stop words); default: "
+                            "%(default)s")
     clean.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="local processes, or Ray Data (pip install 'ptlab[ray]'); default: %(default)s")
     clean.add_argument("--language", default="en", help="language to keep (langdetect code; default: %(default)s)")

@@ -32,6 +32,9 @@ from importlib import resources
 
 RULES = ("page_length", "url_dedup", "long_word", "citations", "terminal_punct", "min_words", "lorem_ipsum",
          "javascript", "curly_brace", "policy", "min_sentences", "dedup_lines", "language", "bad_words")
+GOPHER_RULES = ("gopher_words", "gopher_word_length", "gopher_symbols", "gopher_bullets", "gopher_ellipsis",
+                "gopher_alphabetic", "gopher_stop_words")  # see ptlab.data.gopher
+ALL_RULES = RULES + GOPHER_RULES
 EXAMPLES_PER_RULE = 3
 EXAMPLE_CHARS = 120
 
@@ -51,9 +54,17 @@ class CleanConfig:
     min_sentences: int = 3
     max_word_length: int = 1000
     max_page_length: int = 190_000
+    rules: str = "c4"  # "c4": C4's line rules; "gopher": Gopher's page-level quality rules instead
 
     def on(self, rule: str) -> bool:
         return rule not in self.skip
+
+    @property
+    def active_rules(self) -> tuple[str, ...]:
+        """The rules of this rule set, in order (skipped ones included)."""
+        if self.rules == "gopher":
+            return ("page_length", "url_dedup", *GOPHER_RULES, "dedup_lines", "language", "bad_words")
+        return RULES
 
 
 @dataclass
@@ -80,7 +91,7 @@ class Report:
     lines_out: int = 0
     bad_input: int = 0
     bad_input_examples: list[str] = field(default_factory=list)
-    rules: dict[str, RuleCount] = field(default_factory=lambda: {name: RuleCount() for name in RULES})
+    rules: dict[str, RuleCount] = field(default_factory=lambda: {name: RuleCount() for name in ALL_RULES})
 
     def line(self, rule: str, text: str) -> None:
         self.rules[rule].add(1, 0, text)
@@ -104,27 +115,32 @@ class Report:
             mine.pages += count.pages
             mine.examples.extend(count.examples[:EXAMPLES_PER_RULE - len(mine.examples)])
 
-    def to_dict(self) -> dict:
+    def to_dict(self, cfg: CleanConfig | None = None) -> dict:
+        names = (cfg or CleanConfig()).active_rules
         return {"documents_in": self.docs_in, "documents_out": self.docs_out, "lines_in": self.lines_in,
                 "lines_out": self.lines_out, "bad_input": self.bad_input,
                 "bad_input_examples": self.bad_input_examples,
-                "rules": {name: {"lines_removed": c.lines, "pages_removed": c.pages, "examples": c.examples}
-                          for name, c in self.rules.items()}}
+                "skipped_rules": sorted((cfg or CleanConfig()).skip),
+                "rules": {name: {"lines_removed": self.rules[name].lines, "pages_removed": self.rules[name].pages,
+                                 "examples": self.rules[name].examples} for name in names}}
 
-    def format_table(self, skipped: frozenset[str] = frozenset()) -> str:
+    def format_table(self, cfg: CleanConfig | None = None) -> str:
+        cfg = cfg or CleanConfig()
         def share(part: int, whole: int) -> str:
             return f"{part / whole:6.1%}" if whole else "     -"
 
         rows = [f"documents {self.docs_in:,} in -> {self.docs_out:,} out ({share(self.docs_out, self.docs_in).strip()} "
                 f"kept); lines {self.lines_in:,} in -> {self.lines_out:,} out "
                 f"({share(self.lines_out, self.lines_in).strip()} kept)",
-                "", f"{'rule':<15} {'lines':>10} {'pages':>9}  example",
-                f"{'-' * 15} {'-' * 10} {'-' * 9}  {'-' * 40}"]
-        for name, count in self.rules.items():
+                "", f"{'rule':<18} {'lines':>10} {'pages':>9}  example",
+                f"{'-' * 18} {'-' * 10} {'-' * 9}  {'-' * 40}"]
+        for name in cfg.active_rules:
+            count = self.rules[name]
             lines = f"{count.lines:,}" + ("*" if name == "citations" else "")
-            example = "(skipped)" if name in skipped else (count.examples[0] if count.examples else "")
-            rows.append(f"{name:<15} {lines:>10} {count.pages:>9,}  {example[:60]}")
-        rows.append("* citations edits lines (removes the markers) instead of dropping them")
+            example = "(skipped)" if name in cfg.skip else (count.examples[0] if count.examples else "")
+            rows.append(f"{name:<18} {lines:>10} {count.pages:>9,}  {example[:60]}")
+        if cfg.rules == "c4":
+            rows.append("* citations edits lines (removes the markers) instead of dropping them")
         if self.bad_input:
             rows.append(f"bad input skipped: {self.bad_input:,} (e.g. {self.bad_input_examples[0]})")
         return "\n".join(rows)
