@@ -153,6 +153,49 @@ def _cmd_clean(args: argparse.Namespace) -> None:
     print(f"\nwrote {report.docs_out:,} documents to {args.output}" + (f"; report {args.report}" if args.report else ""))
 
 
+def _task_config(args: argparse.Namespace):
+    from ptlab.config import TaskConfig, from_dict, parse_value
+
+    data = {"name": args.task} if args.task else {}
+    for item in args.task_set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise PtlabError(f"--set {item!r} must look like key=value (a task key, e.g. test=my.csv)")
+        data[key.strip()] = parse_value(raw)
+    cfg = from_dict(TaskConfig, data, "task.")
+    cfg.validate()
+    return cfg
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from ptlab.config import FinetuneConfig, load_config
+    from ptlab.finetune import finetune, print_scores
+
+    cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
+    result = finetune(cfg, show_progress=not args.quiet)
+    print_scores(f"validation (best, step {result.best_step})", result.validation)
+    if result.test is not None:
+        print_scores("test", result.test)
+    print(f"best weights: {result.checkpoint}; predictions and scores in {result.run_dir}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ptlab.finetune import evaluate_checkpoint, print_scores
+
+    scores = evaluate_checkpoint(args.checkpoint, _task_config(args), args.split, args.output,
+                                 show_progress=not args.quiet)
+    print_scores(f"{args.task or 'task'} {args.split}", scores)
+    if args.output:
+        print(f"predictions written to {args.output}")
+
+
+def _cmd_probe(args: argparse.Namespace) -> None:
+    from ptlab.finetune import linear_probe
+
+    accuracy = linear_probe(args.checkpoint, _task_config(args), split=args.split)
+    print(f"linear probe on mean-pooled states, {args.task or 'task'} {args.split}: accuracy {accuracy:.2f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
@@ -262,6 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true",
                       help='one JSON object per document: {"inputs": [...], "targets": [...]} with token strings')
     show.set_defaults(func=_cmd_objectives_show)
+
+    ft = sub.add_parser("finetune", help="fine-tune a checkpoint (or a fresh model) on a text-to-text task",
+                        description="Fine-tune from `init` (a checkpoint or run directory; `none` trains from "
+                                    "scratch) on a bundled task (rt_polarity, bible_paraphrase, debian_summaries, "
+                                    "ddtp_en_de, ddtp_en_fr, bible_en_es, spam_ham) or your own JSONL/CSV task "
+                                    "defined in the config. Keeps the weights with the best validation score "
+                                    "(early stopping), saves them to RUN_DIR/best and scores the test split.",
+                        epilog="example: ptlab finetune --config configs/finetune-rt.yaml init=runs/demo")
+    ft.add_argument("--config", help="YAML fine-tuning config (keys: run_dir, seed, init, tokenizer, model, task, "
+                                     "train, epochs, patience)")
+    ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.name=spam_ham")
+    ft.set_defaults(func=_cmd_finetune)
+
+    for name, helper, func in (("evaluate", "score a checkpoint on a task split (writes predictions)", _cmd_evaluate),
+                               ("probe", "linear probe: logistic regression on a checkpoint's frozen, mean-pooled "
+                                         "states", _cmd_probe)):
+        command = sub.add_parser(name, help=helper, description=helper[0].upper() + helper[1:] + ".")
+        command.add_argument("checkpoint", help="a checkpoint directory or run directory")
+        command.add_argument("--task", help="a bundled task name")
+        command.add_argument("--set", dest="task_set", action="append", metavar="KEY=VALUE",
+                             help="task keys for a custom task (train=, test=, input_template=, target_field=, "
+                                  "labels=, metrics=)")
+        command.add_argument("--split", default="test" if name == "evaluate" else "validation",
+                             help="split to score (default: %(default)s)")
+        if name == "evaluate":
+            command.add_argument("--output", help="JSONL file for the predictions")
+            command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(func=func)
 
     plot = sub.add_parser("plot", help="draw the loss curves of one or several runs into a PNG",
                           description="Training loss (lines) and validation loss (markers) from each RUN_DIR's "

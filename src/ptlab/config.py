@@ -204,6 +204,62 @@ class TrainConfig:
 
 
 @dataclass
+class TaskConfig:
+    """A downstream task: a registered `name` (see `ptlab.tasks.TASKS`), or a custom one defined by its files,
+    input template, target field and metrics. Set keys override a registered task's."""
+
+    name: str = ""
+    train: str | None = None  # JSONL or CSV files
+    validation: str | None = None
+    test: str | None = None
+    input_template: str | None = None  # e.g. "review: {text}"; fields of the record in braces
+    target_field: str | None = None
+    labels: list[str] = field(default_factory=list)  # classification: the label strings (ranked, never generated)
+    metrics: list[str] = field(default_factory=list)
+    max_train_examples: int = 0  # 0: all
+    max_eval_examples: int = 0  # 0: all
+    max_input_length: int = 256  # tokens
+    max_target_length: int = 64
+
+    def validate(self) -> None:
+        _check(bool(self.name) or bool(self.train), "task", "needs a registered name or at least task.train")
+        _check(self.max_input_length >= 4 and self.max_target_length >= 2, "task.max_input_length",
+               "lengths are too short")
+
+
+@dataclass
+class FinetuneConfig:
+    """`ptlab finetune`: fine-tune a pre-trained checkpoint (`init`) or a fresh model (`init: none`, architecture
+    from `model`, tokenizer from `tokenizer`) on `task`, with early stopping on the task's first metric."""
+
+    run_dir: str = "runs/finetune"
+    seed: int = 0
+    init: str = "none"  # a checkpoint or run directory, or "none" to train from scratch
+    tokenizer: str | None = None  # a tokenizer directory (init: none only)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=0, batch_size=32, lr=1e-3,
+                                                                   warmup_steps=50, eval_every=100,
+                                                                   tensorboard=False))
+    epochs: float = 3.0  # used when train.max_steps is 0
+    patience: int = 3  # stop after this many evaluations without a better validation score
+
+    def validate(self) -> None:
+        self.task.validate()
+        _check(self.init != "none" or bool(self.tokenizer), "tokenizer",
+               "a model trained from scratch (init: none) needs a tokenizer directory")
+        if self.init == "none":
+            self.model.validate()
+        _check(self.patience >= 1, "patience", "must be >= 1")
+        _check(self.epochs > 0, "epochs", "must be positive")
+        _check(self.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0: train for `epochs`)")
+        dataclasses.replace(self.train, max_steps=max(1, self.train.max_steps)).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -227,8 +283,10 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise PtlabError(f"config key '{key}': {message}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when path is None), apply `key=value` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = None) -> Any:
+    """Read a YAML config (or start from defaults when path is None), apply `key=value` overrides, validate.
+    `cls` is the config class (default `Config`; `FinetuneConfig` for fine-tuning)."""
+    cls = cls or Config
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -247,13 +305,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise PtlabError(f"override {item!r} must look like section.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
-    config = from_dict(Config, data, "")
-    switched = "name" in file_objective and config.objective.name != file_objective["name"]
+        _set_dotted(data, key.strip(), parse_value(raw))
+    config = from_dict(cls, data, "")
+    switched = cls is Config and "name" in file_objective and config.objective.name != file_objective["name"]
     if switched:  # parameters the file gave its own objective: keep only those overridden on the command line
         overridden = {k.strip().split(".", 1)[1] for k, _, _ in (o.partition("=") for o in overrides or [])
                       if k.strip().startswith("objective.")}
@@ -262,6 +316,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         objective.params = {k: v for k, v in objective.params.items() if k in overridden}
     config.validate()
     return config
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML (numbers, booleans, [lists]), except that text which merely contains a colon,
+    such as the template "review: {text}", stays a string."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, dict) and not raw.lstrip().startswith("{") else value
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

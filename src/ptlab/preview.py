@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
-
+from ptlab.config import parse_value
 from ptlab.errors import PtlabError
 from ptlab.objectives import MODE_TOKENS, REGISTRY, BoundObjective, SpecialIds, build_objective, parameter_defaults
 
@@ -63,10 +62,7 @@ def parse_settings(settings: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise PtlabError(f"--set {item!r} must look like key=value, e.g. noise_density=0.3")
-        try:
-            params[key.strip()] = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            params[key.strip()] = raw
+        params[key.strip()] = parse_value(raw)
     return params
 
 

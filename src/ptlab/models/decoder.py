@@ -75,7 +75,15 @@ class DecoderLM(nn.Module):
                 segment_ids: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 past_length: int = 0) -> torch.Tensor:
-        """Logits [batch, length, vocab].
+        """Logits [batch, length, vocab] (see `hidden_states` for the arguments)."""
+        x = self.hidden_states(input_ids, position_ids, segment_ids, prefix_mask, attention_mask, cache, past_length)
+        return self.lm_head(x) if self.lm_head is not None else x @ self.embed.weight.t()
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                      segment_ids: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                      attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                      past_length: int = 0) -> torch.Tensor:
+        """The final (normed) hidden states [batch, length, d_model].
 
         Training batches give `position_ids`, `segment_ids` and `prefix_mask` (see `ptlab.data.pipeline`); the
         prefix is used only when the model was configured with `prefix_lm`. For generation, `cache` (from
@@ -98,5 +106,4 @@ class DecoderLM(nn.Module):
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rotary, cache[i] if cache is not None else None)
-        x = self.norm(x)
-        return self.lm_head(x) if self.lm_head is not None else x @ self.embed.weight.t()
+        return self.norm(x)

@@ -1,0 +1,153 @@
+"""Downstream tasks in text-to-text form: the bundled ones by name, or the user's own JSONL/CSV via config.
+
+    task = resolve_task(TaskConfig(name="rt_polarity"))
+    examples = task.examples("validation")        # [(input text, target text)], e.g. ("sst2 sentence: ...", "positive")
+
+A classification task lists its labels: they are scored by ranking each label string's likelihood, so a prediction
+is always one of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ptlab.config import TaskConfig
+from ptlab.errors import PtlabError
+from ptlab.metrics import METRICS
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "data" / "tasks"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    input_template: str
+    target_field: str
+    metrics: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    max_target_length: int = 64
+
+
+TASKS: dict[str, TaskSpec] = {
+    "rt_polarity": TaskSpec("sst2 sentence: {text}", "label", ("accuracy", "f1"), ("negative", "positive")),
+    "bible_paraphrase": TaskSpec("mrpc sentence1: {sentence1} sentence2: {sentence2}", "label", ("accuracy", "f1"),
+                                 ("not_equivalent", "equivalent")),
+    "debian_summaries": TaskSpec("summarize: {document}", "summary", ("rouge1", "rouge2", "rougeL"),
+                                 max_target_length=32),
+    "ddtp_en_de": TaskSpec("translate English to German: {source}", "target", ("bleu",), max_target_length=128),
+    "ddtp_en_fr": TaskSpec("translate English to French: {source}", "target", ("bleu",), max_target_length=128),
+    "bible_en_es": TaskSpec("translate English to Spanish: {source}", "target", ("bleu",), max_target_length=128),
+    "spam_ham": TaskSpec("spam email: {text}", "label", ("accuracy", "f1", "mcc"), ("ham", "spam")),
+}
+
+
+@dataclass
+class Task:
+    name: str
+    files: dict[str, Path | None]
+    input_template: str
+    target_field: str
+    metrics: list[str]
+    labels: list[str] = field(default_factory=list)
+    max_input_length: int = 256
+    max_target_length: int = 64
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+
+    @property
+    def is_classification(self) -> bool:
+        return bool(self.labels)
+
+    def records(self, split: str) -> list[dict]:
+        path = self.files.get(split)
+        if path is None:
+            raise PtlabError(f"task {self.name} has no {split} split (set task.{split})")
+        return read_records(path)
+
+    def examples(self, split: str) -> list[tuple[str, str]]:
+        """(input text, target text) pairs; capped by max_train_examples / max_eval_examples (first N)."""
+        records = self.records(split)
+        limit = self.max_train_examples if split == "train" else self.max_eval_examples
+        if limit:
+            records = records[:limit]
+        path = self.files[split]
+        pairs = []
+        for number, record in enumerate(records, start=1):
+            try:
+                source = self.input_template.format(**record)
+            except KeyError as err:
+                raise PtlabError(f"{path} record {number}: no field {err} for task.input_template "
+                                 f"{self.input_template!r} (fields: {', '.join(sorted(record))})") from None
+            if self.target_field not in record:
+                raise PtlabError(f"{path} record {number}: no target field {self.target_field!r} "
+                                 f"(fields: {', '.join(sorted(record))})")
+            target = str(record[self.target_field])
+            if self.labels and target not in self.labels:
+                raise PtlabError(f"{path} record {number}: label {target!r} is not one of task.labels "
+                                 f"{self.labels}")
+            pairs.append((source, target))
+        if not pairs:
+            raise PtlabError(f"{path}: no examples")
+        return pairs
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Records of a JSONL(.gz) or CSV(.gz) file (CSV: the header row names the fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PtlabError(f"task file not found: {path}")
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    if path.name.endswith((".csv", ".csv.gz")):
+        return [dict(row) for row in csv.DictReader(io.StringIO(text))]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PtlabError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise PtlabError(f"{path} line {number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
+    """A registered task (with any keys the config sets overriding it) or a custom one from files."""
+    spec = TASKS.get(cfg.name) if cfg.name else None
+    if cfg.name and spec is None and not cfg.train:
+        raise PtlabError(f"unknown task {cfg.name!r}; bundled tasks: {', '.join(TASKS)} (or give task.train, "
+                         "task.input_template, task.target_field and task.metrics for your own)")
+    files = {split: Path(getattr(cfg, split)) if getattr(cfg, split) else (
+        tasks_dir / cfg.name / f"{split}.jsonl.gz" if spec else None) for split in SPLITS}
+    template = cfg.input_template or (spec.input_template if spec else None)
+    target = cfg.target_field or (spec.target_field if spec else None)
+    metrics = list(cfg.metrics) or (list(spec.metrics) if spec else [])
+    for key, value in (("input_template", template), ("target_field", target), ("metrics", metrics)):
+        if not value:
+            raise PtlabError(f"config key 'task.{key}' is needed for a custom task")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise PtlabError(f"config key 'task.metrics': unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    labels = list(cfg.labels) or (list(spec.labels) if spec else [])
+    task = Task(cfg.name or Path(cfg.train).stem, files, template, target, metrics, labels, cfg.max_input_length,
+                cfg.max_target_length if (cfg.max_target_length != 64 or not spec) else spec.max_target_length,
+                cfg.max_train_examples, cfg.max_eval_examples)
+    if not labels and set(metrics) & {"accuracy", "f1", "mcc"} and files["train"] is not None:
+        # a custom classification task without labels: the distinct targets of the training file
+        distinct = sorted({str(r.get(target)) for r in read_records(files["train"])})
+        if len(distinct) <= 50:
+            task.labels = distinct
+    return task
