@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-dev
 corpus: $(VENV)/.installed
 	$(PY) scripts/build_corpus.py
 	$(PY) scripts/build_messy.py
+	$(PY) scripts/build_tasks.py
 
 clean:
 	rm -rf runs .pytest_cache
