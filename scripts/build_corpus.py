@@ -1231,7 +1231,8 @@ def write_sources_md(path: Path, results: list[SourceResult], manifest: dict) ->
         "",
         "The messy web stand-in for `ptlab clean` (`data/messy/`, from the SpamAssassin "
         "public corpus) is built by `scripts/build_messy.py` and described in "
-        "`data/messy/SOURCES.md`.",
+        "`data/messy/SOURCES.md`. The downstream task sets (`data/tasks/`) are built by "
+        "`scripts/build_tasks.py` and described in `data/tasks/SOURCES.md`.",
         "",
         "| source | package | version | documents | raw text bytes |",
         "| --- | --- | --- | ---: | ---: |",
