@@ -169,6 +169,20 @@ def test_greedy_equals_hf_generate_and_cache_changes_nothing(tmp_path, family):
     assert torch.equal(ours, expected[:, :ours.shape[1]])
 
 
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_padded_encoder_inputs_generate_as_alone(tmp_path, family):
+    _, model = imported(tmp_path, family)
+    short, long = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10, 11, 12, 13, 14, 15]])
+    batch = torch.tensor([[5, 6, 7, 8, 0, 0, 0], [9, 10, 11, 12, 13, 14, 15]])
+    if family == "bart":
+        batch[0, 4:] = model.config.pad_token_id
+    mask = (torch.arange(7)[None] < torch.tensor([[4], [7]])).long()
+    for beams in (1, 2):
+        together = generate(model, batch, mask, max_new_tokens=6, eos_token_id=-1, num_beams=beams)
+        assert torch.equal(together[0], generate(model, short, max_new_tokens=6, eos_token_id=-1, num_beams=beams)[0])
+        assert torch.equal(together[1], generate(model, long, max_new_tokens=6, eos_token_id=-1, num_beams=beams)[0])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_beam_search_and_sampling(tmp_path, family):
     _, model = imported(tmp_path, family)

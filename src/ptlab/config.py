@@ -238,10 +238,10 @@ class FinetuneConfig:
     tokenizer: str | None = None  # a tokenizer directory (init: none only)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=0, batch_size=32, lr=1e-3,
-                                                                   warmup_steps=50, eval_every=100,
-                                                                   tensorboard=False))
-    epochs: float = 3.0  # used when train.max_steps is 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3, warmup_steps=50,
+                                                                   eval_every=100, tensorboard=False))
+    epochs: float = 3.0
+    max_steps: int = 0  # optimizer steps; 0: as many as `epochs` take (train.max_steps is not used here)
     patience: int = 3  # stop after this many evaluations without a better validation score
 
     def validate(self) -> None:
@@ -252,8 +252,8 @@ class FinetuneConfig:
             self.model.validate()
         _check(self.patience >= 1, "patience", "must be >= 1")
         _check(self.epochs > 0, "epochs", "must be positive")
-        _check(self.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0: train for `epochs`)")
-        dataclasses.replace(self.train, max_steps=max(1, self.train.max_steps)).validate()
+        _check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: train for `epochs`)")
+        self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,12 +1,14 @@
 """`ptlab demo`: the whole path on the bundled corpus, in a few minutes on a laptop CPU.
 
 Train (or reuse) a tokenizer, build token shards, pre-train a tiny T5 v1.1 with span corruption, then show that it
-learned: validation loss at start and end against a sentinel-aware unigram baseline, throughput, and the model's
-own predictions for the masked spans of held-out passages.
+learned: validation loss at start and end against a sentinel-aware unigram baseline, throughput, the model's own
+predictions for the masked spans of held-out passages, and rt_polarity sentiment accuracy after fine-tuning, next
+to the same architecture fine-tuned from scratch.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import textwrap
 import time
@@ -16,11 +18,12 @@ import numpy as np
 import torch
 
 from ptlab.baselines import unigram_target_baseline
-from ptlab.config import Config, load_config
+from ptlab.config import Config, FinetuneConfig, TaskConfig, TrainConfig, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
+from ptlab.finetune import finetune
 from ptlab.models.generate import generate
 from ptlab.train.checkpoint import load_model
 from ptlab.train.loop import pretrain
@@ -91,8 +94,33 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
         print(_wrap("input", _show(tokenizer, sample["input_ids"][row])), file=out)
         print(_wrap("predicted", _show(tokenizer, predicted[n])), file=out)
         print(_wrap("true", _show(tokenizer, sample["labels"][row])), file=out)
+    downstream = compare_on_rt_polarity(cfg, result.checkpoint, show_progress, out)
     elapsed = time.perf_counter() - started
     print(f"\ndemo finished in {elapsed / 60:.1f} min", file=out)
     return {"initial_val_loss": result.initial_val_loss, "final_val_loss": result.final_val_loss,
             "baseline": baseline, "tokens_per_second": result.tokens_per_second, "seconds": elapsed,
-            "checkpoint": str(result.checkpoint)}
+            "checkpoint": str(result.checkpoint), **downstream}
+
+
+def compare_on_rt_polarity(cfg: Config, checkpoint: Path, show_progress: bool, out, train_examples: int = 3000,
+                           eval_examples: int = 400, epochs: float = 2.0) -> dict:
+    """Fine-tune the pre-trained model and the same architecture from scratch on a subset of rt_polarity (movie
+    review sentiment, text-to-text: "sst2 sentence: ..." -> "positive"/"negative") and report both accuracies."""
+    task = TaskConfig(name="rt_polarity", max_train_examples=train_examples, max_eval_examples=eval_examples,
+                      max_input_length=96)
+    train = TrainConfig(batch_size=32, optimizer="adamw", lr=1e-3, schedule="linear", warmup_steps=30,
+                        min_lr_ratio=0.0, eval_every=60, precision=cfg.train.precision, tensorboard=False)
+    accuracy = {}
+    for name, init in (("pre-trained", str(checkpoint)), ("from scratch", "none")):
+        ft = FinetuneConfig(run_dir=str(Path(cfg.run_dir) / f"rt_polarity-{name.replace(' ', '-')}"), seed=cfg.seed,
+                            init=init, tokenizer=cfg.data.tokenizer, model=copy.deepcopy(cfg.model), task=task,
+                            train=copy.deepcopy(train), epochs=epochs, patience=3)
+        ft.validate()
+        result = finetune(ft, show_progress)
+        accuracy[name] = result.test["accuracy"]
+    print("", file=out)
+    print(f"Downstream: rt_polarity sentiment, {train_examples:,} training reviews, {epochs:g} epochs, test on "
+          f"{eval_examples:,} (chance 50%)", file=out)
+    for name, value in accuracy.items():
+        print(f"  {name:<14} accuracy {value:.1f}%", file=out)
+    return {"rt_polarity_pretrained": accuracy["pre-trained"], "rt_polarity_scratch": accuracy["from scratch"]}

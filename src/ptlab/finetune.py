@@ -154,7 +154,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     train = encode_pairs(task.examples("train"), tokenizer, task)
     validation = task.examples("validation") if task.files.get("validation") else None
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
-    max_steps = train_cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    max_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
     schedule = dataclasses.replace(train_cfg, max_steps=max_steps)
     optimizer = build_optimizer(model, train_cfg)
     pad = tokenizer.specials.pad
@@ -203,10 +203,11 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
         if step % train_cfg.log_every == 0:
-            record({"step": step, "loss": float(loss), "lr": lr})
+            record({"step": step, "loss": loss_value, "lr": lr})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", best=f"{best_score:.1f}" if best_state else "-")
+        bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best_score:.1f}" if best_state else "-")
         if step % eval_every == 0 and step != max_steps and validate(step):
             break
     bar.close()

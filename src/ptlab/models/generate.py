@@ -101,7 +101,7 @@ class _Stepper:
                     for kv in (layer if isinstance(layer, tuple) else (layer,)):
                         kv.reorder(rows)
         self.tokens = torch.cat([self.tokens, next_tokens[:, None]], dim=1)
-        if self.mask is not None:
+        if self.mask is not None and not self.encoder_decoder:  # a decoder's mask covers the generated tokens too
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
 
 
