@@ -47,7 +47,7 @@ def run_cell(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     task_cfg, metric, epochs = TASKS[job["task"]]
-    train = TrainConfig(batch_size=32, optimizer="adamw", lr=job["lr"], schedule="linear",
+    train = TrainConfig(batch_size=32, optimizer=job["optimizer"], lr=job["lr"], schedule="linear",
                         warmup_steps=50, min_lr_ratio=0.0, eval_every=125, precision="bf16", tensorboard=False,
                         threads=job["threads"])
     cfg = FinetuneConfig(run_dir=job["out"], seed=job["seed"], init=job["init"], tokenizer=job["tokenizer"],
@@ -77,10 +77,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--jobs", type=int, default=2, help="parallel fine-tunes (one thread each)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--optimizer", default="adamw_scale")
+    parser.add_argument("--name", default="downstream", help="results subdirectory of RUN_DIR")
     args = parser.parse_args()
 
-    out_dir = args.run_dir / "downstream"
+    out_dir = args.run_dir / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.jsonl"
     done = [json.loads(line) for line in results_path.open()] if results_path.is_file() else []
@@ -95,7 +97,7 @@ def main() -> None:
             for label, init in inits:
                 if (label, task, seed) in finished:
                     continue
-                jobs.append({"label": label, "init": init, "task": task, "seed": seed, "lr": args.lr,
+                jobs.append({"label": label, "init": init, "task": task, "seed": seed, "lr": args.lr, "optimizer": args.optimizer,
                              "tokenizer": run_cfg.data.tokenizer, "model": run_cfg.model, "threads": 1,
                              "out": str(out_dir / f"{task}-{label.replace(' ', '')}-seed{seed}")})
     print(f"{len(jobs)} fine-tunes to run; checkpoints: " + ", ".join(f"{m:g} min = {p.name}"

@@ -17,10 +17,12 @@ def test_defaults_and_overrides(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
+    from ptlab.config import FinetuneConfig
+
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
-        load_config(path)
+        load_config(path, cls=FinetuneConfig if path.name.startswith("finetune") else None)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -58,7 +58,9 @@ def clean_on_ray(inputs: list, cfg: CleanConfig, strict: bool, show_progress: bo
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = show_progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = show_progress
+    context.execution_options.preserve_order = True  # reports merge in input order, so their examples match
     if not survivors:
         return report, []
 
