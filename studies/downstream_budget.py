@@ -97,7 +97,8 @@ def main() -> None:
             for label, init in inits:
                 if (label, task, seed) in finished:
                     continue
-                jobs.append({"label": label, "init": init, "task": task, "seed": seed, "lr": args.lr, "optimizer": args.optimizer,
+                jobs.append({"label": label, "init": init, "task": task, "seed": seed, "lr": args.lr,
+                             "optimizer": args.optimizer,
                              "tokenizer": run_cfg.data.tokenizer, "model": run_cfg.model, "threads": 1,
                              "out": str(out_dir / f"{task}-{label.replace(' ', '')}-seed{seed}")})
     print(f"{len(jobs)} fine-tunes to run; checkpoints: " + ", ".join(f"{m:g} min = {p.name}"
