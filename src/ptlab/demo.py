@@ -24,6 +24,7 @@ from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objectiv
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
 from ptlab.finetune import finetune
+from ptlab.tasks import resolve_task
 from ptlab.models.generate import generate
 from ptlab.train.checkpoint import load_model
 from ptlab.train.loop import pretrain
@@ -121,8 +122,10 @@ def compare_on_rt_polarity(cfg: Config, checkpoint: Path, show_progress: bool, o
         result = finetune(ft, show_progress)
         accuracy[name] = result.test["accuracy"]
     print("", file=out)
+    tested = [t for _, t in resolve_task(task).examples("test")]
+    majority = 100 * max(tested.count(label) for label in set(tested)) / len(tested)
     print(f"Downstream: rt_polarity sentiment, {train_examples:,} training reviews, {epochs:g} epochs, test on "
-          f"{eval_examples:,} (chance 50%)", file=out)
+          f"{eval_examples:,} (always answering the majority label: {majority:.1f}%)", file=out)
     for name, value in accuracy.items():
         print(f"  {name:<14} accuracy {value:.1f}%", file=out)
     return {"rt_polarity_pretrained": accuracy["pre-trained"], "rt_polarity_scratch": accuracy["from scratch"]}
