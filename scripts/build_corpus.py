@@ -1334,26 +1334,33 @@ def print_summary(manifest: dict) -> None:
         log(f"{info['path']}: {info['compressed_bytes']:,} bytes, sha256 {info['sha256']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path,
-                        help="where packages are downloaded (default: a temporary "
-                             "directory, removed afterwards); reused if it exists")
-    parser.add_argument("--out", type=Path, default=Path("data/corpus"),
-                        help="output directory (default: data/corpus)")
+def run_build(argv: list[str] | None, description: str, build, summarize, default_out: str, prefix: str,
+              workdir_help: str, errors: tuple[type[Exception], ...] = (BuildError,)) -> int:
+    """The command line shared by the build scripts: `--workdir` (a reusable download directory, else a temporary
+    one) and `--out`; `build(workdir, out)` returns the manifest that `summarize` prints."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", type=Path, help=workdir_help)
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help=f"output directory (default: {default_out})")
     args = parser.parse_args(argv)
     try:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
             manifest = build(args.workdir.resolve(), args.out)
         else:
-            with tempfile.TemporaryDirectory(prefix="ptlab-corpus-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
                 manifest = build(Path(tmp), args.out)
-    except BuildError as exc:
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print_summary(manifest)
+    summarize(manifest)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_build(argv, __doc__.split("\n\n")[0], build, print_summary, "data/corpus", "ptlab-corpus-",
+                     "where packages are downloaded (default: a temporary directory, removed afterwards); "
+                     "reused if it exists")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ already in the workdir). No extra Python packages.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import codecs
 import email
@@ -653,26 +652,12 @@ def print_summary(manifest: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path,
-                        help="where the package is downloaded and unpacked (default: a "
-                             "temporary directory, removed afterwards); a tarball "
-                             f"{TARBALL} already there is reused")
-    parser.add_argument("--out", type=Path, default=Path("data/messy"),
-                        help="output directory (default: data/messy)")
-    args = parser.parse_args(argv)
-    try:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            manifest = build(args.workdir.resolve(), args.out)
-        else:
-            with tempfile.TemporaryDirectory(prefix="ptlab-messy-") as tmp:
-                manifest = build(Path(tmp), args.out)
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print_summary(manifest)
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from build_corpus import run_build  # the command line shared by the build scripts
+
+    return run_build(argv, __doc__.split("\n\n")[0], build, print_summary, "data/messy", "ptlab-messy-",
+                     "where the package is downloaded and unpacked (default: a temporary directory, removed "
+                     f"afterwards); a tarball {TARBALL} already there is reused", errors=(BuildError,))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ directories), network access to PyPI and Debian, and ``data/messy/`` (built by
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import csv
 import gzip
@@ -58,7 +57,6 @@ import io
 import json
 import re
 import sys
-import tempfile
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -1175,26 +1173,9 @@ def print_summary(manifest: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path,
-                        help="where packages are downloaded (default: a temporary "
-                             "directory, removed afterwards); reused if it exists, e.g. "
-                             "the --workdir of scripts/build_corpus.py")
-    parser.add_argument("--out", type=Path, default=Path("data/tasks"),
-                        help="output directory (default: data/tasks)")
-    args = parser.parse_args(argv)
-    try:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            manifest = build(args.workdir.resolve(), args.out)
-        else:
-            with tempfile.TemporaryDirectory(prefix="ptlab-tasks-") as tmp:
-                manifest = build(Path(tmp), args.out)
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print_summary(manifest)
-    return 0
+    return bc.run_build(argv, __doc__.split("\n\n")[0], build, print_summary, "data/tasks", "ptlab-tasks-",
+                        "where packages are downloaded (default: a temporary directory, removed afterwards); "
+                        "reused if it exists, e.g. the --workdir of scripts/build_corpus.py")
 
 
 if __name__ == "__main__":
