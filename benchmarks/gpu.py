@@ -1,10 +1,12 @@
-"""GPU training throughput and MFU: GPT-2 124M (1024 tokens) and a T5-base-sized encoder-decoder (512 -> 114),
-bf16 autocast, fused AdamW, with and without torch.compile. Synthetic tokens, so only the model is measured.
+"""GPU training throughput and MFU, bf16 autocast, fused AdamW, with and without torch.compile:
+GPT-2 124M (seq 1024), a Llama ~1B-shaped stack (TinyLlama's shape, seq 2048) and T5-base (512 -> 114).
+Synthetic tokens, so only the model and optimizer are measured.
 
-    python benchmarks/gpu.py [--steps 20] [--batch-gpt2 16] [--batch-t5 64]
+    python benchmarks/gpu.py [--steps 20] [--only gpt2,llama,t5]
 
-Runs in about 3-4 minutes on one H100 (most of it compiling). MFU is against the datasheet bf16 dense peak
-(ptlab.flops.GPU_PEAK_TFLOPS). Prints a markdown table and writes it to $OUT/gpu.md when $OUT is set.
+Fits in about 5 minutes on one H100/H200 (most of it compiling). MFU is against the datasheet bf16 dense peak
+(ptlab.flops.GPU_PEAK_TFLOPS). Prints a markdown table, appending each row to $OUT/gpu.md (when $OUT is set) as
+soon as it is measured, so a run cut short keeps what it measured. `--device cpu --tiny` checks the script itself.
 """
 
 from __future__ import annotations
@@ -23,89 +25,128 @@ from ptlab.train.optim import build_optimizer
 
 GPT2_124M = ModelConfig(family="gpt2", vocab_size=50304, d_model=768, num_heads=12, num_layers=12, d_ff=3072,
                         max_position_embeddings=1024)
+LLAMA_1B = ModelConfig(family="llama", vocab_size=32000, d_model=2048, num_heads=32, num_kv_heads=4, num_layers=22,
+                       d_ff=5632, max_position_embeddings=2048)
 T5_BASE = ModelConfig(family="t5", vocab_size=32128, d_model=768, d_kv=64, num_heads=12, num_layers=12, d_ff=2048)
+
+# (key, label, config, [(batch, compile)], inputs, targets)
+PLAN = [
+    ("gpt2", "GPT-2 124M, seq 1024", GPT2_124M, [(16, False), (16, True), (32, True)], 1024, 0),
+    ("llama", "Llama ~1B shape, seq 2048", LLAMA_1B, [(8, True)], 2048, 0),
+    ("t5", "T5-base, 512 -> 114", T5_BASE, [(64, False), (64, True)], 512, 114),
+]
+
+
+def tiny(cfg: ModelConfig) -> ModelConfig:
+    return ModelConfig(**{**cfg.__dict__, "vocab_size": 512, "d_model": 64, "num_heads": 4, "num_layers": 2,
+                          "d_ff": 128, "d_kv": None if cfg.family != "t5" else 16,
+                          "num_kv_heads": 2 if cfg.num_kv_heads else None})
 
 
 def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_model: bool, steps: int,
             device: torch.device) -> dict:
     torch.manual_seed(0)
+    torch._dynamo.reset()  # a fresh compile per shape: no recompilation with dynamic shapes
     model = build_model(cfg).to(device).train()
     optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1), device)
-    forward = torch.compile(model) if compile_model else model
     vocab = cfg.vocab_size
 
     if cfg.is_encoder_decoder:
         x = torch.randint(3, vocab, (batch, inputs), device=device)
         y = torch.randint(3, vocab, (batch, targets), device=device)
 
-        def loss_fn():
-            logits = forward(x, y)
-            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        def loss_fn(x, y):
+            return F.cross_entropy(model(x, y).float().flatten(0, 1), y.flatten())
         tokens, flops = batch * (inputs + targets), batch * training_flops(cfg, inputs, targets)
     else:
-        x = torch.randint(0, vocab, (batch, inputs + 1), device=device)
+        sequence = torch.randint(0, vocab, (batch, inputs + 1), device=device)
+        x, y = sequence[:, :-1], sequence[:, 1:]
 
-        def loss_fn():
-            logits = forward(x[:, :-1])
-            return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        def loss_fn(x, y):
+            return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
         tokens, flops = batch * inputs, batch * training_flops(cfg, 0, inputs)
+    # compiling the loss with the model lets the compiler fuse the float upcast into the cross-entropy
+    loss_fn = torch.compile(loss_fn) if compile_model else loss_fn
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn()
+        with autocast:
+            loss = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     started = time.perf_counter()
     for _ in range(3):  # warm-up (and compilation)
         step()
-    torch.cuda.synchronize()
+    sync()
     warmup = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     seconds = (time.perf_counter() - started) / steps
     peak, _ = peak_tflops(device, "bf16")
+    memory = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
     result = {"parameters": count_parameters(model), "tokens_per_second": tokens / seconds,
               "tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak, "warmup_seconds": warmup,
-              "memory_gb": torch.cuda.max_memory_allocated(device) / 1e9}
-    del model, optimizer, forward
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+              "memory_gb": memory}
+    del model, optimizer, loss_fn
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-gpt2", type=int, default=16)
-    parser.add_argument("--batch-t5", type=int, default=64)
+    parser.add_argument("--only", default="gpt2,llama,t5", help="comma-separated subset of gpt2, llama, t5")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script on CPU")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py: no CUDA GPU here (use --device cpu --tiny to check the script)")
     torch.backends.cuda.matmul.allow_tf32 = True
-    device = torch.device("cuda")
+    torch.backends.cudnn.allow_tf32 = True
     peak, source = peak_tflops(device, "bf16")
-    lines = [f"{torch.cuda.get_device_name(device)}; peak {peak:.0f} TFLOP/s ({source}); torch {torch.__version__}",
-             "", "| model | compile | batch | tokens/s | TFLOP/s | MFU | warm-up s | peak memory GB |",
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out = os.path.join(os.environ["OUT"], "gpu.md") if os.environ.get("OUT") else None
+    lines = [f"{name}; peak {peak:.0f} TFLOP/s ({source}); torch {torch.__version__}", "",
+             "| model | compile | batch | tokens/s | TFLOP/s | MFU | warm-up s | peak memory GB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    runs = [("GPT-2 124M, seq 1024", GPT2_124M, args.batch_gpt2, 1024, 0),
-            ("T5-base size, 512 -> 114", T5_BASE, args.batch_t5, 512, 114)]
-    for name, cfg, batch, inputs, targets in runs:
-        for compile_model in (False, True):
-            r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device)
-            lines.append(f"| {name} ({r['parameters'] / 1e6:.0f}M) | {'on' if compile_model else 'off'} | {batch} | "
-                         f"{r['tokens_per_second']:,.0f} | {r['tflops']:.0f} | {r['mfu']:.1%} | "
-                         f"{r['warmup_seconds']:.0f} | {r['memory_gb']:.1f} |")
-            print(lines[-1], flush=True)
-    report = "\n".join(lines)
-    print("\n" + report)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "gpu.md"), "w", encoding="utf-8") as f:
-            f.write(report + "\n")
+
+    def emit(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+        if out:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+
+    for line in lines[:]:
+        print(line)
+    wanted = set(args.only.split(","))
+    for key, label, cfg, settings, inputs, targets in PLAN:
+        if key not in wanted:
+            continue
+        if args.tiny:
+            cfg, inputs, targets = tiny(cfg), min(inputs, 64), min(targets, 16)
+        for batch, compile_model in settings:
+            batch = min(batch, 2) if args.tiny else batch
+            try:
+                r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device)
+            except torch.OutOfMemoryError:
+                emit(f"| {label} | {'on' if compile_model else 'off'} | {batch} | out of memory | | | | |")
+                continue
+            emit(f"| {label} ({r['parameters'] / 1e6:.0f}M) | {'on' if compile_model else 'off'} | {batch} | "
+                 f"{r['tokens_per_second']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} | "
+                 f"{r['warmup_seconds']:.0f} | {r['memory_gb']:.1f} |")
 
 
 if __name__ == "__main__":
