@@ -31,7 +31,7 @@ T5_BASE = ModelConfig(family="t5", vocab_size=32128, d_model=768, d_kv=64, num_h
 
 # (key, label, config, [(batch, compile)], inputs, targets)
 PLAN = [
-    ("gpt2", "GPT-2 124M, seq 1024", GPT2_124M, [(16, False), (16, True), (32, True)], 1024, 0),
+    ("gpt2", "GPT-2 124M, seq 1024", GPT2_124M, [(16, False), (16, True), (64, True)], 1024, 0),
     ("llama", "Llama ~1B shape, seq 2048", LLAMA_1B, [(8, True)], 2048, 0),
     ("t5", "T5-base, 512 -> 114", T5_BASE, [(64, False), (64, True)], 512, 114),
 ]
@@ -44,7 +44,7 @@ def tiny(cfg: ModelConfig) -> ModelConfig:
 
 
 def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_model: bool, steps: int,
-            device: torch.device) -> dict:
+            device: torch.device, mode: str | None = None) -> dict:
     torch.manual_seed(0)
     torch._dynamo.reset()  # a fresh compile per shape: no recompilation with dynamic shapes
     model = build_model(cfg).to(device).train()
@@ -66,7 +66,7 @@ def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_mod
             return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
         tokens, flops = batch * inputs, batch * training_flops(cfg, 0, inputs)
     # compiling the loss with the model lets the compiler fuse the float upcast into the cross-entropy
-    loss_fn = torch.compile(loss_fn) if compile_model else loss_fn
+    loss_fn = torch.compile(loss_fn, mode=mode) if compile_model else loss_fn
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step():
@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", default="gpt2,llama,t5", help="comma-separated subset of gpt2, llama, t5")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--batches", default=None,
+                        help="compiled batch sizes to try instead of the plan's, e.g. 32,64")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -137,14 +140,17 @@ def main() -> None:
             continue
         if args.tiny:
             cfg, inputs, targets = tiny(cfg), min(inputs, 64), min(targets, 16)
+        if args.batches:
+            settings = [(int(b), True) for b in args.batches.split(",")]
         for batch, compile_model in settings:
             batch = min(batch, 2) if args.tiny else batch
             try:
-                r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device)
+                r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device, args.mode)
             except torch.OutOfMemoryError:
                 emit(f"| {label} | {'on' if compile_model else 'off'} | {batch} | out of memory | | | | |")
                 continue
-            emit(f"| {label} ({r['parameters'] / 1e6:.0f}M) | {'on' if compile_model else 'off'} | {batch} | "
+            compiled = (args.mode or "on") if compile_model else "off"
+            emit(f"| {label} ({r['parameters'] / 1e6:.0f}M) | {compiled} | {batch} | "
                  f"{r['tokens_per_second']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} | "
                  f"{r['warmup_seconds']:.0f} | {r['memory_gb']:.1f} |")
 
