@@ -22,7 +22,16 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
+        if path.name.startswith("study"):
+            continue  # study grids: tests/test_study.py
         load_config(path, cls=FinetuneConfig if path.name.startswith("finetune") else None)
+
+
+def test_compile_takes_true_false_or_auto():
+    assert load_config(None, ["train.compile=true"]).train.compile is True
+    assert load_config(None).train.compile == "auto"
+    with pytest.raises(PtlabError, match="train.compile"):
+        load_config(None, ["train.compile=sometimes"])
 
 
 @pytest.mark.parametrize("override,message", [

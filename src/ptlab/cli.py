@@ -196,6 +196,27 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     print(f"linear probe on mean-pooled states, {args.task or 'task'} {args.split}: accuracy {accuracy:.2f}")
 
 
+def _cmd_study(args: argparse.Namespace) -> None:
+    from ptlab.study import estimate_seconds, format_plan, load_study, plan_study, run_study
+
+    if args.jobs < 1:
+        raise PtlabError(f"--jobs must be at least 1, got {args.jobs}")
+    study, base_dir = load_study(args.config, args.overrides)
+    plan = plan_study(study, base_dir)
+    if args.dry_run:
+        print(format_plan(plan, estimate_seconds(plan)))
+        return
+    run_study(plan, jobs=args.jobs, show_progress=not args.quiet)
+
+
+def _cmd_cost(args: argparse.Namespace) -> None:
+    from ptlab.cost import PRESETS, estimate, format_estimate
+
+    targets = list(PRESETS) if args.target == "all" else [args.target]
+    print("\n\n".join(format_estimate(estimate(t, args.tokens, args.gpu, args.mfu, args.price_per_hour))
+                       for t in targets))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
@@ -380,6 +401,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-cache", action="store_true", help="recompute every step (slower; for checking)")
     gen.add_argument("--show-special", action="store_true", help="print sentinels and other special tokens")
     gen.set_defaults(func=_cmd_generate)
+
+    study = sub.add_parser(
+        "study", help="a grid of pre-training settings, each fine-tuned on downstream tasks: T5's tables in miniature",
+        description="Run a study config (configs/study-*.yaml): every cell pre-trains from the same base config and "
+                    "token budget (an objective, architecture, corruption setting or data mix), then fine-tunes with "
+                    "one recipe on each task and seed. Writes RUN_DIR/table.md, table.csv and chart.png (mean +- std "
+                    "over seeds, and the average over tasks). Rerunning a killed study skips finished work.",
+        epilog="Scale up without editing the file: ptlab study configs/study-tiny.yaml size=base "
+               "common.train.device=cuda run_dir=runs/study-base")
+    study.add_argument("config", help="study YAML file")
+    study.add_argument("--dry-run", action="store_true", help="print the plan with parameters, FLOPs and a time "
+                                                              "estimate, and run nothing")
+    study.add_argument("--jobs", type=int, default=1, help="cells run side by side, each with cores/jobs threads "
+                                                           "(default: %(default)s)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    study.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="override study keys, e.g. size=small seeds=[0] common.train.max_steps=500")
+    study.set_defaults(func=_cmd_study)
+
+    cost = sub.add_parser(
+        "cost", help="FLOPs, GPU-hours and money of a pre-training run (a config or a published model)",
+        description="Estimate a pre-training run: FLOPs = (6N + 12 * layers * d_model * seq) per token, GPU-hours = "
+                    "FLOPs / (MFU * peak), money = GPU-hours * price. Presets use the published size and token "
+                    "count and the GPU generation the model was trained on; configs use their own steps x batch.")
+    cost.add_argument("target", help="a ptlab pre-training config file, a preset (bert-base, bert-large, gpt2, gpt3, "
+                                     "t5-base, t5-11b, llama-7b, llama-13b, llama-33b, llama-65b), or 'all'")
+    cost.add_argument("--tokens", type=float, help="training tokens (default: the preset's or the config's)")
+    cost.add_argument("--gpu", help="v100, a100, h100, h200 or b200 (default: the preset's own; h100 for configs)")
+    cost.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: %(default)s)")
+    cost.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand list price)")
+    cost.set_defaults(func=_cmd_cost)
 
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
                            description="Stream JSONL(.gz) documents through a tokenizer into OUTPUT/tokens.bin "

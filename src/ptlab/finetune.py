@@ -146,7 +146,9 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     torch.set_flush_denormal(True)
     task = resolve_task(cfg.task)
     model, tokenizer = _initial_model(cfg)
-    model.train()
+    device = torch.device("cuda" if train_cfg.device == "cuda" or (
+        train_cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    model.to(device).train()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -156,7 +158,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     max_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
     schedule = dataclasses.replace(train_cfg, max_steps=max_steps)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, train_cfg, device)
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])
@@ -175,7 +177,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
         nonlocal best_score, best_state, best_step, since_best
         if validation is None:
             return False
-        scores, _ = score(model, tokenizer, task, "validation", train_cfg.precision)
+        scores, _ = score(model, tokenizer, task, "validation", train_cfg.precision, device=device)
         model.train()
         record({"step": step, **{f"val_{k}": v for k, v in scores.items()}})
         if scores[metric] > best_score:
@@ -194,8 +196,8 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
-        batch = to_tensors(make_batch(model, [train[i] for i in rows], pad))
-        with autocast(train_cfg.precision):
+        batch = to_tensors(make_batch(model, [train[i] for i in rows], pad), device)
+        with autocast(train_cfg.precision, device):
             logits = batch_logits(model, batch)
             loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         loss.backward()
@@ -224,7 +226,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
                                                     and f"val_{metric}" in h), {}).items() if k.startswith("val_")}
     test_scores = None
     if task.files.get("test") is not None and task.files["test"].is_file():
-        test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision)
+        test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision, device=device)
         _write_predictions(run_dir / "test_predictions.jsonl", rows)
         record({"step": best_step, **{f"test_{k}": v for k, v in test_scores.items()}})
     log.close()

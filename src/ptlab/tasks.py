@@ -37,7 +37,7 @@ TASKS: dict[str, TaskSpec] = {
     "rt_polarity": TaskSpec("sst2 sentence: {text}", "label", ("accuracy", "f1"), ("negative", "positive")),
     "bible_paraphrase": TaskSpec("mrpc sentence1: {sentence1} sentence2: {sentence2}", "label", ("accuracy", "f1"),
                                  ("not_equivalent", "equivalent")),
-    "debian_summaries": TaskSpec("summarize: {document}", "summary", ("rouge1", "rouge2", "rougeL"),
+    "debian_summaries": TaskSpec("summarize: {document}", "summary", ("rougeL", "rouge1", "rouge2"),
                                  max_target_length=32),
     "ddtp_en_de": TaskSpec("translate English to German: {source}", "target", ("bleu",), max_target_length=128),
     "ddtp_en_fr": TaskSpec("translate English to French: {source}", "target", ("bleu",), max_target_length=128),
