@@ -168,7 +168,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     precision: str = "bf16"  # bf16 (autocast) | fp32
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    compile: bool = False  # torch.compile the model
+    compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (runs long enough to repay it)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2, fully_shard per block)
     eval_every: int = 100
@@ -193,6 +193,7 @@ class TrainConfig:
         _check(self.precision in ("bf16", "fp32"), "train.precision", "must be 'bf16' or 'fp32'")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be 'auto', 'cpu' or 'cuda'")
         _check(self.distributed in ("ddp", "fsdp"), "train.distributed", "must be 'ddp' or 'fsdp'")
+        _check(self.compile in (True, False, "auto"), "train.compile", "must be true, false or auto")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
         _check(0.0 < self.decay_ratio <= 1.0, "train.decay_ratio", "must be in (0, 1]")
@@ -378,6 +379,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # the first alternative that takes the value; the first one's error otherwise
+            if isinstance(value, alternative) and not (alternative is int and isinstance(value, bool)):
+                return value
         return _coerce(inner[0], value, key)
     if origin is list:
         if isinstance(value, str):

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 from tqdm import tqdm
 
-from ptlab.config import Config, save_config
+from ptlab.config import Config, TrainConfig, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
 from ptlab.errors import PtlabError
@@ -105,6 +105,20 @@ def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], prec
         count += n
     model.train(was_training)
     return total / max(count, 1)
+
+
+# torch.compile pays for its compilation (tens of seconds on a CPU) only over a run this long.
+COMPILE_MIN_STEPS = {"cpu": 1000, "cuda": 200}
+
+
+def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether to torch.compile: as configured, or for `auto` when the run is long enough to repay compiling.
+    A compiler failure (no C++ compiler, an unsupported op) falls back to eager execution instead of stopping."""
+    enabled = cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= COMPILE_MIN_STEPS.get(
+        device.type, COMPILE_MIN_STEPS["cuda"]))
+    if enabled:
+        torch._dynamo.config.suppress_errors = True
+    return enabled
 
 
 def fill_model_ids(cfg: Config, vocab_size: int, specials: SpecialIds) -> None:
@@ -253,7 +267,8 @@ class _Trainer:
         if train_cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
         trained = distributed.wrap(model, runtime, train_cfg.distributed)
-        forward = torch.compile(trained) if train_cfg.compile else trained
+        compiled = compile_enabled(train_cfg, device)
+        forward = torch.compile(trained) if compiled else trained
         optimizer = build_optimizer(trained, train_cfg, device)
         start_step, bad_total = 0, 0
         if state is not None:
@@ -282,7 +297,8 @@ class _Trainer:
                        "parameters": parameters, "raw_length": train_data.raw_length,
                        "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,
                        "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size,
-                       "world_size": runtime.world_size, "device": str(device), "peak_tflops": peak,
+                       "world_size": runtime.world_size, "device": str(device), "compiled": compiled,
+                       "peak_tflops": peak,
                        "peak_source": peak_source})
         history: list[dict] = []
 
@@ -294,7 +310,7 @@ class _Trainer:
         def run_eval(step: int) -> float | None:
             if not eval_set:
                 return None
-            val_loss = evaluate_loss(forward, eval_set, train_cfg.precision, device)
+            val_loss = evaluate_loss(trained, eval_set, train_cfg.precision, device)  # eager: no second compile
             record({"step": step, "val_loss": val_loss})
             return val_loss
 
