@@ -6,10 +6,11 @@ ptlab's HF interop and checked logit for logit), the same batches, in the same p
 
 Settings per family and size:
   HF default   fp32, eager attention, torch.optim.AdamW with its defaults, the loss HF computes from `labels`
-  HF best      bf16 autocast, SDPA attention where the model has it, torch.compile where it works
-  ptlab fp32   ptlab's model and training step in fp32
-  ptlab        ptlab's default training step (TrainConfig defaults: bf16 autocast, foreach AdamW)
-  ptlab best   the default plus torch.compile
+  HF best      bf16 autocast, SDPA attention where the model has it, torch.compile
+  ptlab fp32   ptlab's model and trainer step in fp32, eager
+  ptlab eager  bf16 autocast, not compiled
+  ptlab        ptlab's default trainer step (TrainConfig defaults: bf16 autocast, foreach AdamW, and
+               train.compile=auto, which compiles runs of 1,000 steps or more such as the default's)
 Each is timed as training tokens/s (inputs + targets) over several alternating rounds (median), and as achieved
 GFLOP/s against this machine's measured matmul peak at the same precision. With --loss-steps N, ptlab's default
 step and HF's default step also train from the same weights on the same real-text batches for N steps, and the
@@ -34,7 +35,7 @@ from ptlab.config import ModelConfig, TrainConfig
 from ptlab.flops import measure_matmul_tflops, training_flops
 from ptlab.models import build_model
 from ptlab.models.hf import hf_config_from_model, to_hf_state_dict
-from ptlab.train.loop import autocast
+from ptlab.train.loop import autocast, compile_enabled, loss_sum
 from ptlab.train.optim import build_optimizer
 
 VOCAB = 8192
@@ -99,7 +100,7 @@ def real_batches(count: int, cfg: ModelConfig, batch: int, seed: int = 0) -> lis
             out.append(encoder_decoder_tensors(cfg, torch.from_numpy(x), torch.from_numpy(y)))
         else:
             starts = rng.integers(0, len(tokens) - DECODER_LENGTH - 1, batch)
-            x = torch.from_numpy(np.stack([tokens[s:s + DECODER_LENGTH] for s in starts]))
+            x = torch.from_numpy(np.stack([tokens[s:s + DECODER_LENGTH + 1] for s in starts]))
             out.append({"input_ids": x, "labels": x})
     return out
 
@@ -110,7 +111,7 @@ def random_batch(cfg: ModelConfig, batch: int) -> dict[str, torch.Tensor]:
         inputs, targets = ENC_DEC_LENGTHS
         return encoder_decoder_tensors(cfg, torch.randint(3, VOCAB, (batch, inputs), generator=g),
                                        torch.randint(3, VOCAB, (batch, targets), generator=g))
-    x = torch.randint(3, VOCAB, (batch, DECODER_LENGTH), generator=g)
+    x = torch.randint(3, VOCAB, (batch, DECODER_LENGTH + 1), generator=g)
     return {"input_ids": x, "labels": x}
 
 
@@ -137,27 +138,25 @@ def corpus_tokens() -> np.ndarray:
 
 
 class Runner:
-    """One training setup: a model, its optimizer, and a step function on a batch."""
+    """One training setup: a model, its optimizer, and one training step on a batch. ptlab's step is the trainer's
+    (`loss_sum` on the compiled or eager model); HF's is what its users write (`model(**batch, labels=...).loss`)."""
 
     def __init__(self, name: str, model: torch.nn.Module, hf: bool, precision: str, compiled: bool,
                  optimizer: torch.optim.Optimizer):
         self.name, self.model, self.hf, self.precision, self.compiled = name, model, hf, precision, compiled
         self.optimizer = optimizer
-        self.loss_fn = self._hf_loss if hf else self._ptlab_loss
-        if compiled:
-            self.loss_fn = torch.compile(self.loss_fn)
+        if hf:
+            self.loss_fn = torch.compile(self._hf_loss) if compiled else self._hf_loss
+        else:
+            self.forward = torch.compile(model) if compiled else model
+            self.loss_fn = self._ptlab_loss
 
     def _hf_loss(self, batch):
         return self.model(**batch).loss
 
     def _ptlab_loss(self, batch):
-        if "decoder_input_ids" in batch:
-            logits = self.model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-            labels = batch["labels"]
-        else:  # next-token prediction: position t predicts token t + 1, as HF shifts `labels`
-            logits = self.model(batch["input_ids"])[:, :-1]
-            labels = batch["labels"][:, 1:]
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss, count = loss_sum(self.forward, ptlab_batch(batch))
+        return loss / count
 
     def step(self, batch) -> float:
         with autocast(self.precision):
@@ -169,10 +168,22 @@ class Runner:
         return loss.item()
 
 
+def ptlab_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trainer's batch for the same tokens: decoder-only rows carry their shifted labels and positions."""
+    if "decoder_input_ids" in batch:
+        return batch
+    x = batch["input_ids"]
+    inputs = x[:, :-1].contiguous()
+    return {"input_ids": inputs, "labels": x[:, 1:].contiguous(),
+            "position_ids": torch.arange(inputs.shape[1])[None].expand_as(inputs),
+            "segment_ids": torch.ones_like(inputs), "prefix_mask": torch.zeros_like(inputs, dtype=torch.bool)}
+
+
 def build_runners(cfg: ModelConfig, settings: list[str], lr: float = 1e-3) -> dict[str, Runner]:
     torch.manual_seed(0)
     reference = build_model(cfg)
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    defaults = TrainConfig(lr=lr)
     runners = {}
     for name in settings:
         hf = name.startswith("HF")
@@ -182,10 +193,10 @@ def build_runners(cfg: ModelConfig, settings: list[str], lr: float = 1e-3) -> di
         else:
             model = build_model(cfg)
             model.load_state_dict(state)
-            optimizer = build_optimizer(model, TrainConfig(lr=lr))
+            optimizer = build_optimizer(model, defaults)
         model.train()
-        precision = "fp32" if name in ("HF default", "ptlab fp32") else TrainConfig().precision
-        compiled = name in ("HF best", "ptlab best") or (name == "ptlab" and TrainConfig().compile)
+        precision = "fp32" if name in ("HF default", "ptlab fp32") else defaults.precision
+        compiled = name == "HF best" or (name == "ptlab" and compile_enabled(defaults, torch.device("cpu")))
         runners[name] = Runner(name, model, hf, precision, compiled, optimizer)
     return runners
 
@@ -201,14 +212,13 @@ def check_same_function(cfg: ModelConfig, runners: dict[str, Runner]) -> float:
             b = theirs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        decoder_input_ids=batch["decoder_input_ids"]).logits
         else:
-            a, b = ours(batch["input_ids"]), theirs(input_ids=batch["input_ids"]).logits
+            a, b = ours(batch["input_ids"]), theirs(input_ids=batch["input_ids"]).logits  # plain causal: no mask
     return float((a - b).abs().max())
 
 
 def throughput(runners: dict[str, Runner], cfg: ModelConfig, seconds: float, rounds: int) -> dict[str, dict]:
     batch = random_batch(cfg, BATCH)
-    tokens = sum(int(v.numel()) for k, v in batch.items() if k in ("input_ids", "decoder_input_ids")) \
-        if cfg.is_encoder_decoder else int(batch["input_ids"].numel())
+    tokens = BATCH * (sum(ENC_DEC_LENGTHS) if cfg.is_encoder_decoder else DECODER_LENGTH)
     inputs, targets = ENC_DEC_LENGTHS if cfg.is_encoder_decoder else (0, DECODER_LENGTH)
     flops = BATCH * training_flops(cfg, inputs, targets)
     warmup = {}
@@ -258,7 +268,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--families", default="t5,bart,gpt2,llama")
-    parser.add_argument("--settings", default="HF default,HF best,ptlab fp32,ptlab,ptlab best")
+    parser.add_argument("--settings", default="HF default,HF best,ptlab fp32,ptlab eager,ptlab")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per setting (split over rounds)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")
