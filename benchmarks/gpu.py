@@ -16,11 +16,11 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ptlab.config import ModelConfig, TrainConfig
 from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
+from ptlab.train.loop import training_loss
 from ptlab.train.optim import build_optimizer
 
 GPT2_124M = ModelConfig(family="gpt2", vocab_size=50304, d_model=768, num_heads=12, num_layers=12, d_ff=3072,
@@ -44,34 +44,33 @@ def tiny(cfg: ModelConfig) -> ModelConfig:
 
 
 def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_model: bool, steps: int,
-            device: torch.device, mode: str | None = None) -> dict:
+            device: torch.device) -> dict:
     torch.manual_seed(0)
     torch._dynamo.reset()  # a fresh compile per shape: no recompilation with dynamic shapes
     model = build_model(cfg).to(device).train()
     optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1), device)
     vocab = cfg.vocab_size
-
     if cfg.is_encoder_decoder:
         x = torch.randint(3, vocab, (batch, inputs), device=device)
         y = torch.randint(3, vocab, (batch, targets), device=device)
-
-        def loss_fn(x, y):
-            return F.cross_entropy(model(x, y).float().flatten(0, 1), y.flatten())
+        start = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        data = {"input_ids": x, "attention_mask": torch.ones_like(x), "decoder_input_ids": torch.cat([start, y[:, :-1]], 1),
+                "labels": y}
         tokens, flops = batch * (inputs + targets), batch * training_flops(cfg, inputs, targets)
     else:
         sequence = torch.randint(0, vocab, (batch, inputs + 1), device=device)
-        x, y = sequence[:, :-1], sequence[:, 1:]
-
-        def loss_fn(x, y):
-            return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+        x = sequence[:, :-1].contiguous()
+        data = {"input_ids": x, "labels": sequence[:, 1:].contiguous(),
+                "position_ids": torch.arange(inputs, device=device)[None].expand_as(x)}  # no packing, no prefix
         tokens, flops = batch * inputs, batch * training_flops(cfg, 0, inputs)
-    # compiling the loss with the model lets the compiler fuse the float upcast into the cross-entropy
-    loss_fn = torch.compile(loss_fn, mode=mode) if compile_model else loss_fn
+    # the trainer's own loss: model and cross-entropy compiled as one graph
+    summed = training_loss(model, compile_model)
+    count = data["labels"].numel()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step():
         with autocast:
-            loss = loss_fn(x, y)
+            loss = summed(data) / count
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -96,7 +95,7 @@ def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_mod
     result = {"parameters": count_parameters(model), "tokens_per_second": tokens / seconds,
               "tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak, "warmup_seconds": warmup,
               "memory_gb": memory}
-    del model, optimizer, loss_fn
+    del model, optimizer, summed
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,7 +107,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", default="gpt2,llama,t5", help="comma-separated subset of gpt2, llama, t5")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--batches", default=None,
                         help="compiled batch sizes to try instead of the plan's, e.g. 32,64")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script on CPU")
@@ -145,11 +143,11 @@ def main() -> None:
         for batch, compile_model in settings:
             batch = min(batch, 2) if args.tiny else batch
             try:
-                r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device, args.mode)
+                r = measure(cfg, batch, inputs, targets, compile_model, args.steps, device)
             except torch.OutOfMemoryError:
                 emit(f"| {label} | {'on' if compile_model else 'off'} | {batch} | out of memory | | | | |")
                 continue
-            compiled = (args.mode or "on") if compile_model else "off"
+            compiled = "on" if compile_model else "off"
             emit(f"| {label} ({r['parameters'] / 1e6:.0f}M) | {compiled} | {batch} | "
                  f"{r['tokens_per_second']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} | "
                  f"{r['warmup_seconds']:.0f} | {r['memory_gb']:.1f} |")

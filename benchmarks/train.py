@@ -35,7 +35,7 @@ from ptlab.config import ModelConfig, TrainConfig
 from ptlab.flops import measure_matmul_tflops, training_flops
 from ptlab.models import build_model
 from ptlab.models.hf import hf_config_from_model, to_hf_state_dict
-from ptlab.train.loop import autocast, compile_enabled, loss_sum
+from ptlab.train.loop import autocast, compile_enabled, training_loss
 from ptlab.train.optim import build_optimizer
 
 VOCAB = 8192
@@ -139,7 +139,7 @@ def corpus_tokens() -> np.ndarray:
 
 class Runner:
     """One training setup: a model, its optimizer, and one training step on a batch. ptlab's step is the trainer's
-    (`loss_sum` on the compiled or eager model); HF's is what its users write (`model(**batch, labels=...).loss`)."""
+    (`training_loss`, compiled or eager); HF's is what its users write (`model(**batch, labels=...).loss`)."""
 
     def __init__(self, name: str, model: torch.nn.Module, hf: bool, precision: str, compiled: bool,
                  optimizer: torch.optim.Optimizer):
@@ -148,15 +148,15 @@ class Runner:
         if hf:
             self.loss_fn = torch.compile(self._hf_loss) if compiled else self._hf_loss
         else:
-            self.forward = torch.compile(model) if compiled else model
+            self.summed = training_loss(model, compiled)
             self.loss_fn = self._ptlab_loss
 
     def _hf_loss(self, batch):
         return self.model(**batch).loss
 
     def _ptlab_loss(self, batch):
-        loss, count = loss_sum(self.forward, ptlab_batch(batch))
-        return loss / count
+        batch = ptlab_batch(batch)
+        return self.summed(batch) / batch["labels"].numel()  # no label is ignored here
 
     def step(self, batch) -> float:
         with autocast(self.precision):
@@ -175,8 +175,7 @@ def ptlab_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     x = batch["input_ids"]
     inputs = x[:, :-1].contiguous()
     return {"input_ids": inputs, "labels": x[:, 1:].contiguous(),
-            "position_ids": torch.arange(inputs.shape[1])[None].expand_as(inputs),
-            "segment_ids": torch.ones_like(inputs), "prefix_mask": torch.zeros_like(inputs, dtype=torch.bool)}
+            "position_ids": torch.arange(inputs.shape[1])[None].expand_as(inputs)}  # no packing, no prefix
 
 
 def build_runners(cfg: ModelConfig, settings: list[str], lr: float = 1e-3) -> dict[str, Runner]:

@@ -35,7 +35,7 @@ from ptlab.models.generate import generate
 from ptlab.objectives import Example
 from ptlab.tasks import Task, resolve_task
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model, write_checkpoint
-from ptlab.train.loop import autocast, batch_logits, fill_model_ids, to_tensors
+from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
 from ptlab.train.optim import build_optimizer, lr_factor
 
 
@@ -71,7 +71,7 @@ def _label_log_likelihoods(model: nn.Module, examples: list[Example], label_ids:
                            precision: str, device) -> np.ndarray:
     """[examples, labels] summed log-probability of each label's tokens (EOS included) given each input."""
     rows = [Example(e.inputs, label) for e in examples for label in label_ids]
-    batch = to_tensors(make_batch(model, rows, pad), device)
+    batch = to_tensors(model_inputs(make_batch(model, rows, pad)), device)
     with torch.no_grad(), autocast(precision, device):
         logits = batch_logits(model, batch).float()
     labels = batch["labels"]
@@ -196,7 +196,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
-        batch = to_tensors(make_batch(model, [train[i] for i in rows], pad), device)
+        batch = to_tensors(model_inputs(make_batch(model, [train[i] for i in rows], pad)), device)
         with autocast(train_cfg.precision, device):
             logits = batch_logits(model, batch)
             loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)

@@ -74,8 +74,22 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu")
 def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "decoder_input_ids" in batch:
         return model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
-                 prefix_mask=batch["prefix_mask"])
+    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
+                 prefix_mask=batch.get("prefix_mask"))
+
+
+def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A decoder-only batch without the masks that change nothing (no row packed, no prefix), decided here on the
+    host: the model then takes plain causal attention without inspecting its inputs, which would cost a device
+    sync and break a compiled graph in two."""
+    if "segment_ids" not in batch:
+        return batch
+    batch = dict(batch)
+    if batch["segment_ids"].max(initial=0) <= 1:
+        del batch["segment_ids"]
+    if not batch["prefix_mask"].any():
+        del batch["prefix_mask"]
+    return batch
 
 
 def batch_tokens(batch: dict[str, np.ndarray]) -> int:
@@ -85,13 +99,25 @@ def batch_tokens(batch: dict[str, np.ndarray]) -> int:
     return int((batch["segment_ids"] > 0).sum())
 
 
-def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed token cross-entropy over non-ignored labels, and how many labels that was."""
+def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed token cross-entropy over the labels that are not IGNORE_INDEX."""
     labels = batch["labels"]
     logits = batch_logits(model, batch)
-    loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed token cross-entropy, and how many labels it covers."""
+    return summed_loss(model, batch), int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def training_loss(model: nn.Module, compiled: bool) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The trainer's per-batch summed loss. Compiled, the model and the loss are one graph, so the compiler fuses
+    the float upcast of the logits into the cross-entropy instead of writing them out in float32."""
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return summed_loss(model, batch)
+    return torch.compile(loss) if compiled else loss
 
 
 @torch.no_grad()
@@ -286,7 +312,7 @@ class _Trainer:
             enable_activation_checkpointing(model)
         trained = distributed.wrap(model, runtime, train_cfg.distributed)
         compiled = compile_enabled(train_cfg, device)
-        forward = torch.compile(trained) if compiled else trained
+        loss_fn = training_loss(trained, compiled)
         optimizer = build_optimizer(trained, train_cfg, device)
         start_step, bad_total = 0, 0
         if state is not None:
@@ -300,7 +326,7 @@ class _Trainer:
         model.train()
 
         train_data = pretrain_batches(cfg, objective, train_shard, specials)
-        eval_set = ([to_tensors(b, device) for b in validation_batches(
+        eval_set = ([to_tensors(model_inputs(b), device) for b in validation_batches(
             pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
         parameters = count_parameters(model)
         peak, peak_source = peak_tflops(device, train_cfg.precision, train_cfg.peak_tflops)
@@ -362,11 +388,11 @@ class _Trainer:
                 parts = np.array_split(np.arange(len(batch["labels"])), min(train_cfg.grad_accum,
                                                                              len(batch["labels"])))
                 for i, rows in enumerate(parts):
-                    part = to_tensors({k: v[rows] for k, v in batch.items()}, device)
+                    part = to_tensors(model_inputs({k: v[rows] for k, v in batch.items()}), device)
                     sync = i == len(parts) - 1 or not hasattr(trained, "no_sync")
                     with (contextlib.nullcontext() if sync else trained.no_sync()), \
                             autocast(train_cfg.precision, device):
-                        part_loss, _ = loss_sum(forward, part)
+                        part_loss = loss_fn(part)
                     # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
                     (part_loss * runtime.world_size / max(total_labels, 1)).backward()
                     loss_total += float(part_loss.detach())
