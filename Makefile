@@ -27,7 +27,7 @@ test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
 
 bench: $(VENV)/.installed-dev
-	$(PY) benchmarks/objectives.py
+	$(PY) benchmarks/run.py
 
 corpus: $(VENV)/.installed
 	$(PY) scripts/build_corpus.py

@@ -263,6 +263,62 @@ def compare_losses(curves: dict[str, list[float]], window: int = 20) -> dict[str
             "max_gap_fp32_vs_hf": float(np.abs(ours32 - hf).max())}
 
 
+def run(sizes: list[str], families: list[str], settings: list[str], seconds: float = 6.0, rounds: int = 3,
+        loss_steps: int = 0, loss_batch: int = 4) -> tuple[dict, list[str], list[str]]:
+    """Measure; returns the JSON report, the table's lines, and the equal-precision comparisons ptlab lost."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    peaks = {"fp32": measure_matmul_tflops(torch.float32) * 1e3, "bf16": measure_matmul_tflops(torch.bfloat16) * 1e3}
+    header = (f"torch {torch.__version__}, {threads} threads; measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+              f"bf16 {peaks['bf16']:.0f} GFLOP/s; batch {BATCH}, encoder-decoders {ENC_DEC_LENGTHS[0]} -> "
+              f"{ENC_DEC_LENGTHS[1]}, decoders {DECODER_LENGTH} tokens")
+    print(header, flush=True)
+    report = {"torch": torch.__version__, "threads": threads, "peak_gflops": peaks, "batch": BATCH, "runs": []}
+    lines = [header, "", "| family | size | setting | precision | compile | tokens/s | GFLOP/s | % of peak | "
+             "vs HF default | vs HF best |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    failures = []
+    for size in sizes:
+        for family in families:
+            cfg = model_config(family, size)
+            runners = build_runners(cfg, settings)
+            gap = check_same_function(cfg, runners)
+            if gap > 1e-3:
+                raise SystemExit(f"{family} {size}: HF's copy computes different logits (max gap {gap:.2g})")
+            results = throughput(runners, cfg, seconds, rounds)
+            hf_default = results.get("HF default", {}).get("tokens_per_second")
+            hf_best = results.get("HF best", {}).get("tokens_per_second")
+            for name, r in results.items():
+                ratio = f"{r['tokens_per_second'] / hf_default:.2f}x" if hf_default else "-"
+                ratio_best = f"{r['tokens_per_second'] / hf_best:.2f}x" if hf_best else "-"
+                lines.append(f"| {family} | {size} | {name} | {r['precision']} | {'on' if r['compiled'] else 'off'} | "
+                             f"{r['tokens_per_second']:,.0f} | {r['gflops']:.0f} | "
+                             f"{100 * r['gflops'] / peaks[r['precision']]:.0f}% | {ratio} | {ratio_best} |")
+                print(lines[-1], flush=True)
+            # equal precision: ptlab fp32 against HF fp32; ptlab's bf16 default against HF's bf16 best
+            for ours, theirs in (("ptlab fp32", "HF default"), ("ptlab", "HF best")):
+                if ours in results and theirs in results and \
+                        results[ours]["tokens_per_second"] < results[theirs]["tokens_per_second"]:
+                    failures.append(f"{family} {size}: {ours} is slower than {theirs}")
+            report["runs"].append({"family": family, "size": size, "max_logit_gap_vs_hf": gap,
+                                   "config": dataclasses.asdict(cfg), "results": results})
+            del runners
+    if loss_steps:
+        lines += ["", f"Loss over the first {loss_steps} steps (batch {loss_batch}, real text, the same weights and "
+                      "batches; 20-step moving averages):", "",
+                  "| family | HF default final | ptlab final | ptlab fp32 final | max gap ptlab vs HF | "
+                  "max gap ptlab fp32 vs HF |", "|---|---:|---:|---:|---:|---:|"]
+        for family in families:
+            cfg = model_config(family, "tiny")
+            curves = loss_curves(cfg, loss_steps, loss_batch)
+            c = compare_losses(curves)
+            lines.append(f"| {family} | {c['final_hf']:.3f} | {c['final_ptlab']:.3f} | {c['final_ptlab_fp32']:.3f} | "
+                         f"{c['max_gap_ptlab_vs_hf']:.3f} | {c['max_gap_fp32_vs_hf']:.3f} |")
+            print(lines[-1], flush=True)
+            report.setdefault("loss", []).append({"family": family, "steps": loss_steps, **c, "curves": curves})
+    report["table"] = "\n".join(lines)
+    return report, lines, failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,small")
@@ -274,59 +330,12 @@ def main() -> int:
     parser.add_argument("--loss-batch", type=int, default=4)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    peaks = {"fp32": measure_matmul_tflops(torch.float32) * 1e3, "bf16": measure_matmul_tflops(torch.bfloat16) * 1e3}
-    print(f"torch {torch.__version__}, {threads} threads; measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s; batch {BATCH}, encoder-decoders {ENC_DEC_LENGTHS[0]} -> "
-          f"{ENC_DEC_LENGTHS[1]}, decoders {DECODER_LENGTH} tokens", flush=True)
-    settings = [s.strip() for s in args.settings.split(",")]
-    report = {"torch": torch.__version__, "threads": threads, "peak_gflops": peaks, "batch": BATCH, "runs": []}
-    lines = ["| family | size | setting | precision | compile | tokens/s | GFLOP/s | % of peak | vs HF default | "
-             "vs HF best |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    failures = []
-    for size in args.sizes.split(","):
-        for family in args.families.split(","):
-            cfg = model_config(family, size)
-            runners = build_runners(cfg, settings)
-            gap = check_same_function(cfg, runners)
-            if gap > 1e-3:
-                raise SystemExit(f"{family} {size}: HF's copy computes different logits (max gap {gap:.2g})")
-            results = throughput(runners, cfg, args.seconds, args.rounds)
-            hf_default = results.get("HF default", {}).get("tokens_per_second")
-            hf_best = results.get("HF best", {}).get("tokens_per_second")
-            for name, r in results.items():
-                ratio = f"{r['tokens_per_second'] / hf_default:.2f}x" if hf_default else "-"
-                ratio_best = f"{r['tokens_per_second'] / hf_best:.2f}x" if hf_best else "-"
-                lines.append(f"| {family} | {size} | {name} | {r['precision']} | {'on' if r['compiled'] else 'off'} | "
-                             f"{r['tokens_per_second']:,.0f} | {r['gflops']:.0f} | "
-                             f"{100 * r['gflops'] / peaks[r['precision']]:.0f}% | {ratio} | {ratio_best} |")
-                print(lines[-1], flush=True)
-            # equal precision: ptlab fp32 vs HF fp32; ptlab's bf16 default vs HF's bf16 best
-            for ours, theirs in (("ptlab fp32", "HF default"), ("ptlab", "HF best")):
-                if ours in results and theirs in results and \
-                        results[ours]["tokens_per_second"] < results[theirs]["tokens_per_second"]:
-                    failures.append(f"{family} {size}: {ours} is slower than {theirs}")
-            report["runs"].append({"family": family, "size": size, "max_logit_gap_vs_hf": gap,
-                                   "config": dataclasses.asdict(cfg), "results": results})
-            del runners
-    if args.loss_steps:
-        lines += ["", f"Loss over the first {args.loss_steps} steps (batch {args.loss_batch}, real text; "
-                      "20-step moving averages):", "",
-                  "| family | HF default final | ptlab final | ptlab fp32 final | max gap ptlab vs HF | "
-                  "max gap ptlab fp32 vs HF |", "|---|---:|---:|---:|---:|---:|"]
-        for family in args.families.split(","):
-            cfg = model_config(family, "tiny")
-            curves = loss_curves(cfg, args.loss_steps, args.loss_batch)
-            c = compare_losses(curves)
-            lines.append(f"| {family} | {c['final_hf']:.3f} | {c['final_ptlab']:.3f} | {c['final_ptlab_fp32']:.3f} | "
-                         f"{c['max_gap_ptlab_vs_hf']:.3f} | {c['max_gap_fp32_vs_hf']:.3f} |")
-            print(lines[-1], flush=True)
-            report.setdefault("loss", []).append({"family": family, "steps": args.loss_steps, **c, "curves": curves})
+    report, lines, failures = run(args.sizes.split(","), args.families.split(","),
+                                  [s.strip() for s in args.settings.split(",")], args.seconds, args.rounds,
+                                  args.loss_steps, args.loss_batch)
     print("\n" + "\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report["table"] = "\n".join(lines)
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if failures:
         print("ptlab is slower than HF at equal precision: " + "; ".join(failures), file=sys.stderr)

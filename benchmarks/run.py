@@ -1,0 +1,45 @@
+"""`make bench`: every benchmark in one run, one report. Training throughput of ptlab against HF transformers
+(benchmarks/train.py: tiny and small T5, BART, GPT-2 and Llama, fp32 and each side's best), then the data side
+(benchmarks/data.py: objectives, tokenizers, cleaning). Writes benchmarks/results/bench.json (compare it across
+changes) and exits 1 when ptlab is slower than HF at equal precision for any family.
+
+    .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--families", default="t5,bart,gpt2,llama")
+    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per training setting")
+    parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
+    args = parser.parse_args()
+    settings = ["HF default", "HF best", "ptlab fp32", "ptlab eager", "ptlab"]
+    training, train_lines, failures = train.run(args.sizes.split(","), args.families.split(","), settings,
+                                                args.seconds, 3, args.loss_steps)
+    pipeline, data_lines = data.run()
+    print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"training": training, "data": pipeline}, indent=1) + "\n", encoding="utf-8")
+    print(f"\nresults: {args.json}")
+    if failures:
+        print("ptlab is slower than HF at equal precision: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
