@@ -23,18 +23,11 @@ from ptlab.data.corpus import sample_texts
 from ptlab.data.tokenizer import train_tokenizer
 from ptlab.objectives import build_objective
 
+from objectives import rate  # benchmarks/objectives.py
+
 INPUTS_LENGTH = 512
 OBJECTIVES = ("span_corruption", "iid_replace_spans", "bert_style", "deshuffle", "prefix_lm", "bart", "ul2",
               "causal_lm")
-
-
-def rate(fn, seconds: float) -> float:
-    fn()
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        fn()
-        count += 1
-    return count / (time.perf_counter() - started)
 
 
 def run(seconds: float = 2.0, clean_docs: int = 1500) -> tuple[dict, list[str]]:

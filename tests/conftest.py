@@ -49,3 +49,11 @@ def unigram_tokenizer(sample_docs):
 @pytest.fixture(scope="session")
 def bpe_tokenizer(sample_docs):
     return train_tokenizer((d["text"] for d in sample_docs), "bpe", 2000, 100, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
+    """The unigram tokenizer saved to a directory of this test module's own (shards get built inside it)."""
+    path = tmp_path_factory.mktemp("tok")
+    unigram_tokenizer.save(path)
+    return path

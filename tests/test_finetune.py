@@ -38,12 +38,6 @@ def write_task(directory: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
-    path = tmp_path_factory.mktemp("tok")
-    unigram_tokenizer.save(path)
-    return path
-
 
 def custom_config(tmp_path, tokenizer_dir, family="t5", **extra) -> Path:
     files = write_task(tmp_path)

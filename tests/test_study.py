@@ -17,12 +17,6 @@ from ptlab.study import example_lengths, cell_figures, load_study, plan_study, r
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
-    path = tmp_path_factory.mktemp("tok")
-    unigram_tokenizer.save(path)
-    return path
-
 
 def micro_study(tmp_path: Path, small_corpus, tokenizer_dir, cells=None) -> Path:
     base = {"model": {"family": "t5", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_heads": 4, "num_layers": 2},

@@ -23,12 +23,6 @@ def tiny_config(tmp_path, corpus, tokenizer_dir, *extra):
                                      f"data.tokenizer={tokenizer_dir}", "data.vocab_size=2000", *extra])
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
-    path = tmp_path_factory.mktemp("tok")
-    unigram_tokenizer.save(path)
-    return path
-
 
 def test_shard_holds_documents_separated_by_eos(tmp_path, small_corpus, unigram_tokenizer, sample_docs):
     shard = build_shard([str(small_corpus["train"])], unigram_tokenizer, tmp_path / "shard", show_progress=False)

@@ -24,12 +24,6 @@ from ptlab.train.metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
-    path = tmp_path_factory.mktemp("tok")
-    unigram_tokenizer.save(path)
-    return path
-
 
 def write_config(tmp_path, small_corpus, tokenizer_dir, **train) -> Path:
     config = {

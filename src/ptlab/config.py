@@ -284,29 +284,33 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise PtlabError(f"config key '{key}': {message}")
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; a missing file, bad YAML or a non-mapping is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PtlabError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PtlabError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise PtlabError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = None) -> Any:
     """Read a YAML config (or start from defaults when path is None), apply `key=value` overrides, validate.
     `cls` is the config class (default `Config`; `FinetuneConfig` for fine-tuning)."""
     cls = cls or Config
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PtlabError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise PtlabError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
-        if not isinstance(data, dict):
-            raise PtlabError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    data = read_yaml(path) if path is not None else {}
     file_objective = dict(data.get("objective") or {}) if isinstance(data.get("objective"), dict) else {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise PtlabError(f"override {item!r} must look like section.key=value")
-        _set_dotted(data, key.strip(), parse_value(raw))
+        set_dotted(data, key.strip(), parse_value(raw))
     config = from_dict(cls, data, "")
     switched = cls is Config and "name" in file_objective and config.objective.name != file_objective["name"]
     if switched:  # parameters the file gave its own objective: keep only those overridden on the command line
@@ -339,7 +343,7 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     parts = dotted.split(".")
     for part in parts[:-1]:

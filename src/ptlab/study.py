@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from ptlab.config import Config, FinetuneConfig, TaskConfig, TrainConfig, from_dict, load_config, parse_value
+from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, set_dotted, from_dict, load_config,
+                          parse_value, read_yaml)
 from ptlab.errors import PtlabError
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
@@ -126,27 +127,12 @@ def _override(key: str, value: Any) -> str:
 def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[StudyConfig, Path]:
     """The study config and the directory its relative `base` path is read from."""
     path = Path(path)
-    if not path.is_file():
-        raise PtlabError(f"study config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise PtlabError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(data, dict):
-        raise PtlabError(f"{path}: a study config must be a mapping")
+    data = read_yaml(path)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise PtlabError(f"override {item!r} must look like key=value (e.g. size=small, common.train.device=cuda)")
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PtlabError(f"override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = parse_value(raw)
+        set_dotted(data, key.strip(), parse_value(raw))
     study = from_dict(StudyConfig, data, "")
     study.validate()
     return study, path.parent
