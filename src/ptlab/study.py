@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, set_dotted, from_dict, load_config,
-                          parse_value, read_yaml)
+from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, from_dict, load_config, parse_value,
+                          read_yaml, set_dotted)
 from ptlab.errors import PtlabError
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
