@@ -73,25 +73,35 @@ class Attention(nn.Module):
                 cache: KVCache | None = None) -> torch.Tensor:
         """Self-attention over `x`, or cross-attention to `context`. `mask` is added to the scores; `rotary` is the
         (cos, sin) of each position; `cache` holds earlier keys/values (self) or the encoder's (cross)."""
-        q = self._heads(self.q(x), self.num_heads)
         if context is not None and cache is not None and cache.k is not None:
+            q = self._heads(self.q(x), self.num_heads)
             k, v = cache.k, cache.v  # cross-attention: the encoder's keys and values, computed at the first step
         else:
-            source = x if context is None else context
-            k, v = self._heads(self.k(source), self.num_kv_heads), self._heads(self.v(source), self.num_kv_heads)
+            if context is None:
+                q, k, v = fused_linear(x, self.q, self.k, self.v)
+            else:
+                q, (k, v) = self.q(x), fused_linear(context, self.k, self.v)
+            q = self._heads(q, self.num_heads)
+            k, v = self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.append(k, v)
-        if self.num_kv_heads != self.num_heads:
-            group = self.num_heads // self.num_kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if mask is not None:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
+                                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
+                                             enable_gqa=self.num_kv_heads != self.num_heads)
         batch, _, length, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_head))
+
+
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several projections of the same input as one matrix product (one large GEMM runs faster than a few
+    narrow ones), split back into each layer's output. The parameters stay separate, as checkpoints name them."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
 class GatedGeluFeedForward(nn.Module):
@@ -105,7 +115,8 @@ class GatedGeluFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)))
+        gate, up = fused_linear(x, self.wi_0, self.wi_1)
+        return self.wo(self.dropout(F.gelu(gate, approximate="tanh") * up))
 
 
 class ReluFeedForward(nn.Module):
@@ -131,7 +142,8 @@ class SwiGLUFeedForward(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = fused_linear(x, self.gate, self.up)
+        return self.down(F.silu(gate) * up)
 
 
 class GeluFeedForward(nn.Module):
