@@ -54,8 +54,7 @@ def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_mod
         x = torch.randint(3, vocab, (batch, inputs), device=device)
         y = torch.randint(3, vocab, (batch, targets), device=device)
         start = torch.zeros((batch, 1), dtype=torch.long, device=device)
-        data = {"input_ids": x, "attention_mask": torch.ones_like(x), "decoder_input_ids": torch.cat([start, y[:, :-1]], 1),
-                "labels": y}
+        data = {"input_ids": x, "decoder_input_ids": torch.cat([start, y[:, :-1]], 1), "labels": y}  # no padding
         tokens, flops = batch * (inputs + targets), batch * training_flops(cfg, inputs, targets)
     else:
         sequence = torch.randint(0, vocab, (batch, inputs + 1), device=device)

@@ -36,7 +36,7 @@ from ptlab.config import ModelConfig, TrainConfig
 from ptlab.flops import measure_matmul_tflops, training_flops
 from ptlab.models import build_model
 from ptlab.models.hf import hf_config_from_model, to_hf_state_dict
-from ptlab.train.loop import autocast, compile_enabled, training_loss
+from ptlab.train.loop import autocast, compile_enabled, model_inputs, training_loss
 from ptlab.train.optim import build_optimizer
 
 VOCAB = 8192
@@ -172,7 +172,7 @@ class Runner:
 def ptlab_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The trainer's batch for the same tokens: decoder-only rows carry their shifted labels and positions."""
     if "decoder_input_ids" in batch:
-        return batch
+        return model_inputs(batch)  # as the trainer does: no padding here, so no padding mask
     x = batch["input_ids"]
     inputs = x[:, :-1].contiguous()
     return {"input_ids": inputs, "labels": x[:, 1:].contiguous(),
@@ -180,6 +180,7 @@ def ptlab_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_runners(cfg: ModelConfig, settings: list[str], lr: float = 1e-3) -> dict[str, Runner]:
+    torch._dynamo.reset()  # a fresh compiler cache per model, as each training run gets
     torch.manual_seed(0)
     reference = build_model(cfg)
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}

@@ -73,21 +73,22 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu")
 
 def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "decoder_input_ids" in batch:
-        return model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        return model(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"))
     return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
                  prefix_mask=batch.get("prefix_mask"))
 
 
 def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A decoder-only batch without the masks that change nothing (no row packed, no prefix), decided here on the
-    host: the model then takes plain causal attention without inspecting its inputs, which would cost a device
-    sync and break a compiled graph in two."""
-    if "segment_ids" not in batch:
-        return batch
+    """The batch without the masks that change nothing, decided here on the host: no padding in an encoder-decoder
+    batch (the encoder's position bias then stays one [heads, length, length] table instead of one per row, and
+    cross-attention needs no mask), no packed row and no prefix in a decoder-only batch (plain causal attention,
+    which the model would otherwise have to check for, costing a device sync and a break in a compiled graph)."""
     batch = dict(batch)
-    if batch["segment_ids"].max(initial=0) <= 1:
+    if "attention_mask" in batch and batch["attention_mask"].all():
+        del batch["attention_mask"]
+    if "segment_ids" in batch and batch["segment_ids"].max() <= 1:
         del batch["segment_ids"]
-    if not batch["prefix_mask"].any():
+    if "prefix_mask" in batch and not batch["prefix_mask"].any():
         del batch["prefix_mask"]
     return batch
 
@@ -117,7 +118,12 @@ def training_loss(model: nn.Module, compiled: bool) -> Callable[[dict[str, torch
     the float upcast of the logits into the cross-entropy instead of writing them out in float32."""
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return summed_loss(model, batch)
-    return torch.compile(loss) if compiled else loss
+    if not compiled:
+        return loss
+    # Every model compiles this same function; the compiler caches at most 8 versions of it per process and then
+    # silently runs eagerly (a study running cells one after another would lose compilation at its ninth cell).
+    torch._dynamo.reset()
+    return torch.compile(loss)
 
 
 @torch.no_grad()
