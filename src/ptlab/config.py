@@ -300,17 +300,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None, example: str = "section.key=value") -> None:
+    """Set each `dotted.key=value` override in the mapping `data` (values read as YAML, see `parse_value`)."""
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PtlabError(f"override {item!r} must look like {example}")
+        set_dotted(data, key.strip(), parse_value(raw))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = None) -> Any:
     """Read a YAML config (or start from defaults when path is None), apply `key=value` overrides, validate.
     `cls` is the config class (default `Config`; `FinetuneConfig` for fine-tuning)."""
     cls = cls or Config
     data = read_yaml(path) if path is not None else {}
     file_objective = dict(data.get("objective") or {}) if isinstance(data.get("objective"), dict) else {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise PtlabError(f"override {item!r} must look like section.key=value")
-        set_dotted(data, key.strip(), parse_value(raw))
+    apply_overrides(data, overrides)
     config = from_dict(cls, data, "")
     switched = cls is Config and "name" in file_objective and config.objective.name != file_objective["name"]
     if switched:  # parameters the file gave its own objective: keep only those overridden on the command line

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, from_dict, load_config, parse_value,
-                          read_yaml, set_dotted)
+from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, apply_overrides, from_dict, load_config,
+                          read_yaml)
 from ptlab.errors import PtlabError
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
@@ -128,11 +128,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     """The study config and the directory its relative `base` path is read from."""
     path = Path(path)
     data = read_yaml(path)
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise PtlabError(f"override {item!r} must look like key=value (e.g. size=small, common.train.device=cuda)")
-        set_dotted(data, key.strip(), parse_value(raw))
+    apply_overrides(data, overrides, "key=value (e.g. size=small, common.train.device=cuda)")
     study = from_dict(StudyConfig, data, "")
     study.validate()
     return study, path.parent
