@@ -9,7 +9,6 @@ changes) and exits 1 when ptlab is slower than HF at equal precision for any fam
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,13 +31,7 @@ def main() -> int:
                                                 args.seconds, 3, args.loss_steps)
     pipeline, data_lines = data.run()
     print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"training": training, "data": pipeline}, indent=1) + "\n", encoding="utf-8")
-    print(f"\nresults: {args.json}")
-    if failures:
-        print("ptlab is slower than HF at equal precision: " + "; ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return train.finish({"training": training, "data": pipeline}, args.json, failures)
 
 
 if __name__ == "__main__":

@@ -343,9 +343,15 @@ def main() -> int:
                                   [s.strip() for s in args.settings.split(",")], args.seconds, args.rounds,
                                   args.loss_steps, args.loss_batch)
     print("\n" + "\n".join(lines))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return finish(report, args.json, failures)
+
+
+def finish(report: dict, json_path: Path | None, failures: list[str]) -> int:
+    """Write the JSON report (when asked) and turn lost equal-precision comparisons into exit status 1."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"\nresults: {json_path}")
     if failures:
         print("ptlab is slower than HF at equal precision: " + "; ".join(failures), file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from ptlab.data.dedup import LineOwners, UrlWinners, dedupe_page, page_key, page
 from ptlab.data.gopher import gopher_page
 from ptlab.data.tokenizer import batched
 from ptlab.errors import PtlabError
+from ptlab.files import write_text_atomic
 
 BATCH = 256
 
@@ -182,7 +183,7 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
     else:
         raise PtlabError(f"unknown engine {engine!r} (use local or ray)")
     if report_path is not None:
-        _atomic_text(Path(report_path), json.dumps(report.to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(report_path, json.dumps(report.to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
     return report
 
 
@@ -271,13 +272,6 @@ def _write_jsonl(output: Path, records: Iterable[dict], report: Report | None = 
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def print_report(report: Report, cfg: CleanConfig, out=sys.stdout) -> None:

@@ -35,6 +35,7 @@ import yaml
 from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, apply_overrides, from_dict, load_config,
                           read_yaml)
 from ptlab.errors import PtlabError
+from ptlab.files import write_text_atomic
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
 
@@ -143,13 +144,11 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
     overrides = {f"model.{k}": v for k, v in SIZES[study.size].items()}
     overrides.update(flatten(study.common))
     arch = cell.architecture
-    derived: dict[str, Any] = {}
     if arch == "shared":
-        derived["model.shared_encoder_decoder"] = True
+        overrides["model.shared_encoder_decoder"] = True
     elif arch in ("lm", "prefix-lm"):
         # a decoder-only stack as deep as the encoder: about the encoder's P parameters and the pair's M FLOPs
-        derived.update({"model.family": "llama", "model.prefix_lm": arch == "prefix-lm"})
-    overrides.update(derived)
+        overrides.update({"model.family": "llama", "model.prefix_lm": arch == "prefix-lm"})
     overrides.update(flatten(cell.set))
     overrides["run_dir"] = str(Path(study.run_dir) / "cells" / cell_slug(cell) / "pretrain")
     try:
@@ -325,18 +324,14 @@ def run_cell(study: StudyConfig, cell: StudyCell, cfg: Config, finished: set[tup
             summary = {"checkpoint": str(result.checkpoint), "final_val_loss": result.final_val_loss,
                        "seconds": result.train_seconds, "tokens_per_second": result.tokens_per_second,
                        "parameters": result.parameters}
-            _atomic_write(marker, json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(marker, json.dumps(summary, indent=2) + "\n")
         checkpoint = summary["checkpoint"]
     rows = []
     for task in study.tasks:
         for seed in study.seeds:
             if (cell.name, task_label(task), seed) in finished:
                 continue
-            ft_cfg = _finetune_config(study, cell, cfg, task, seed, checkpoint)
-            if checkpoint is None:  # from scratch: the same architecture, on the study's tokenizer
-                from ptlab.data import ensure_tokenizer
-
-                ensure_tokenizer(cfg.data, show_progress=False)
+            ft_cfg = _finetune_config(study, cell, cfg, task, seed, checkpoint)  # prepare_data made the tokenizer
             ft_cfg.validate()
             result = finetune(ft_cfg, show_progress=show_progress)
             metric = resolve_task(task).metrics[0]  # the task's headline metric, as fine-tuning early-stops on
@@ -354,12 +349,6 @@ def run_cell(study: StudyConfig, cell: StudyCell, cfg: Config, finished: set[tup
 def _run_cell_job(args: tuple) -> list[dict]:
     study, cell, cfg, finished, results_path, threads = args
     return run_cell(study, cell, cfg, finished, results_path, threads)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_results(path: Path) -> list[dict]:
@@ -485,7 +474,7 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append(record)
     table = "\n".join(md) + "\n"
-    _atomic_write(plan.run_dir / "table.md", table)
+    write_text_atomic(plan.run_dir / "table.md", table)
     tmp = plan.run_dir / "table.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ptlab.errors import PtlabError
+from ptlab.files import write_text_atomic
 from ptlab.objectives import MODE_TOKENS, SpecialIds
 
 PAD, EOS, UNK, MASK, BOS = "<pad>", "</s>", "<unk>", "<mask>", "<s>"
@@ -84,17 +84,11 @@ class PtlabTokenizer:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
+        write_text_atomic(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
         meta = {"kind": self.kind, "num_sentinels": self.num_sentinels, "vocab_size": self.vocab_size,
                 "pad_id": self.pad_id, "eos_id": self.eos_id, "unk_id": self.unk_id,
                 "fingerprint": self.fingerprint()}
-        _atomic_write(directory / "ptlab_tokenizer.json", json.dumps(meta, indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        write_text_atomic(directory / "ptlab_tokenizer.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
