@@ -35,6 +35,7 @@ from ptlab.models.generate import generate
 from ptlab.objectives import Example
 from ptlab.tasks import Task, resolve_task
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model, write_checkpoint
+from ptlab.train.distributed import pick_device
 from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
 from ptlab.train.optim import build_optimizer, lr_factor
 
@@ -146,8 +147,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     torch.set_flush_denormal(True)
     task = resolve_task(cfg.task)
     model, tokenizer = _initial_model(cfg)
-    device = torch.device("cuda" if train_cfg.device == "cuda" or (
-        train_cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = pick_device(train_cfg.device)
     model.to(device).train()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

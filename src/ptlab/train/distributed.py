@@ -43,20 +43,25 @@ class Runtime:
         return self.sum(float(flag))[0] > 0
 
 
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    """`train.device` as a torch device: `auto` takes CUDA when there is one; `cuda` without one is a config error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise PtlabError("config key 'train.device': cuda requested but no CUDA device is available")
+    return torch.device("cuda", local_rank)
+
+
 def setup(device: str = "auto") -> Runtime:
     """Join the process group when launched by torchrun; pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise PtlabError("config key 'train.device': cuda requested but no CUDA device is available")
+    target = pick_device(device, local_rank)
+    if target.type == "cuda":
         torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
-    else:
-        target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     return Runtime(rank, world_size, target)

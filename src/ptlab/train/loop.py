@@ -123,6 +123,7 @@ def training_loss(model: nn.Module, compiled: bool) -> Callable[[dict[str, torch
     # Every model compiles this same function; the compiler caches at most 8 versions of it per process and then
     # silently runs eagerly (a study running cells one after another would lose compilation at its ninth cell).
     torch._dynamo.reset()
+    torch._dynamo.config.suppress_errors = True  # a compiler failure falls back to eager instead of stopping
     return torch.compile(loss)
 
 
@@ -146,13 +147,9 @@ COMPILE_MIN_STEPS = {"cpu": 1000, "cuda": 200}
 
 
 def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether to torch.compile: as configured, or for `auto` when the run is long enough to repay compiling.
-    A compiler failure (no C++ compiler, an unsupported op) falls back to eager execution instead of stopping."""
-    enabled = cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= COMPILE_MIN_STEPS.get(
+    """Whether to torch.compile: as configured, or for `auto` when the run is long enough to repay compiling."""
+    return cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= COMPILE_MIN_STEPS.get(
         device.type, COMPILE_MIN_STEPS["cuda"]))
-    if enabled:
-        torch._dynamo.config.suppress_errors = True
-    return enabled
 
 
 def fill_model_ids(cfg: Config, vocab_size: int, specials: SpecialIds) -> None:
