@@ -30,6 +30,13 @@ def test_bad_config_key_is_one_line_and_nonzero():
     assert "Traceback" not in result.stderr
 
 
+def test_overrides_after_options_are_taken_and_other_strays_rejected():
+    result = run_cli("pretrain", "--quiet", "train.max_stpes=3")  # reaches the config, which names the bad key
+    assert result.returncode == 2 and "did you mean 'train.max_steps'" in result.stderr
+    result = run_cli("objectives", "list", "train.max_steps=3")  # a command without overrides
+    assert result.returncode == 2 and "unrecognized arguments: train.max_steps=3" in result.stderr
+
+
 def test_missing_input_file_is_a_clear_error(tmp_path):
     result = run_cli("tokenizer", "train", "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "t"))
     assert result.returncode == 2

@@ -312,3 +312,19 @@ def test_packed_examples_do_not_attend_to_each_other():
         together = model(packed, position_ids=positions, segment_ids=segments)
         torch.testing.assert_close(together[:, 6:], model(second), rtol=0, atol=1e-5)
         torch.testing.assert_close(together[:, :6], model(first), rtol=0, atol=1e-5)
+
+
+def test_prefix_and_packed_masks_compile_without_graph_breaks_and_match_eager():
+    """Deciding on the host whether a mask is needed would break a compiled graph (and wait for the GPU); compiled,
+    the model builds the full mask, which must give the eager model's logits."""
+    model = tiny("llama", prefix_lm=True)
+    x = torch.randint(3, V, (2, 12))
+    segments = torch.tensor([[1] * 7 + [2] * 5, [1] * 10 + [0] * 2])
+    positions = torch.tensor([list(range(7)) + list(range(5)), list(range(12))])
+    prefix = torch.zeros(2, 12, dtype=torch.bool)
+    prefix[0, :3] = True  # the second row has no prefix, the same mask but for a different reason
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break is an error
+    with torch.no_grad():
+        eager = model(x, position_ids=positions, segment_ids=segments, prefix_mask=prefix)
+        torch.testing.assert_close(compiled(x, position_ids=positions, segment_ids=segments, prefix_mask=prefix),
+                                   eager, rtol=1e-5, atol=1e-5)

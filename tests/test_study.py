@@ -123,9 +123,10 @@ def test_study_config_errors_are_one_line_and_name_the_key(tmp_path, small_corpu
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, small_corpus, tokenizer_dir):
     path = micro_study(tmp_path, small_corpus, tokenizer_dir)
-    result = subprocess.run([sys.executable, "-m", "ptlab", "study", str(path), "--dry-run"], capture_output=True,
-                            text=True, check=True)
-    assert "| deshuffling | encoder-decoder | deshuffle |" in result.stdout
+    # overrides may follow options: argparse alone would reject `size=small` after `--dry-run`
+    result = subprocess.run([sys.executable, "-m", "ptlab", "study", str(path), "--dry-run", "size=small"],
+                            capture_output=True, text=True, check=True)
+    assert "| deshuffling | encoder-decoder | deshuffle |" in result.stdout and "(size small)" in result.stdout
     assert "estimated total" in result.stdout
     assert not (tmp_path / "study").exists()
 

@@ -40,8 +40,13 @@ def decoder_bias(query_length: int, key_length: int, device: torch.device, *,
     - `attention_mask` [batch, key_length] (1 = real token): hides left padding when generating.
     Padding at the end of a row needs no mask: causal attention never looks ahead.
     """
-    packed = segment_ids is not None and bool((segment_ids.max(dim=1).values > 1).any())
-    prefix = prefix_mask is not None and bool(prefix_mask.any())
+    if torch.compiler.is_compiling():
+        # Looking at the values would break the graph and wait for the device; the full mask is exact anyway
+        # (a padding-only segment or an empty prefix changes nothing), so a compiled model takes what it is given.
+        packed, prefix = segment_ids is not None, prefix_mask is not None
+    else:
+        packed = segment_ids is not None and bool((segment_ids.max(dim=1).values > 1).any())
+        prefix = prefix_mask is not None and bool(prefix_mask.any())
     if not packed and not prefix and attention_mask is None and query_length == key_length:
         return None
     query = torch.arange(key_length - query_length, key_length, device=device)[:, None]
