@@ -281,7 +281,7 @@ def format_plan(plan: Plan, estimates: dict[str, float] | None = None) -> str:
 # ---------------------------------------------------------------- running
 
 
-def _finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: TaskConfig, seed: int,
+def finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: TaskConfig, seed: int,
                      checkpoint: str | None) -> FinetuneConfig:
     ft = study.finetune
     train = dataclasses.replace(ft.train, device=cfg.train.device, threads=cfg.train.threads)
@@ -331,7 +331,7 @@ def run_cell(study: StudyConfig, cell: StudyCell, cfg: Config, finished: set[tup
         for seed in study.seeds:
             if (cell.name, task_label(task), seed) in finished:
                 continue
-            ft_cfg = _finetune_config(study, cell, cfg, task, seed, checkpoint)  # prepare_data made the tokenizer
+            ft_cfg = finetune_config(study, cell, cfg, task, seed, checkpoint)  # prepare_data made the tokenizer
             ft_cfg.validate()
             result = finetune(ft_cfg, show_progress=show_progress)
             metric = resolve_task(task).metrics[0]  # the task's headline metric, as fine-tuning early-stops on
