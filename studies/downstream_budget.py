@@ -58,7 +58,7 @@ def run_cell(job: dict) -> dict:
     from ptlab.finetune import _initial_model, finetune, linear_probe
     from ptlab.tasks import resolve_task
 
-    torch.set_num_threads(job["threads"])
+    torch.set_num_threads(job["run_cfg"].train.threads)
     cfg = finetune_config(job["study"], StudyCell(name=job["label"]), job["run_cfg"], job["task"], job["seed"],
                           None if job["init"] == "none" else job["init"])
     cfg.validate()
@@ -118,7 +118,7 @@ def main() -> None:
     if len(checkpoints) < (len(args.minutes) if args.minutes else len(args.runs)):
         raise SystemExit(f"a budget has no checkpoint (found: {', '.join(checkpoints) or 'none'})")
     run_cfg = load_checkpoint_config(next(iter(checkpoints.values())))
-    run_cfg.train.threads = 1
+    run_cfg.train.threads = 1  # one thread per fine-tune, --jobs of them side by side
     inits = [("scratch", "none")] + [(label, str(p)) for label, p in checkpoints.items()]
     jobs = []
     for task in tasks:
@@ -126,7 +126,7 @@ def main() -> None:
             for label, init in inits:
                 if (label, task_label(task), seed) not in finished:
                     jobs.append({"label": label, "init": init, "task": copy.deepcopy(task), "seed": seed,
-                                 "study": study, "run_cfg": run_cfg, "threads": 1,
+                                 "study": study, "run_cfg": run_cfg,
                                  "probe": task.name == PROBE_TASK.name})
     print(f"{len(jobs)} fine-tunes to run; checkpoints: " + ", ".join(f"{label} = {p}"
                                                                       for label, p in checkpoints.items()), flush=True)

@@ -282,7 +282,7 @@ def format_plan(plan: Plan, estimates: dict[str, float] | None = None) -> str:
 
 
 def finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: TaskConfig, seed: int,
-                     checkpoint: str | None) -> FinetuneConfig:
+                    checkpoint: str | None) -> FinetuneConfig:
     ft = study.finetune
     train = dataclasses.replace(ft.train, device=cfg.train.device, threads=cfg.train.threads)
     return FinetuneConfig(run_dir=str(Path(study.run_dir) / "cells" / cell_slug(cell) / f"{task_label(task)}-seed{seed}"),

@@ -86,7 +86,7 @@ def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     batch = dict(batch)
     if "attention_mask" in batch and batch["attention_mask"].all():
         del batch["attention_mask"]
-    if "segment_ids" in batch and batch["segment_ids"].max() <= 1:
+    if "segment_ids" in batch and batch["segment_ids"].max(initial=0) <= 1:
         del batch["segment_ids"]
     if "prefix_mask" in batch and not batch["prefix_mask"].any():
         del batch["prefix_mask"]
