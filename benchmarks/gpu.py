@@ -48,7 +48,7 @@ def measure(cfg: ModelConfig, batch: int, inputs: int, targets: int, compile_mod
     torch.manual_seed(0)
     torch._dynamo.reset()  # a fresh compile per shape: no recompilation with dynamic shapes
     model = build_model(cfg).to(device).train()
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1), device)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1))
     vocab = cfg.vocab_size
     if cfg.is_encoder_decoder:
         x = torch.randint(3, vocab, (batch, inputs), device=device)

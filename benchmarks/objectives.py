@@ -20,6 +20,7 @@ from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import PretrainBatches, encoder_decoder_batch, resolve_objective
 from ptlab.models import build_model
 from ptlab.objectives import REGISTRY, build_objective
+from ptlab.train.host import configure_host
 from ptlab.train.loop import autocast, loss_sum, to_tensors
 from ptlab.train.optim import build_optimizer
 
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/t5-tiny.yaml", help="the tiny model and its tokenizer")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per objective")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)
+    configure_host()
     cfg = load_config(args.config, [f"objective.inputs_length={INPUTS_LENGTH}"])
     tokenizer = ensure_tokenizer(cfg.data)
     shard, _ = ensure_shards(cfg.data, tokenizer)

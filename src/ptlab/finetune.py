@@ -37,6 +37,7 @@ from ptlab.tasks import Task, resolve_task
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model, write_checkpoint
 from ptlab.train.distributed import pick_device
 from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
+from ptlab.train.host import configure_host
 from ptlab.train.optim import build_optimizer, lr_factor
 
 
@@ -142,9 +143,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     """Fine-tune as configured; keeps the weights with the best validation score (first metric), saves them to
     RUN_DIR/best, and scores them on the test split when there is one."""
     train_cfg = cfg.train
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
-    torch.set_flush_denormal(True)
+    configure_host(train_cfg.threads)
     task = resolve_task(cfg.task)
     model, tokenizer = _initial_model(cfg)
     device = pick_device(train_cfg.device)
@@ -158,7 +157,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     max_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
     schedule = dataclasses.replace(train_cfg, max_steps=max_steps)
-    optimizer = build_optimizer(model, train_cfg, device)
+    optimizer = build_optimizer(model, train_cfg)
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptlab.models.kernels import attention, gelu_tanh, toeplitz
+
 # Additive mask value for disallowed positions: large enough to zero a softmax, small enough not to overflow bf16.
 MASK_VALUE = -1e9
 
@@ -89,9 +91,8 @@ class Attention(nn.Module):
                 k, v = cache.append(k, v)
         if mask is not None:
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
-                                             enable_gqa=self.num_kv_heads != self.num_heads)
+        out = attention(q, k, v, mask, is_causal=is_causal and mask is None, scale=self.scale,
+                        dropout=self.dropout if self.training else 0.0)
         batch, _, length, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_head))
 
@@ -116,7 +117,7 @@ class GatedGeluFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = fused_linear(x, self.wi_0, self.wi_1)
-        return self.wo(self.dropout(F.gelu(gate, approximate="tanh") * up))
+        return self.wo(self.dropout(gelu_tanh(gate) * up))
 
 
 class ReluFeedForward(nn.Module):
@@ -157,7 +158,9 @@ class GeluFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.dropout(F.gelu(self.fc_in(x), approximate=self.approximate)))
+        hidden = self.fc_in(x)
+        hidden = gelu_tanh(hidden) if self.approximate == "tanh" else F.gelu(hidden)
+        return self.fc_out(self.dropout(hidden))
 
 
 class RotaryEmbedding(nn.Module):
@@ -213,11 +216,11 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> torch.Tensor:
         """Bias of shape [1, heads, query_length, key_length]; `offset` is the first query's position (KV cache)."""
-        device = self.embedding.weight.device
-        query = torch.arange(offset, offset + query_length, device=device)[:, None]
-        key = torch.arange(key_length, device=device)[None, :]
-        buckets = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+        # The bias depends on key - query only: look up each of the query_length + key_length - 1 offsets once.
+        first = -(offset + query_length - 1)  # the last query's offset to the first key
+        relative = torch.arange(first, first + query_length + key_length - 1, device=self.embedding.weight.device)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return toeplitz(self.embedding(buckets).t(), query_length, key_length).unsqueeze(0)
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -36,10 +35,12 @@ from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objectiv
 from ptlab.errors import PtlabError
 from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
+from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
 from ptlab.train.checkpoint import (CHECKPOINTS, latest_valid_checkpoint, load_trainer_state, load_weights,
                                     save_checkpoint, state_dict_for_saving)
+from ptlab.train.host import configure_host
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
 
@@ -104,8 +105,7 @@ def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     """Summed token cross-entropy over the labels that are not IGNORE_INDEX."""
     labels = batch["labels"]
     logits = batch_logits(model, batch)
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    return cross_entropy_sum(logits.view(-1, logits.shape[-1]), labels.view(-1), IGNORE_INDEX)
 
 
 def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -281,11 +281,7 @@ class _Trainer:
     def run(self, resume: str, allow_data_change: bool) -> PretrainResult:
         cfg, runtime, train_cfg = self.cfg, self.runtime, self.cfg.train
         device = runtime.device
-        if train_cfg.threads:
-            torch.set_num_threads(train_cfg.threads)
-        # Tiny optimizer statistics become subnormal floats after a few hundred steps, which x86 CPUs handle
-        # in microcode, doubling step time; flushing them to zero changes nothing measurable in training.
-        torch.set_flush_denormal(True)
+        configure_host(train_cfg.threads)
         objective = resolve_objective(cfg.objective, quiet=not runtime.is_main)
         self._check_config(objective)
 
@@ -316,7 +312,7 @@ class _Trainer:
         trained = distributed.wrap(model, runtime, train_cfg.distributed)
         compiled = compile_enabled(train_cfg, device)
         loss_fn = training_loss(trained, compiled)
-        optimizer = build_optimizer(trained, train_cfg, device)
+        optimizer = build_optimizer(trained, train_cfg)
         start_step, bad_total = 0, 0
         if state is not None:
             set_optimizer_state_dict(trained, optimizer, optim_state_dict=state["optimizer"],

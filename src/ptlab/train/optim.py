@@ -64,8 +64,8 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """AdamW (fused on GPU, foreach on CPU), RMS-scaled AdamW (`adamw_scale`) or Adafactor (T5's optimizer, with
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused: one kernel for the whole update, on CPU as on GPU), RMS-scaled AdamW (`adamw_scale`) or Adafactor (T5's optimizer, with
     the relative step: `lr` caps it); weight decay only on matrices, not on norms, biases or position-bias tables."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -78,9 +78,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | N
         return AdamWScale(groups, lr=cfg.lr, betas=betas, eps=1e-8)
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr)
-    fused = device is not None and device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused or None,
-                             foreach=None if fused else True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
