@@ -14,10 +14,13 @@ def _grads(fn, *inputs):
     return out.detach(), [x.grad for x in inputs if x is not None and x.requires_grad]
 
 
-@pytest.mark.parametrize("case", ["causal", "bias", "padding", "cross", "causal-rectangular"])
-def test_cpu_attention_matches_sdpa(case):
+@pytest.mark.parametrize("case", ["causal", "causal-blocks", "bias", "padding", "cross", "causal-rectangular"])
+def test_cpu_attention_matches_sdpa(case, monkeypatch):
     torch.manual_seed(0)
     batch, heads, queries, d_head = 2, 3, 7, 16
+    if case == "causal-blocks":  # the causal backward in query blocks: 13 queries in blocks of 3 or 4
+        queries = 13
+        monkeypatch.setattr(kernels, "MIN_CAUSAL_BLOCK", 3)
     keys = {"cross": 11, "causal-rectangular": 10}.get(case, queries)
     q = torch.randn(batch, heads, queries, d_head)
     k, v = torch.randn(batch, heads, keys, d_head), torch.randn(batch, heads, keys, d_head)
