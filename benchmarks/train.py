@@ -9,9 +9,9 @@ Settings per family and size:
   HF best      bf16 autocast, SDPA attention where the model has it, torch.compile
   ptlab fp32   ptlab's model and trainer step in fp32, eager
   ptlab eager  bf16 autocast, not compiled
-  ptlab        ptlab's default trainer step (TrainConfig defaults: bf16 autocast, foreach AdamW, and
+  ptlab        ptlab's default trainer step (TrainConfig defaults: bf16 autocast, fused AdamW, and
                train.compile=auto, which compiles runs of 1,000 steps or more such as the default's)
-Every setting uses the same optimizer (torch's AdamW, foreach, with ptlab's defaults), so they differ in the
+Every setting uses the same optimizer (torch's fused AdamW, with ptlab's defaults), so they differ in the
 model and the step only. Each is timed as training tokens/s (inputs + targets) over several alternating rounds (median), and as achieved
 GFLOP/s against this machine's measured matmul peak at the same precision. With --loss-steps N, ptlab's default
 step and HF's default step also train from the same weights on the same real-text batches for N steps, and the
@@ -196,7 +196,7 @@ def build_runners(cfg: ModelConfig, settings: list[str], lr: float = 1e-3) -> di
         else:
             model = build_model(cfg)
             model.load_state_dict(state)
-        # one optimizer for all (torch's foreach AdamW, ptlab's defaults): the settings differ in the model only
+        # one optimizer for all (torch's fused AdamW, ptlab's defaults): the settings differ in the model only
         optimizer = build_optimizer(model, defaults)
         model.train()
         precision = "fp32" if name in ("HF default", "ptlab fp32") else defaults.precision
