@@ -109,3 +109,12 @@ def test_every_family_config_pretrains_and_generates(tmp_path, small_corpus, tok
     assert model.config.family == cfg.model.family and model.config.eos_token_id == 1
     prompt = torch.tensor([[5, 6, 7, 1]])
     assert generate(model, prompt, max_new_tokens=4).shape[1] <= 4
+
+
+def test_a_checkpoint_from_an_earlier_ptlab_is_refused_in_one_line(tmp_path):
+    from ptlab.errors import PtlabError
+    from ptlab.train.checkpoint import load_trainer_state
+
+    torch.save({"step": 5, "optimizer": {}, "scheduler": {}}, tmp_path / "trainer_state.pt")
+    with pytest.raises(PtlabError, match="lacks rng, progress, data"):
+        load_trainer_state(tmp_path)

@@ -152,7 +152,15 @@ def load_trainer_state(directory: str | Path) -> dict:
     path = Path(directory) / "trainer_state.pt"
     if not path.is_file():
         raise PtlabError(f"{path} not found: this checkpoint holds weights only and cannot resume training")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [key for key in TRAINER_STATE_KEYS if key not in state]
+    if missing:
+        raise PtlabError(f"{path} lacks {', '.join(missing)} (written by an earlier ptlab): it cannot be resumed; "
+                         "start afresh with --restart or another run_dir")
+    return state
+
+
+TRAINER_STATE_KEYS = ("step", "optimizer", "rng", "progress", "data")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
