@@ -24,8 +24,6 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
-
 from ptlab.config import TaskConfig
 from ptlab.study import StudyCell, finetune_config, load_study, read_results, task_label
 from ptlab.train.checkpoint import list_checkpoints, load_checkpoint_config
@@ -58,7 +56,6 @@ def run_cell(job: dict) -> dict:
     from ptlab.finetune import _initial_model, finetune, linear_probe
     from ptlab.tasks import resolve_task
 
-    torch.set_num_threads(job["run_cfg"].train.threads)
     cfg = finetune_config(job["study"], StudyCell(name=job["label"]), job["run_cfg"], job["task"], job["seed"],
                           None if job["init"] == "none" else job["init"])
     cfg.validate()

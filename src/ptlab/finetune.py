@@ -36,8 +36,8 @@ from ptlab.objectives import Example
 from ptlab.tasks import Task, resolve_task
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model, write_checkpoint
 from ptlab.train.distributed import pick_device
-from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
 from ptlab.train.host import configure_host
+from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
 from ptlab.train.optim import build_optimizer, lr_factor
 
 

@@ -12,7 +12,8 @@ as the PyTorch op it stands in for (tests compare values and gradients); only th
   the CPU's vectorized sigmoid is two to three times faster than its tanh.
 - `toeplitz`: T5's relative position bias built from one value per key - query offset, so its gradient is a sum
   along diagonals instead of a scatter-add over every (query, key) entry.
-The first three are the PyTorch ops themselves elsewhere (GPU, eager, inference, dropout).
+`attention` and `cross_entropy_sum` are the PyTorch ops themselves elsewhere (GPU, eager, inference, dropout);
+`gelu_tanh` takes the sigmoid form whenever it is compiled on a CPU, inference included.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class GeluFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc_in(x)
-        hidden = gelu_tanh(hidden) if self.approximate == "tanh" else F.gelu(hidden)
+        hidden = gelu_tanh(hidden) if self.approximate == "tanh" else F.gelu(hidden, approximate=self.approximate)
         return self.fc_out(self.dropout(hidden))
 
 

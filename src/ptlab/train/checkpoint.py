@@ -148,6 +148,9 @@ def latest_valid_checkpoint(run_dir: str | Path, warn=None) -> Path | None:
     return None
 
 
+TRAINER_STATE_KEYS = ("step", "optimizer", "rng", "progress", "data")  # what the trainer saves and resumes from
+
+
 def load_trainer_state(directory: str | Path) -> dict:
     path = Path(directory) / "trainer_state.pt"
     if not path.is_file():
@@ -158,9 +161,6 @@ def load_trainer_state(directory: str | Path) -> dict:
         raise PtlabError(f"{path} lacks {', '.join(missing)} (written by an earlier ptlab): it cannot be resumed; "
                          "start afresh with --restart or another run_dir")
     return state
-
-
-TRAINER_STATE_KEYS = ("step", "optimizer", "rng", "progress", "data")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -65,8 +65,9 @@ def _full(value: torch.Tensor) -> torch.Tensor:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (fused: one kernel for the whole update, on CPU as on GPU), RMS-scaled AdamW (`adamw_scale`) or Adafactor (T5's optimizer, with
-    the relative step: `lr` caps it); weight decay only on matrices, not on norms, biases or position-bias tables."""
+    """AdamW (fused: one kernel for the whole update, on CPU as on GPU), RMS-scaled AdamW (`adamw_scale`) or
+    Adafactor (T5's optimizer, with the relative step: `lr` caps it); weight decay only on matrices, not on norms,
+    biases or position-bias tables."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
