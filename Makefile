@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench corpus clean
+.PHONY: demo test test-slow bench corpus lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ corpus: $(VENV)/.installed
 	$(PY) scripts/build_corpus.py
 	$(PY) scripts/build_messy.py
 	$(PY) scripts/build_tasks.py
+
+# Re-pin the whole dependency tree in constraints.txt from a fresh install of ptlab with its test extra.
+LOCK_VENV := .cache/lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0' -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable --all \
+	  | grep -viE '^(ptlab|pip|setuptools|wheel)[=@ ]' | sed -E 's/^torch==([0-9.]+)\+.*/torch==\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf runs .pytest_cache
