@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +72,15 @@ class ModelConfig:
                f"must be 'gated-gelu' or 'relu', got {self.feed_forward!r}")
         for key in ("d_model", "d_ff", "num_heads", "num_layers", "max_position_embeddings"):
             _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
+        for key in ("vocab_size", "d_kv", "num_kv_heads", "num_decoder_layers", "relative_attention_num_buckets",
+                    "relative_attention_max_distance"):
+            _check(getattr(self, key) is None or getattr(self, key) > 0, f"model.{key}", "must be positive")
+        for key in ("rope_theta", "layer_norm_eps", "initializer_factor"):
+            _check(getattr(self, key) is None or getattr(self, key) > 0, f"model.{key}", "must be positive")
+        for key in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
+            value = getattr(self, key)
+            _check(value is None or 0 <= value < (self.vocab_size or 2**31), f"model.{key}",
+                   f"must be a token id in [0, vocab_size), got {value}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         tie, eps = _FAMILY_DEFAULTS[self.family]
         if self.tie_word_embeddings is None:
@@ -128,8 +139,31 @@ class ObjectiveConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One source of a weighted pre-training mixture (`data.mixture`)."""
+
+    name: str = ""  # names the source in metrics and its shard directory
+    files: list[str] = field(default_factory=list)  # JSONL files, a token-shard directory, or task:NAME entries
+    weight: float = 0.0  # its share of the training examples (the weights are normalised to sum to 1)
+    epochs_cap: float | None = None  # at most this many passes over its chunks; then its weight goes to the rest
+    sources: list[str] = field(default_factory=list)  # keep only these corpus sources; empty: all
+    validation_files: list[str] = field(default_factory=list)  # validation text of its own (see DataConfig)
+
+    def validate(self, key: str) -> None:
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name)), f"{key}.name",
+               f"needs a name of letters, digits, '_', '.' or '-' (got {self.name!r})")
+        _check(bool(self.files), f"{key}.files", "must name at least one file")
+        _check(self.weight > 0, f"{key}.weight", f"must be positive (got {self.weight})")
+        _check(self.epochs_cap is None or self.epochs_cap > 0, f"{key}.epochs_cap", "must be positive")
+
+
+DEFAULT_TRAIN_FILES = ["data/corpus/train.jsonl.gz"]
+
+
+@dataclass
 class DataConfig:
-    train_files: list[str] = field(default_factory=lambda: ["data/corpus/train.jsonl.gz"])
+    # JSONL files (or task:NAME / task:path/to/task.yaml: a fine-tuning task's training inputs, without labels)
+    train_files: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_FILES))
     validation_files: list[str] = field(default_factory=lambda: ["data/corpus/validation.jsonl.gz"])
     sources: list[str] = field(default_factory=list)  # keep only these corpus sources; empty: all
     tokenizer: str = "runs/tokenizer-unigram-8k"  # a directory with tokenizer.json; trained there if missing
@@ -139,12 +173,27 @@ class DataConfig:
     tokenizer_sample_bytes: int = 10_000_000  # train the tokenizer on about this much text, spread over the corpus
     separator: str = "eos"  # between documents in the token stream: "eos" or "none" (T5's original choice)
     shards_dir: str | None = None  # None: <tokenizer>/shards
+    # Weighted sources instead of train_files, e.g. [{name: web, files: [...], weight: 0.7}, {name: books, ...}]
+    mixture: list[MixtureSource] = field(default_factory=list)
 
     def validate(self) -> None:
+        if self.mixture:
+            # The default train_files do not count as set, so a base config naming the default corpus can take a
+            # mixture; the training text is then the mixture's alone, and the saved config says so.
+            _check(self.train_files in ([], DEFAULT_TRAIN_FILES), "data.mixture",
+                   "and data.train_files are exclusive; give the files as mixture sources instead")
+            self.train_files = []
+            for i, source in enumerate(self.mixture):
+                source.validate(f"data.mixture[{i}]")
+            names = [s.name for s in self.mixture]
+            duplicate = next((n for n in names if names.count(n) > 1), None)
+            _check(duplicate is None, "data.mixture", f"source name {duplicate!r} is used twice")
         _check(self.tokenizer_kind in ("unigram", "bpe"), "data.tokenizer_kind", "must be 'unigram' or 'bpe'")
         _check(self.separator in ("eos", "none"), "data.separator", "must be 'eos' or 'none'")
+        _check(self.num_sentinels >= 0, "data.num_sentinels", "must be >= 0")
         _check(self.vocab_size > self.num_sentinels + 3, "data.vocab_size", "must exceed num_sentinels + 3")
-        _check(bool(self.train_files), "data.train_files", "must name at least one file")
+        _check(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes", "must be positive")
+        _check(bool(self.train_files) or bool(self.mixture), "data.train_files", "must name at least one file")
 
 
 SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "wsd")
@@ -198,6 +247,13 @@ class TrainConfig:
         _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
         _check(0.0 < self.decay_ratio <= 1.0, "train.decay_ratio", "must be in (0, 1]")
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        _check(self.eval_batches >= 1, "train.eval_batches", "must be >= 1")
+        _check(0.0 <= self.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
+        _check(0.0 <= self.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        _check(self.threads >= 0, "train.threads", "must be >= 0 (0: torch's default)")
+        _check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", "must be positive")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
@@ -226,6 +282,8 @@ class TaskConfig:
         _check(bool(self.name) or bool(self.train), "task", "needs a registered name or at least task.train")
         _check(self.max_input_length >= 4 and self.max_target_length >= 2, "task.max_input_length",
                "lengths are too short")
+        _check(self.max_train_examples >= 0 and self.max_eval_examples >= 0, "task.max_train_examples",
+               "example caps must be >= 0 (0: all)")
 
 
 @dataclass
@@ -251,6 +309,7 @@ class FinetuneConfig:
                "a model trained from scratch (init: none) needs a tokenizer directory")
         if self.init == "none":
             self.model.validate()
+        _check_seed(self.seed)
         _check(self.patience >= 1, "patience", "must be >= 1")
         _check(self.epochs > 0, "epochs", "must be positive")
         _check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: train for `epochs`)")
@@ -264,14 +323,22 @@ class FinetuneConfig:
 class Config:
     run_dir: str = "runs/default"
     seed: int = 0
+    # Continued pre-training: start from this ptlab checkpoint or run directory, or Hugging Face model directory
+    # (its model and tokenizer; the optimizer and schedule start afresh). None: from random weights.
+    init: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        _check_seed(self.seed)
         for section in (self.model, self.objective, self.data, self.train):
             section.validate()
+        if self.init is not None:
+            _check(bool(self.init.strip()), "init", "must name a checkpoint, run or Hugging Face directory")
+            _check(self.data.tokenizer in (DataConfig.tokenizer, str(Path(self.run_dir) / "tokenizer")),
+                   "data.tokenizer", f"the tokenizer comes from init ({self.init}); leave data.tokenizer unset")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -284,20 +351,40 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise PtlabError(f"config key '{key}': {message}")
 
 
+MAX_SEED = 2**63 - 1  # numpy and torch both take seeds in [0, 2**63)
+
+
+def _check_seed(seed: int) -> None:
+    _check(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**63), got {seed}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a file; a missing file, bad YAML or a non-mapping is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise PtlabError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise PtlabError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PtlabError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise PtlabError(f"{path}: cannot read ({err.strerror})") from None
+    data = _parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise PtlabError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python values; malformed YAML (or nesting too deep to parse) is a one-line error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PtlabError(f"{source}{where}: invalid YAML ({getattr(err, 'problem', None) or err})") from None
+    except RecursionError:
+        raise PtlabError(f"{source}: YAML nested too deeply") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None, example: str = "section.key=value") -> None:
@@ -335,6 +422,8 @@ def parse_value(raw: str) -> Any:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         return raw
+    except RecursionError:
+        raise PtlabError(f"override value {raw[:40]!r}...: nested too deeply") from None
     return raw if isinstance(value, dict) and not raw.lstrip().startswith("{") else value
 
 
@@ -368,8 +457,9 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     if cls is ObjectiveConfig:  # the objective's own parameters sit beside `name`; the objective checks them
-        kwargs["params"] = {k: v for k, v in data.items() if k not in fields}
-        data = {k: v for k, v in data.items() if k in fields and k not in ("params", "inherited")}
+        internal = ("params", "inherited")  # filled here, never read from a file: as keys they are unknown params
+        kwargs["params"] = {k: v for k, v in data.items() if k not in fields or k in internal}
+        data = {k: v for k, v in data.items() if k in fields and k not in internal}
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), sorted(fields), n=1, cutoff=0.5)
@@ -409,14 +499,21 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return int(value)
         raise PtlabError(f"config key '{key}': expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 else math.inf  # a huge int would overflow float()
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML 1.1 reads "1e-3" as a string
+                number = float(value)  # YAML 1.1 reads "1e-3" as a string
             except ValueError:
                 pass
-        raise PtlabError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise PtlabError(f"config key '{key}': expected a number, got {value!r}")
+        # One check for every float of every section and objective: NaN and inf pass every `>`/`<` range check
+        # below (NaN compares false both ways), then crash or train on nonsense.
+        if not math.isfinite(number):
+            raise PtlabError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

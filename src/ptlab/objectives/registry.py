@@ -86,8 +86,9 @@ class BartParams:
                              f"got {self.mask_length!r}")
         if self.replace_length not in (-1, 0, 1):
             raise PtlabError(f"config key 'objective.replace_length': must be -1, 0 or 1, got {self.replace_length}")
-        if self.poisson_lambda <= 0:
-            raise PtlabError(f"config key 'objective.poisson_lambda': must be positive, got {self.poisson_lambda}")
+        # Below ~0.05 almost every span is empty and drawing enough of them to cover the budget takes 1/lambda
+        # rounds; above 1,000 every span covers the whole budget anyway.
+        _in_range("poisson_lambda", self.poisson_lambda, 0.05, 1000)
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ def build_objective(name: str, params: dict[str, Any] | None = None,
     valid = [f.name for f in dataclasses.fields(spec.params)]
     for key in params or {}:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
             hint = f"did you mean 'objective.{close[0]}'? " if close else ""
             listing = ", ".join(valid) if valid else "none besides name and inputs_length"
             raise PtlabError(f"unknown config key 'objective.{key}' for objective {name}; {hint}its parameters: "
