@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ptlab.errors import PtlabError
+from ptlab.errors import PtlabError, one_line
 
 OVERRIDES_HELP = ("config overrides as dotted key=value pairs, e.g. train.max_steps=200 model.d_model=128 "
                   "'data.train_files=[a.jsonl.gz,b.jsonl.gz]'")
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--text-file", help="a UTF-8 file; each non-empty line is one document")
     show.add_argument("--tokenizer", default="words",
                       help="'words' (whitespace-separated words; default) or a directory holding tokenizer.json")
-    show.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    show.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     show.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="an objective parameter, e.g. noise_density=0.3 (repeatable)")
     show.add_argument("--json", action="store_true",
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
-    gen.add_argument("--seed", type=int, help="sampling seed, for reproducible samples")
+    gen.add_argument("--seed", type=_seed, help="sampling seed, for reproducible samples")
     gen.add_argument("--num-samples", type=int, default=1, help="how many outputs to print (default: 1)")
     gen.add_argument("--no-cache", action="store_true", help="recompute every step (slower; for checking)")
     gen.add_argument("--show-special", action="store_true", help="print sentinels and other special tokens")
@@ -448,6 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed numpy and torch both take."""
+    from ptlab.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # KEY=VALUE overrides may come after options (`study CONFIG --jobs 2 size=small`); argparse stops collecting a
@@ -464,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except PtlabError as err:
-        print(f"ptlab: error: {err}", file=sys.stderr)
+        print(f"ptlab: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ptlab: interrupted", file=sys.stderr)
