@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptlab.config import TaskConfig
+from ptlab.config import TaskConfig, from_dict, read_yaml
 from ptlab.errors import PtlabError
 from ptlab.metrics import METRICS
 
@@ -151,3 +151,24 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
         if len(distinct) <= 50:
             task.labels = distinct
     return task
+
+
+TASK_PREFIX = "task:"
+
+
+def task_input_texts(reference: str) -> tuple[str, list[str]]:
+    """The input texts of a task's training split, without labels, for task-adaptive pre-training; `reference` is
+    a bundled task's name or the path of a YAML task definition (the keys of a fine-tuning config's `task`
+    section, at the top level or under `task:`). Returns a name for the task and its texts."""
+    if reference in TASKS:
+        cfg = TaskConfig(name=reference)
+    elif reference.endswith((".yaml", ".yml")):
+        data = read_yaml(reference)
+        section = data.get("task", data)
+        cfg = from_dict(TaskConfig, section, "task.")
+        cfg.validate()
+    else:
+        raise PtlabError(f"{TASK_PREFIX}{reference}: not a bundled task ({', '.join(TASKS)}) nor a task "
+                         "definition file (.yaml)")
+    task = resolve_task(cfg)
+    return task.name, [source for source, _ in task.examples("train")]

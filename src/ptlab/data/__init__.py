@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ptlab.config import DataConfig
-from ptlab.data.corpus import sample_texts
+from ptlab.data.mixture import Mixture, ensure_mixture, materialise_tasks, shards_root, tokenizer_texts, \
+    validation_files
 from ptlab.data.shards import TokenShard, ensure_shard
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
 
@@ -17,10 +18,11 @@ def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokeni
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
     if show_progress:
+        inputs = cfg.train_files or [f"mixture source {m.name}" for m in cfg.mixture]
         print(f"training a {cfg.tokenizer_kind} tokenizer ({cfg.vocab_size:,} ids) on up to "
-              f"{cfg.tokenizer_sample_bytes / 1e6:g} MB of {', '.join(map(str, cfg.train_files))} ...",
+              f"{cfg.tokenizer_sample_bytes / 1e6:g} MB of {', '.join(map(str, inputs))} ...",
               file=sys.stderr, flush=True)
-    texts = sample_texts(cfg.train_files, cfg.sources, cfg.tokenizer_sample_bytes)
+    texts = tokenizer_texts(cfg)
     tokenizer = train_tokenizer(texts, cfg.tokenizer_kind, cfg.vocab_size, cfg.num_sentinels,
                                 show_progress=show_progress)
     tokenizer.save(directory)
@@ -28,12 +30,16 @@ def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokeni
 
 
 def ensure_shards(cfg: DataConfig, tokenizer: PtlabTokenizer,
-                  show_progress: bool = True) -> tuple[TokenShard, TokenShard | None]:
-    """Train and validation shards for `cfg`, built on first use and reused while inputs and tokenizer match."""
-    root = Path(cfg.shards_dir) if cfg.shards_dir else Path(cfg.tokenizer) / "shards"
-    train = ensure_shard(cfg.train_files, tokenizer, root / "train", cfg.separator, cfg.sources, show_progress)
-    validation = None
-    if cfg.validation_files:
-        validation = ensure_shard(cfg.validation_files, tokenizer, root / "validation", cfg.separator, cfg.sources,
-                                  show_progress)
+                  show_progress: bool = True) -> tuple[TokenShard | Mixture, TokenShard | None]:
+    """Train and validation shards for `cfg` (a `Mixture` of shards for `data.mixture`), built on first use and
+    reused while inputs and tokenizer match."""
+    root = shards_root(cfg)
+    if cfg.mixture:
+        train = ensure_mixture(cfg, tokenizer, show_progress)
+    else:
+        train = ensure_shard(materialise_tasks(cfg.train_files, root / "tasks"), tokenizer, root / "train",
+                             cfg.separator, cfg.sources, show_progress)
+    validation, files = None, validation_files(cfg)
+    if files:
+        validation = ensure_shard(files, tokenizer, root / "validation", cfg.separator, cfg.sources, show_progress)
     return train, validation

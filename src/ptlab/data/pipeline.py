@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from ptlab.config import Config, ObjectiveConfig
+from ptlab.data.mixture import Mixture, MixtureSampler
 from ptlab.data.shards import ChunkSampler, TokenShard
 from ptlab.errors import PtlabError
 from ptlab.objectives import BoundObjective, Example, SpecialIds, build_objective
@@ -95,12 +96,12 @@ def decoder_batch(examples: list[Example], length: int, pad_id: int, pack: bool 
 
 
 class PretrainBatches:
-    """Batches of examples drawn from a token shard through an objective, laid out for `architecture`
-    ("encoder_decoder" or "decoder")."""
+    """Batches of examples drawn from a token shard (or a weighted mixture of shards) through an objective, laid out
+    for `architecture` ("encoder_decoder" or "decoder")."""
 
-    def __init__(self, shard: TokenShard, objective: BoundObjective, inputs_length: int, specials: SpecialIds,
-                 seed: int, architecture: str = "encoder_decoder", decoder_start_id: int | None = None,
-                 pack: bool = False, shuffle: bool = True):
+    def __init__(self, shard: TokenShard | Mixture, objective: BoundObjective, inputs_length: int,
+                 specials: SpecialIds, seed: int, architecture: str = "encoder_decoder",
+                 decoder_start_id: int | None = None, pack: bool = False, shuffle: bool = True):
         objective.check(inputs_length, specials)
         if pack and architecture != "decoder":
             raise PtlabError("config key 'objective.pack': packing several examples per row is for decoder-only "
@@ -113,7 +114,12 @@ class PretrainBatches:
         self.pack = pack
         self.requested_length = inputs_length
         self.raw_length, self.inputs_length, self.targets_length = objective.lengths(inputs_length, specials)
-        self.sampler = ChunkSampler(shard, self.raw_length, seed, shuffle)
+        self.sampler = (shard.sampler(self.raw_length, seed, shuffle) if isinstance(shard, Mixture)
+                        else ChunkSampler(shard, self.raw_length, seed, shuffle))
+
+    def source_tokens(self, examples: int) -> dict[str, int]:
+        """A mixture's chunk tokens per source over the first `examples` examples (empty for a single shard)."""
+        return self.sampler.source_tokens(examples) if isinstance(self.sampler, MixtureSampler) else {}
 
     @property
     def sequence_length(self) -> int:
@@ -132,7 +138,7 @@ class PretrainBatches:
                                      self.decoder_start_id)
 
 
-def pretrain_batches(cfg: Config, objective: BoundObjective, shard: TokenShard, specials: SpecialIds,
+def pretrain_batches(cfg: Config, objective: BoundObjective, shard: TokenShard | Mixture, specials: SpecialIds,
                      validation: bool = False) -> PretrainBatches:
     """The configured batches from `shard` (validation data uses seed + 1, so it never repeats training draws)."""
     model = cfg.model
