@@ -366,6 +366,47 @@ def test_ul2_rates_pick_denoisers_and_outputs_reconstruct():
         assert abs((~np.isin(rebuilt, inputs)).mean() - 0.5) < 0.01
 
 
+# UL2 paper (Tay et al. 2022, section 3.1.2): R = (mu 3, r 0.15), (8, 0.15); X = (3, 0.5), (8, 0.5), (64, 0.15),
+# (64, 0.5); S = prefix LM; mode tokens [NLU] for R, [NLG] for X, [S2S] for S
+UL2_PAPER = [("R", 3, 0.15), ("R", 8, 0.15), ("X", 3, 0.5), ("X", 8, 0.5), ("X", 64, 0.15), ("X", 64, 0.5),
+             ("S", None, None)]
+BIG_VOCAB = 5000  # 400 sentinels: X(3, 0.5) at 1024 tokens needs about 170 spans
+BIG = SpecialIds(pad=0, eos=1, unk=2, sentinels=tuple(range(BIG_VOCAB - 1, BIG_VOCAB - 401, -1)), mask=3,
+                 modes={"R": (4,), "X": (5,), "S": (6,)}, vocab_size=BIG_VOCAB)
+
+
+@pytest.mark.parametrize("index", range(len(UL2_PAPER)))
+def test_ul2_each_denoiser_has_the_papers_rate_and_span_length(index):
+    mode, mu, rate = UL2_PAPER[index]
+    one_hot = [0.0] * len(UL2_PAPER)
+    one_hot[index] = 1.0
+    obj = objective("ul2", rates=one_hot)
+    tokens = np.arange(FIRST_ORDINARY, FIRST_ORDINARY + 2100)
+    noise = seen = 0
+    spans, patterns, prefix_shares = [], set(), []
+    for seed in range(40 if mode != "S" else 300):
+        inputs, targets = obj(tokens, np.random.default_rng(seed), BIG, 1024)
+        assert inputs[0] == BIG.modes[mode][0] and len(inputs) <= 1024
+        if mode == "S":
+            prefix, rest = inputs[1:-1], targets[:-1]
+            np.testing.assert_array_equal(np.concatenate([prefix, rest]), tokens[:1023])  # mode token + 1023
+            prefix_shares.append(len(prefix) / 1023)
+            continue
+        rebuilt = splice_spans(inputs[1:], targets, BIG.sentinel_array, BIG.eos)
+        np.testing.assert_array_equal(rebuilt, tokens[:len(rebuilt)])
+        mask = ~np.isin(rebuilt, inputs)
+        noise, seen = noise + mask.sum(), seen + len(rebuilt)
+        spans.extend(runs(mask))
+        patterns.add(mask.tobytes())
+    if mode == "S":  # the split is uniform over the chunk
+        assert abs(np.mean(prefix_shares) - 0.5) < 0.05
+        assert min(prefix_shares) < 0.05 and max(prefix_shares) > 0.95
+        return
+    assert abs(noise / seen - rate) < 0.01
+    assert abs(np.mean(spans) / mu - 1) < 0.1
+    assert np.std(spans) > 0 and len(patterns) == 40  # random partitions, a new one per seed
+
+
 def test_ul2_sentinel_budget_is_checked_up_front():
     with pytest.raises(PtlabError, match="needs up to 1[0-9][0-9] sentinels but the tokenizer has 100"):
         objective("ul2").check(512, SPECIALS)
@@ -380,3 +421,81 @@ def test_same_seed_same_example_for_every_objective():
         b = obj(tokens, np.random.default_rng(5), SPECIALS, 300)
         np.testing.assert_array_equal(a.inputs, b.inputs)
         np.testing.assert_array_equal(a.targets, b.targets)
+
+
+# ---- BART's random_ratio and mask_length=subword ----------------------------------------------------------------
+
+def test_random_ratio_replaces_that_share_of_masked_tokens_with_ordinary_random_tokens():
+    obj = objective("bart_token_masking", mask_ratio=0.3, random_ratio=0.25)
+    masks = randoms = 0
+    replacements = []
+    for tokens, (inputs, _) in draws("bart_token_masking", 500, {"mask_ratio": 0.3, "random_ratio": 0.25}):
+        body = inputs[:-1]
+        assert len(body) == 500
+        changed = body != tokens
+        # a random token may by chance be the original one (about 1 in 900)
+        assert math.ceil(0.3 * 500) - 2 <= changed.sum() <= math.ceil(0.3 * 500)
+        masks += (body == SPECIALS.mask).sum()
+        replaced = body[changed & (body != SPECIALS.mask)]
+        randoms += len(replaced)
+        replacements.extend(replaced.tolist())
+    assert abs(randoms / (masks + randoms) - 0.25) < 0.01
+    replacements = np.array(replacements)
+    assert SPECIALS.ordinary_ids.size == VOCAB - 3 - 100 - 1 - 3  # pad/eos/unk, sentinels, mask, mode tokens
+    assert np.isin(replacements, SPECIALS.ordinary_ids).all()
+    # uniform over the ordinary ids: their mean and a spread over the whole range
+    assert abs(replacements.mean() / SPECIALS.ordinary_ids.mean() - 1) < 0.03
+    assert len(np.unique(replacements)) > 0.9 * SPECIALS.ordinary_ids.size
+    assert obj.params.random_ratio == 0.25
+
+
+def test_random_ratio_zero_only_ever_inserts_the_mask():
+    for tokens, (inputs, _) in draws("bart_text_infilling", 300, {"random_ratio": 0.0}):
+        body = inputs[:-1]
+        assert np.isin(body, np.append(tokens, SPECIALS.mask)).all()
+
+
+def test_subword_masking_ignores_word_boundaries():
+    word_start = np.zeros(VOCAB, dtype=bool)
+    word_start[FIRST_ORDINARY::3] = True  # words of three tokens
+    specials = SpecialIds(pad=0, eos=1, unk=2, sentinels=SPECIALS.sentinels, mask=3, vocab_size=VOCAB,
+                          word_start=word_start)
+    tokens = distinct_tokens(300)
+    by_position = np.zeros(3)
+    partial = 0
+    draws_ = 400
+    for seed in range(draws_):
+        for mask_length in ("subword", "word"):
+            obj = objective("bart_token_masking", mask_ratio=0.3, mask_length=mask_length)
+            inputs, _ = obj(tokens, np.random.default_rng(seed), specials)
+            masked = (inputs[:-1] == specials.mask).reshape(-1, 3)
+            if mask_length == "word":  # whole words: 30% of 100 words, every token of each
+                assert masked.all(axis=1).sum() == 30 and masked.sum() == 90
+                continue
+            assert masked.sum() == math.ceil(0.3 * 300)  # 30% of the tokens
+            by_position += masked.sum(axis=0)
+            partial += (masked.any(axis=1) & ~masked.all(axis=1)).sum()
+    # 90 of 300 tokens drawn without replacement: a word is partly masked unless all or none of its 3 are
+    none = (210 * 209 * 208) / (300 * 299 * 298)
+    whole = (90 * 89 * 88) / (300 * 299 * 298)
+    assert abs(partial / (100 * draws_) - (1 - none - whole)) < 0.01
+    np.testing.assert_allclose(by_position / (100 * draws_), 0.3, atol=0.01)  # word starts are not favoured
+
+
+def test_subword_infilling_counts_spans_in_tokens():
+    word_start = np.zeros(VOCAB, dtype=bool)
+    word_start[FIRST_ORDINARY::3] = True
+    specials = SpecialIds(pad=0, eos=1, unk=2, sentinels=SPECIALS.sentinels, mask=3, vocab_size=VOCAB,
+                          word_start=word_start)
+    tokens = distinct_tokens(300)
+    obj = objective("bart_text_infilling", mask_length="subword")
+    cut_words = 0
+    for seed in range(100):
+        inputs, _ = obj(tokens, np.random.default_rng(seed), specials)
+        missing = ~np.isin(tokens, inputs)
+        assert missing.sum() == math.ceil(0.3 * 300)
+        # "subword" spans are single tokens, as in fairseq: one mask per token, even for neighbours
+        assert (inputs[:-1] == specials.mask).sum() == missing.sum()
+        words = missing.reshape(-1, 3)
+        cut_words += (words.any(axis=1) & ~words.all(axis=1)).sum()
+    assert cut_words > 0
