@@ -1,7 +1,10 @@
 """The trainer's promises: exact resume after SIGKILL, accumulation and data parallelism that do not change the
-loss, FSDP2 checkpoints that resume on one process, corrupted checkpoints skipped, SIGTERM saves, NaN steps skipped."""
+loss, FSDP2 checkpoints that resume on one process, corrupted checkpoints skipped, SIGTERM saves, steps with a NaN
+loss or a non-finite gradient norm skipped."""
 
+import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from ptlab.config import load_config
 from ptlab.errors import PtlabError
@@ -175,6 +179,50 @@ def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path, smal
     skipped = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "skipped_step"]
     assert [r["step"] for r in skipped] == [3, 7, 8, 9]
     assert list_checkpoints(tmp_path / "run")[-1].name == "step_0000009"
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_an_infinite_gradient_at_a_finite_loss_skips_the_step_and_keeps_the_last_good_weights(
+        tmp_path, small_corpus, tokenizer_dir, monkeypatch, grad_clip):
+    """Steps 7-9 get infinite gradients from a finite loss (clipped or not): skipped like a NaN loss, and the stop
+    checkpoint holds, bit for bit, the weights after step 6; the optimizer's moments are untouched."""
+    import ptlab.train.loop as loop
+
+    real_loss, real_optimizer = loop.summed_loss, loop.build_optimizer
+    seen = {"calls": 0}
+
+    def recorded_optimizer(model, cfg):
+        seen["optimizer"] = real_optimizer(model, cfg)
+        return seen["optimizer"]
+
+    def poisoned(model, batch):
+        loss = real_loss(model, batch)
+        if model.training:
+            seen["calls"] += 1
+            if seen["calls"] == 7:  # about to train step 7: these are the last good weights and moments
+                seen["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                seen["moments"] = copy.deepcopy(seen["optimizer"].state_dict()["state"])
+            if seen["calls"] >= 7:
+                loss.register_hook(lambda grad: grad * float("inf"))
+        return loss
+
+    monkeypatch.setattr(loop, "summed_loss", poisoned)
+    monkeypatch.setattr(loop, "build_optimizer", recorded_optimizer)
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir, "train.eval_every=0", "train.max_bad_steps=3",
+                     f"train.grad_clip={grad_clip}")
+    with pytest.raises(PtlabError, match="not finite for 3 steps in a row"):
+        pretrain(cfg, show_progress=False)
+    skipped = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "skipped_step"]
+    assert [r["step"] for r in skipped] == [7, 8, 9]
+    assert all(math.isfinite(r["loss"]) and not math.isfinite(r["grad_norm"]) for r in skipped)
+    stop = list_checkpoints(tmp_path / "run")[-1]
+    assert stop.name == "step_0000009"
+    saved = load_file(str(stop / "model.safetensors"))
+    assert saved and all(torch.equal(saved[k], seen["weights"][k]) for k in saved)
+    moments = seen["optimizer"].state_dict()["state"]
+    assert moments.keys() == seen["moments"].keys()
+    for key, state in moments.items():
+        assert all(torch.equal(value, seen["moments"][key][name]) for name, value in state.items())
 
 
 def test_a_changed_dataset_refuses_to_resume_without_the_override(tmp_path, small_corpus, tokenizer_dir):

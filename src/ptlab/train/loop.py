@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ptlab.config import Config, TrainConfig, save_config
@@ -113,9 +114,14 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     return summed_loss(model, batch), int((batch["labels"] != IGNORE_INDEX).sum())
 
 
-def training_loss(model: nn.Module, compiled: bool) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+COMPILE_BACKEND = "inductor"  # tests swap in a backend that records the graph, or one that fails
+
+
+def training_loss(model: nn.Module, compiled: bool, on_fallback: Callable[[str], None] = lambda error: None
+                  ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """The trainer's per-batch summed loss. Compiled, the model and the loss are one graph, so the compiler fuses
-    the float upcast of the logits into the cross-entropy instead of writing them out in float32."""
+    the float upcast of the logits into the cross-entropy instead of writing them out in float32. Should the
+    compiler fail, this run continues eagerly and `on_fallback` gets the error in one line."""
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return summed_loss(model, batch)
     if not compiled:
@@ -123,8 +129,32 @@ def training_loss(model: nn.Module, compiled: bool) -> Callable[[dict[str, torch
     # Every model compiles this same function; the compiler caches at most 8 versions of it per process and then
     # silently runs eagerly (a study running cells one after another would lose compilation at its ninth cell).
     torch._dynamo.reset()
-    torch._dynamo.config.suppress_errors = True  # a compiler failure falls back to eager instead of stopping
-    return torch.compile(loss)
+    return _CompiledOrEager(loss, on_fallback)
+
+
+class _CompiledOrEager:
+    """A compiled function that turns into the eager one for good once the compiler fails. Scoped to one run,
+    unlike torch._dynamo's process-wide `suppress_errors`, and the failure is reported instead of silent."""
+
+    def __init__(self, eager: Callable, on_fallback: Callable[[str], None]):
+        self.eager, self.on_fallback = eager, on_fallback
+        self.compiled: Callable | None = torch.compile(eager, backend=COMPILE_BACKEND)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:  # compiler failures, inductor's included
+                self.compiled = None
+                self.on_fallback(_one_line(error))
+        return self.eager(*args)
+
+
+def _one_line(error: BaseException) -> str:
+    """The compiler's error in one line: the backend's own exception where it wrapped one."""
+    error = getattr(error, "inner_exception", None) or error
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 @torch.no_grad()
@@ -174,6 +204,20 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     forward is wrapped in place, so parameter names do not change."""
     for block in distributed.blocks(model):
         block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
+
+
+def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
+    """The gradients' total norm (before clipping), on the device; clipped to `clip` unless it is 0. A non-finite
+    norm is returned as it is, and the gradients it scaled are then discarded with the step."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def read_back(*scalars: torch.Tensor) -> list[float]:
+    """Device scalars as Python floats in one transfer (a sharded model's norm is gathered first)."""
+    full = [s.full_tensor() if isinstance(s, DTensor) else s for s in scalars]
+    return torch.stack([s.to(full[0].device, torch.float64) for s in full]).tolist()
 
 
 class _Prefetcher:
@@ -311,7 +355,6 @@ class _Trainer:
             enable_activation_checkpointing(model)
         trained = distributed.wrap(model, runtime, train_cfg.distributed)
         compiled = compile_enabled(train_cfg, device)
-        loss_fn = training_loss(trained, compiled)
         optimizer = build_optimizer(trained, train_cfg)
         start_step, bad_total = 0, 0
         if state is not None:
@@ -373,6 +416,12 @@ class _Trainer:
         bar = tqdm(total=train_cfg.max_steps, initial=start_step, desc="pre-training", unit="step",
                    disable=not self.show, dynamic_ncols=True)
         batches = _Prefetcher(lambda step: train_data.batch(step * train_cfg.batch_size + runtime.rank * share, share))
+
+        def compile_fallback(error: str) -> None:
+            self.note(f"warning: torch.compile failed, this run continues eagerly ({error})")
+            record({"step": step + 1, "event": "compile_fallback", "error": error})
+
+        loss_fn = training_loss(trained, compiled, compile_fallback)
         with _StopSignals() as signals, contextlib.closing(batches):
             for step in range(start_step, train_cfg.max_steps):
                 started = time.perf_counter()
@@ -383,7 +432,7 @@ class _Trainer:
                 local_labels = int((batch["labels"] != IGNORE_INDEX).sum())
                 total_labels, step_tokens, step_flops = runtime.sum(
                     local_labels, batch_tokens(batch), self._flops(batch))
-                loss_total = 0.0
+                loss_total = torch.zeros((), dtype=torch.float64, device=device)
                 parts = np.array_split(np.arange(len(batch["labels"])), min(train_cfg.grad_accum,
                                                                              len(batch["labels"])))
                 for i, rows in enumerate(parts):
@@ -394,22 +443,25 @@ class _Trainer:
                         part_loss = loss_fn(part)
                     # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
                     (part_loss * runtime.world_size / max(total_labels, 1)).backward()
-                    loss_total += float(part_loss.detach())
-                loss = runtime.sum(loss_total)[0] / max(total_labels, 1)
-                if not math.isfinite(loss):
+                    loss_total += part_loss.detach()
+                # the loss and the gradient norm come back to the host together: one device sync per step
+                local_loss, grad_norm = read_back(loss_total, gradient_norm(trained, train_cfg.grad_clip))
+                loss = runtime.sum(local_loss)[0] / max(total_labels, 1)
+                skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                if skipped:  # no optimizer step: the weights and the optimizer's moments stay the last good ones
                     optimizer.zero_grad(set_to_none=True)
                     bad_in_row += 1
                     bad_total += 1
-                    record({"step": step + 1, "event": "skipped_step", "loss": loss, "in_a_row": bad_in_row})
+                    record({"step": step + 1, "event": "skipped_step", "loss": loss, "grad_norm": grad_norm,
+                            "in_a_row": bad_in_row})
                     if bad_in_row >= train_cfg.max_bad_steps:
                         path = checkpoint_now(step + 1, {"loss": loss})
-                        raise PtlabError(f"loss was {loss} for {bad_in_row} steps in a row (up to step {step + 1}); "
-                                         f"stopped with a checkpoint of the last good weights at {path}. Lower "
-                                         "train.lr, raise train.warmup_steps or use train.precision=fp32")
+                        raise PtlabError(f"loss or gradient norm was not finite for {bad_in_row} steps in a row (up "
+                                         f"to step {step + 1}: loss {loss}, gradient norm {grad_norm}); stopped "
+                                         f"with a checkpoint of the last good weights at {path}. Lower train.lr, "
+                                         "raise train.warmup_steps or use train.precision=fp32")
                 else:
                     bad_in_row = 0
-                    grad_norm = (torch.nn.utils.clip_grad_norm_(trained.parameters(), train_cfg.grad_clip)
-                                 if train_cfg.grad_clip > 0 else torch.tensor(float("nan")))
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if device.type == "cuda":
@@ -421,8 +473,8 @@ class _Trainer:
                 tokens_per_second = tokens_done / train_seconds
                 tflops = flops_done / train_seconds / 1e12
                 mfu = tflops / (peak * runtime.world_size)
-                if math.isfinite(loss) and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
-                    record({"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                if not skipped and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
+                    record({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens": tokens_done, "tokens_per_second": tokens_per_second, "tflops": tflops,
                             "mfu": mfu, "seconds": train_seconds})
                 if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
