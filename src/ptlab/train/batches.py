@@ -1,0 +1,50 @@
+"""Moving batches to the model: numpy batches to tensors, the masks that matter, autocast, the logits."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptlab.data.pipeline import IGNORE_INDEX
+
+
+def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
+def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "decoder_input_ids" in batch:
+        return model(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"))
+    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
+                 prefix_mask=batch.get("prefix_mask"))
+
+
+def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch without the masks that change nothing, decided here on the host: no padding in an encoder-decoder
+    batch (the encoder's position bias then stays one [heads, length, length] table instead of one per row, and
+    cross-attention needs no mask), no packed row and no prefix in a decoder-only batch (plain causal attention,
+    which the model would otherwise have to check for, costing a device sync and a break in a compiled graph)."""
+    batch = dict(batch)
+    if "attention_mask" in batch and batch["attention_mask"].all():
+        del batch["attention_mask"]
+    if "segment_ids" in batch and batch["segment_ids"].max(initial=0) <= 1:
+        del batch["segment_ids"]
+    if "prefix_mask" in batch and not batch["prefix_mask"].any():
+        del batch["prefix_mask"]
+    return batch
+
+
+def batch_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Tokens the model reads and predicts in a batch (for throughput)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+    return int((batch["segment_ids"] > 0).sum())
