@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,25 @@ PAD, EOS, UNK, MASK, BOS = "<pad>", "</s>", "<unk>", "<mask>", "<s>"
 EXTRA_SPECIALS = [MASK, *MODE_TOKENS.values()]  # added after training, just below the sentinels
 SENTENCE_END = (".", "!", "?")
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
+# Text the Unigram layout would misread: its word marker "▁" (decoded as a space) and the spelling of a byte piece
+# (decoded as that byte). Such text is encoded as byte pieces, so that every text round-trips exactly.
+_UNIGRAM_MARKERS = re.compile("(\u2581|<(?=0x[0-9A-F]{2}>))")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Training only: words longer than this are cut (BPE's trainer takes minutes on one megabyte-long word).
+MAX_TRAINING_WORD = 1000
+_LONG_WORD = re.compile(f"[^ ]{{{MAX_TRAINING_WORD}}}")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (from JSON escapes such as "\\ud800") replaced by U+FFFD: they are not
+    characters, cannot be encoded as UTF-8, and the tokenizers library refuses them."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _training_text(text: str) -> str:
+    return _LONG_WORD.sub(lambda m: m.group(0) + " ", without_surrogates(text))
 
 
 def sentinel_token(i: int) -> str:
@@ -67,10 +87,30 @@ class PtlabTokenizer:
                           modes=modes, vocab_size=self.vocab_size, word_start=word_start, sentence_end=sentence_end)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        texts = [without_surrogates(t) for t in texts]
+        out = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        if self.kind == "unigram":
+            for i, text in enumerate(texts):
+                if _UNIGRAM_MARKERS.search(text):
+                    out[i] = self._encode_with_markers(text)
+        return out
+
+    @cached_property
+    def _byte_ids(self) -> list[int]:
+        return [self.tokenizer.token_to_id(piece) for piece in BYTE_PIECES]
+
+    def _encode_with_markers(self, text: str) -> list[int]:
+        """Ordinary stretches as usual, each marker character as its UTF-8 byte pieces."""
+        ids: list[int] = []
+        for number, part in enumerate(_UNIGRAM_MARKERS.split(text)):
+            if number % 2:  # split() puts the captured markers at odd positions
+                ids.extend(self._byte_ids[b] for b in part.encode("utf-8"))
+            elif part:
+                ids.extend(self.tokenizer.encode(part, add_special_tokens=False).ids)
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -102,15 +142,36 @@ def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
         raise PtlabError(f"{path}: not a valid tokenizer.json ({err})") from None
     meta_path = directory / "ptlab_tokenizer.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        kind, num_sentinels = meta["kind"], meta["num_sentinels"]
-        ids = {k: meta.get(f"{k}_id", default) for k, default in (("pad", 0), ("eos", 1), ("unk", 2))}
+        kind, num_sentinels, ids = _read_meta(meta_path)
+        if num_sentinels > count_sentinels(tokenizer):
+            raise PtlabError(f"{meta_path}: num_sentinels {num_sentinels} but tokenizer.json has "
+                             f"{count_sentinels(tokenizer)} sentinels")
     else:  # a tokenizer.json from elsewhere: find its special tokens by name
         kind, num_sentinels, ids = "external", count_sentinels(tokenizer), external_special_ids(tokenizer)
     for name, token_id in ids.items():
-        if token_id is None or tokenizer.id_to_token(token_id) is None:
+        if token_id is None or not 0 <= token_id < 2**32 or tokenizer.id_to_token(token_id) is None:
             raise PtlabError(f"{path}: no {name} token (id {token_id})")
     return PtlabTokenizer(tokenizer, kind, num_sentinels, pad_id=ids["pad"], eos_id=ids["eos"], unk_id=ids["unk"])
+
+
+def _read_meta(path: Path) -> tuple[str, int, dict[str, int]]:
+    """(kind, num_sentinels, special ids) from ptlab_tokenizer.json, every field checked."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(meta, dict):
+        raise PtlabError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    kind, num_sentinels = meta.get("kind"), meta.get("num_sentinels")
+    if kind not in ("unigram", "bpe", "external"):
+        raise PtlabError(f"{path}: 'kind' must be unigram, bpe or external, got {kind!r}")
+    ids = {k: meta.get(f"{k}_id", default) for k, default in (("pad", 0), ("eos", 1), ("unk", 2))}
+    for key, value in (("num_sentinels", num_sentinels), *((f"{k}_id", v) for k, v in ids.items())):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise PtlabError(f"{path}: '{key}' must be a non-negative integer, got {value!r}")
+    return kind, num_sentinels, ids
 
 
 def count_sentinels(tokenizer: Tokenizer) -> int:
@@ -134,6 +195,9 @@ def external_special_ids(tokenizer: Tokenizer, pad: int | None = None, eos: int 
 def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int = 8192, num_sentinels: int = 100,
                     show_progress: bool = True) -> PtlabTokenizer:
     """Train on an iterator of texts. `vocab_size` counts everything: specials, byte pieces and sentinels."""
+    if num_sentinels < 0:
+        raise PtlabError(f"the number of sentinels must be >= 0, got {num_sentinels}")
+    texts = map(_training_text, texts)
     reserved = 3 + len(EXTRA_SPECIALS) + num_sentinels + (len(BYTE_PIECES) if kind == "unigram" else 0)
     if vocab_size <= reserved + 16:
         raise PtlabError(f"vocab size {vocab_size} is too small: {reserved} ids are reserved for special tokens")
