@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ptlab.data.clean import ALL_RULES, CleanConfig, Report, clean_page, final_filters
 from ptlab.data.dedup import LineOwners, UrlWinners, dedupe_page, page_key, page_line_hashes
 from ptlab.data.gopher import gopher_page
+from ptlab.data.readers import BadRecord, ReadStats, iter_located
 from ptlab.data.tokenizer import batched
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
@@ -42,65 +43,25 @@ class Page:
 
 # ---- input ---------------------------------------------------------------------------------------------------------
 
-def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            yield path
-        else:
-            raise PtlabError(f"input not found: {path}")
+def _origin(path: Path, number: int | None) -> str:
+    return f"{path}:{number}" if number is not None else str(path)
 
 
-def _is_jsonl(path: Path) -> bool:
-    return path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
+def read_pages(paths: Iterable[str | Path], report: Report, strict: bool = False, text_field: str = "text",
+               text_mode: str = "file") -> Iterator[Page]:
+    """Valid records of the inputs, any format `ptlab.data.readers` reads (other fields kept; plain-text documents
+    get their file, or file:line for blocks, as `id`). Bad input is counted in `report` and skipped, or fatal with
+    `strict`."""
+    def bad(err: BadRecord) -> None:
+        report.bad(f"{_origin(err.path, err.number)}: {err.reason}")
 
-
-def read_pages(paths: Iterable[str | Path], report: Report, strict: bool = False) -> Iterator[Page]:
-    """Valid records from JSONL files (a `text` string per object; other fields kept) and plain-text files (one
-    document each). Bad input is counted in `report` and skipped, or fatal with `strict`."""
-    def bad(message: str) -> None:
-        if strict:
-            raise PtlabError(message + " (drop --strict to skip bad input)")
-        report.bad(message)
-
-    index = 0
-    for path in _files(paths):
-        if path.stat().st_size == 0:
-            bad(f"{path}: empty file")
-            continue
-        if not _is_jsonl(path):
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad(f"{path}: not UTF-8 ({err.reason} at byte {err.start})")
-                continue
-            yield Page(index, str(path), {"id": str(path), "text": text})
-            index += 1
-            continue
-        opener = gzip.open if path.name.endswith(".gz") else open
-        try:
-            with opener(path, "rb") as f:
-                for number, raw in enumerate(f, start=1):
-                    where = f"{path}:{number}"
-                    if not raw.strip():
-                        continue
-                    try:
-                        record = json.loads(raw.decode("utf-8"))
-                    except UnicodeDecodeError as err:
-                        bad(f"{where}: not UTF-8 ({err.reason} at byte {err.start})")
-                        continue
-                    except json.JSONDecodeError as err:
-                        bad(f"{where}: invalid JSON ({err.msg})")
-                        continue
-                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        bad(f"{where}: no 'text' string in the record")
-                        continue
-                    yield Page(index, where, record)
-                    index += 1
-        except (OSError, EOFError) as err:  # a truncated or corrupt .gz
-            bad(f"{path}: unreadable ({err})")
+    stats = ReadStats(on_skip=bad)
+    located = iter_located(paths, text_field, text_mode, skip_bad=not strict, stats=stats)
+    try:
+        for index, (path, _, number, record) in enumerate(located):
+            yield Page(index, _origin(path, number), record)
+    except BadRecord as err:
+        raise PtlabError(f"{_origin(err.path, err.number)}: {err.reason} (drop --strict to skip bad input)") from None
 
 
 # ---- per-page work (runs in worker processes) -----------------------------------------------------------------------
@@ -164,8 +125,11 @@ def _ordered_map(fn: Callable, batches: Iterable, workers: int, initargs: tuple)
 
 def clean_files(inputs: list[str | Path], output: str | Path, report_path: str | Path | None = None,
                 cfg: CleanConfig = CleanConfig(), workers: int = 1, engine: str = "local", strict: bool = False,
-                show_progress: bool = True) -> Report:
-    """Clean `inputs` into the JSONL file `output` (gzip when it ends in .gz); returns the report."""
+                show_progress: bool = True, text_field: str = "text", text_mode: str = "file") -> Report:
+    """Clean `inputs` into the JSONL file `output` (gzip when it ends in .gz); returns the report.
+
+    `text_field` names the field to clean (its cleaned text is written as "text"); `text_mode` splits .txt inputs.
+    """
     unknown = sorted(cfg.skip - set(ALL_RULES))
     if unknown:
         raise PtlabError(f"unknown rule(s) to skip: {', '.join(unknown)}; rules: {', '.join(ALL_RULES)}")
@@ -173,13 +137,14 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
         raise PtlabError(f"unknown rule set {cfg.rules!r} (use c4 or gopher)")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    read = {"text_field": text_field, "text_mode": text_mode}
     if engine == "ray":
         from ptlab.cleaning_ray import clean_on_ray
 
-        report, records = clean_on_ray(inputs, cfg, strict, show_progress)
+        report, records = clean_on_ray(inputs, cfg, strict, show_progress, **read)
         _write_jsonl(output, records, report)
     elif engine == "local":
-        report = _clean_local(inputs, output, cfg, workers, strict, show_progress)
+        report = _clean_local(inputs, output, cfg, workers, strict, show_progress, **read)
     else:
         raise PtlabError(f"unknown engine {engine!r} (use local or ray)")
     if report_path is not None:
@@ -187,10 +152,10 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
     return report
 
 
-def url_winners(inputs: list, strict: bool, report: Report) -> UrlWinners:
+def url_winners(inputs: list, strict: bool, report: Report, **read) -> UrlWinners:
     """Pass 1: validate everything once and find the newest page per URL."""
     winners = UrlWinners()
-    for page in read_pages(inputs, report, strict):
+    for page in read_pages(inputs, report, strict, **read):
         report.docs_in += 1
         report.lines_in += len(page.record["text"].splitlines())
         if isinstance(page.record.get("url"), str):
@@ -207,9 +172,9 @@ def keep_url(page: Page, winners: UrlWinners, cfg: CleanConfig, report: Report) 
 
 
 def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, strict: bool,
-                 show_progress: bool) -> Report:
+                 show_progress: bool, **read) -> Report:
     report = Report()
-    winners = url_winners(inputs, strict, report)
+    winners = url_winners(inputs, strict, report, **read)
     spill_path = output.with_name(output.name + ".spill.jsonl")
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
     dedup = cfg.on("dedup_lines")
@@ -219,7 +184,7 @@ def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, str
             quiet = Report()  # pass 2 re-reads the input: its bad records were counted in pass 1
 
             def survivors() -> Iterator[Page]:
-                for page in read_pages(inputs, quiet, strict):
+                for page in read_pages(inputs, quiet, strict, **read):
                     bar.update(1)
                     if keep_url(page, winners, cfg, report):
                         yield page

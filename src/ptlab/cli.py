@@ -35,12 +35,39 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
           f"{result.tokens_per_second:,.0f} tokens/s; checkpoint {result.checkpoint}")
 
 
+def _add_reader_options(parser: argparse.ArgumentParser, skip_bad: str, skip_bad_group=None) -> None:
+    from ptlab.data.readers import TEXT_MODES
+
+    parser.add_argument("--text-field", default="text",
+                        help="the JSONL/Parquet/datasets field holding the text (default: %(default)s)")
+    parser.add_argument("--text-mode", choices=TEXT_MODES, default="file",
+                        help=".txt inputs: a whole file is one document, or each blank-line-separated block is "
+                             "(default: %(default)s)")
+    (skip_bad_group or parser).add_argument("--skip-bad", action="store_true", help=skip_bad)
+
+
+def _reader_options(args: argparse.Namespace):
+    """The reader keyword arguments the flags ask for, with a fresh `ReadStats` to count what --skip-bad skips."""
+    from ptlab.data.readers import ReadStats
+
+    stats = ReadStats()
+    return {"text_field": args.text_field, "text_mode": args.text_mode, "skip_bad": args.skip_bad,
+            "stats": stats}, stats
+
+
+def _report_skipped(stats) -> None:
+    if stats.bad:
+        print(f"ptlab: skipped {stats.bad:,} bad input record(s); the first: {stats.examples[0]}", file=sys.stderr)
+
+
 def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
     from ptlab.data.corpus import iter_texts
     from ptlab.data.tokenizer import train_tokenizer
 
-    texts = iter_texts(args.input, args.source or ())
+    options, stats = _reader_options(args)
+    texts = iter_texts(args.input, args.source or (), **options)
     tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, args.sentinels, show_progress=not args.quiet)
+    _report_skipped(stats)
     tokenizer.save(args.output)
     specials = tokenizer.specials
     print(f"saved {args.kind} tokenizer with {tokenizer.vocab_size:,} ids to {args.output}/tokenizer.json "
@@ -53,8 +80,10 @@ def _cmd_tokenize(args: argparse.Namespace) -> None:
     from ptlab.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
+    options, stats = _reader_options(args)
     shard = build_shard(args.input, tokenizer, args.output, args.separator, args.source or (),
-                        show_progress=not args.quiet)
+                        show_progress=not args.quiet, **options)
+    _report_skipped(stats)
     print(f"wrote {shard.num_tokens:,} tokens from {shard.index['num_documents']:,} documents to {args.output} "
           f"({shard.index['dtype']})")
 
@@ -148,7 +177,8 @@ def _cmd_clean(args: argparse.Namespace) -> None:
     cfg = CleanConfig(skip=frozenset(args.skip or ()), language=args.language,
                       min_language_probability=args.min_language_probability, rules=args.rules)
     report = clean_files(args.inputs, args.output, args.report, cfg, workers=args.workers, engine=args.engine,
-                         strict=args.strict, show_progress=not args.quiet)
+                         strict=args.strict, show_progress=not args.quiet, text_field=args.text_field,
+                         text_mode=args.text_mode)
     print_report(report, cfg)
     print(f"\nwrote {report.docs_out:,} documents to {args.output}" + (f"; report {args.report}" if args.report else ""))
 
@@ -172,7 +202,12 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from ptlab.finetune import finetune, print_scores
 
     cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
-    result = finetune(cfg, show_progress=not args.quiet)
+    resume = "always" if args.resume else "never" if args.restart else "auto"
+    result = finetune(cfg, show_progress=not args.quiet, resume=resume)
+    if result.interrupted:
+        print(f"ptlab: {result.interrupted} at step {result.steps}: saved {result.checkpoint}; run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(130 if result.interrupted == "SIGINT" else 143)
     print_scores(f"validation (best, step {result.best_step})", result.validation)
     if result.test is not None:
         print_scores("test", result.test)
@@ -258,10 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     train = tok_sub.add_parser(
         "train", help="train a Unigram (T5-style) or byte-level BPE (GPT-style) tokenizer",
-        description="Train a tokenizer on JSONL corpus files (a 'text' field per line; .gz allowed). Special ids: "
+        description="Train a tokenizer on corpus files (JSON Lines, .txt, each optionally .gz or .zst; Parquet; "
+                    "`datasets` save_to_disk directories; directories and glob patterns). Special ids: "
                     "<pad>=0, </s>=1, <unk>=2; sentinels <extra_id_0..K-1> at the top of the vocabulary with "
                     "<extra_id_0> highest, as in T5. Writes OUTPUT/tokenizer.json (standard HF format).")
-    train.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files with a 'text' field")
+    train.add_argument("--input", nargs="+", required=True,
+                       help="corpus files, directories or glob patterns (quote globs)")
+    _add_reader_options(train, "skip (and count) corrupt files and records instead of stopping at the first")
     train.add_argument("--kind", choices=["unigram", "bpe"], default="unigram",
                        help="unigram: SentencePiece-style with byte fallback; bpe: byte-level (default: %(default)s)")
     train.add_argument("--vocab-size", type=int, default=8192, help="total ids, specials included (default: %(default)s)")
@@ -276,12 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser(
         "clean", help="clean raw web-like text the way C4 was cleaned, with a report of what each rule removed",
         description="C4's cleaning (tensorflow-datasets c4_utils, C4 3.1.0 en), in C4's order: " + ", ".join(RULES)
-                    + ". Inputs are JSONL files (a 'text' field per record; url, timestamp, id and other fields are "
-                      "kept) or plain-text files (one document each); directories are read recursively. The kept "
-                      "records are written in input order with their cleaned text.",
+                    + ". Inputs are JSON Lines (.gz/.zst), Parquet or `datasets` directories (the --text-field per "
+                      "record; url, timestamp, id and other fields are kept) or .txt files (see --text-mode); "
+                      "directories are read recursively, globs expanded. The kept records are written in input "
+                      "order with their cleaned text.",
         epilog="example: ptlab clean data/messy/spam_assassin.jsonl.gz --output runs/clean.jsonl "
                "--report runs/clean-report.json --workers 2")
-    clean.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL(.gz) or text files, or directories")
+    clean.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="corpus files (JSON Lines, .txt, Parquet, `datasets` directories), directories or globs")
     clean.add_argument("--output", required=True, help="JSONL file to write (.gz to compress)")
     clean.add_argument("--report", help="also write the report as JSON here")
     clean.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
@@ -296,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--language", default="en", help="language to keep (langdetect code; default: %(default)s)")
     clean.add_argument("--min-language-probability", type=float, default=0.99,
                        help="langdetect probability needed to keep a page (default: %(default)s)")
-    clean.add_argument("--strict", action="store_true", help="stop at the first bad input record instead of skipping")
+    bad_input = clean.add_mutually_exclusive_group()
+    bad_input.add_argument("--strict", action="store_true",
+                           help="stop at the first bad input record instead of skipping")
+    _add_reader_options(clean, "skip and report bad input records (clean's default; --strict stops instead)",
+                        bad_input)
     clean.add_argument("--quiet", action="store_true", help="no progress bars")
     clean.set_defaults(func=_cmd_clean)
 
@@ -336,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="example: ptlab finetune --config configs/finetune-rt.yaml init=runs/demo")
     ft.add_argument("--config", help="YAML fine-tuning config (keys: run_dir, seed, init, tokenizer, model, task, "
                                      "train, epochs, patience)")
+    again = ft.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="require a checkpoint in RUN_DIR to continue from (the default continues one if there is "
+                            "one: a killed fine-tune resumes to the scores of an uninterrupted one)")
+    again.add_argument("--restart", action="store_true",
+                       help="delete RUN_DIR's checkpoints, best weights, metrics and scores, and start afresh")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.name=spam_ham")
     ft.set_defaults(func=_cmd_finetune)
@@ -434,11 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     cost.set_defaults(func=_cmd_cost)
 
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
-                           description="Stream JSONL(.gz) documents through a tokenizer into OUTPUT/tokens.bin "
+                           description="Stream documents (JSON Lines, .txt, each optionally .gz or .zst; Parquet; "
+                                       "`datasets` directories; directories and globs) through a tokenizer into "
+                                       "OUTPUT/tokens.bin "
                                        "(uint16 when the vocabulary fits), OUTPUT/doc_starts.npy and "
                                        "OUTPUT/index.json.")
     shard.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
-    shard.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files with a 'text' field")
+    shard.add_argument("--input", nargs="+", required=True,
+                       help="corpus files, directories or glob patterns (quote globs)")
+    _add_reader_options(shard, "skip (and count) corrupt files and records instead of stopping at the first")
     shard.add_argument("--output", required=True, help="shard directory to write")
     shard.add_argument("--separator", choices=["eos", "none"], default="eos",
                        help="what goes between documents (default: %(default)s)")

@@ -173,6 +173,9 @@ class DataConfig:
     tokenizer_sample_bytes: int = 10_000_000  # train the tokenizer on about this much text, spread over the corpus
     separator: str = "eos"  # between documents in the token stream: "eos" or "none" (T5's original choice)
     shards_dir: str | None = None  # None: <tokenizer>/shards
+    text_field: str = "text"  # the JSONL/Parquet/datasets field holding each document's text
+    text_mode: str = "file"  # .txt inputs: "file" (a whole file is one document) or "blocks" (blank-line-separated)
+    skip_bad: bool = False  # skip (and count) corrupt files and records instead of stopping at the first
     # Weighted sources instead of train_files, e.g. [{name: web, files: [...], weight: 0.7}, {name: books, ...}]
     mixture: list[MixtureSource] = field(default_factory=list)
 
@@ -190,6 +193,8 @@ class DataConfig:
             _check(duplicate is None, "data.mixture", f"source name {duplicate!r} is used twice")
         _check(self.tokenizer_kind in ("unigram", "bpe"), "data.tokenizer_kind", "must be 'unigram' or 'bpe'")
         _check(self.separator in ("eos", "none"), "data.separator", "must be 'eos' or 'none'")
+        _check(bool(self.text_field), "data.text_field", "must name a field")
+        _check(self.text_mode in ("file", "blocks"), "data.text_mode", "must be 'file' or 'blocks'")
         _check(self.num_sentinels >= 0, "data.num_sentinels", "must be >= 0")
         _check(self.vocab_size > self.num_sentinels + 3, "data.vocab_size", "must exceed num_sentinels + 3")
         _check(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes", "must be positive")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ptlab.config import DataConfig
 from ptlab.data.mixture import Mixture, ensure_mixture, materialise_tasks, shards_root, tokenizer_texts, \
     validation_files
+from ptlab.data.readers import ReadStats, reader_options
 from ptlab.data.shards import TokenShard, ensure_shard
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
 
@@ -34,12 +35,17 @@ def ensure_shards(cfg: DataConfig, tokenizer: PtlabTokenizer,
     """Train and validation shards for `cfg` (a `Mixture` of shards for `data.mixture`), built on first use and
     reused while inputs and tokenizer match."""
     root = shards_root(cfg)
+    stats = ReadStats()
     if cfg.mixture:
         train = ensure_mixture(cfg, tokenizer, show_progress)
     else:
         train = ensure_shard(materialise_tasks(cfg.train_files, root / "tasks"), tokenizer, root / "train",
-                             cfg.separator, cfg.sources, show_progress)
+                             cfg.separator, cfg.sources, show_progress, **reader_options(cfg), stats=stats)
     validation, files = None, validation_files(cfg)
     if files:
-        validation = ensure_shard(files, tokenizer, root / "validation", cfg.separator, cfg.sources, show_progress)
+        validation = ensure_shard(files, tokenizer, root / "validation", cfg.separator, cfg.sources, show_progress,
+                                  **reader_options(cfg), stats=stats)
+    if stats.bad:
+        print(f"ptlab: skipped {stats.bad:,} bad input record(s) (data.skip_bad), the first: {stats.examples[0]}",
+              file=sys.stderr, flush=True)
     return train, validation

@@ -29,6 +29,7 @@ import numpy as np
 
 from ptlab.config import DataConfig, MixtureSource
 from ptlab.data.corpus import sample_texts
+from ptlab.data.readers import reader_options
 from ptlab.data.shards import ChunkSampler, TokenShard, ensure_shard, is_shard_directory, open_shards
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
@@ -221,7 +222,7 @@ def _source_shard(source: MixtureSource, cfg: DataConfig, tokenizer: PtlabTokeni
                            what=f"data.mixture source {source.name!r}")
     files = materialise_tasks(source.files, root / "tasks")
     return ensure_shard(files, tokenizer, root / f"{source.name}-train", cfg.separator,
-                        source.sources or cfg.sources, show_progress)
+                        source.sources or cfg.sources, show_progress, **reader_options(cfg))
 
 
 def ensure_mixture(cfg: DataConfig, tokenizer: PtlabTokenizer, show_progress: bool = True) -> Mixture:
@@ -244,7 +245,8 @@ def tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
     mixture's text sources in proportion to their weights (token-shard sources are already tokenized)."""
     tasks = shards_root(cfg) / "tasks"
     if not cfg.mixture:
-        return sample_texts(materialise_tasks(cfg.train_files, tasks), cfg.sources, cfg.tokenizer_sample_bytes)
+        return sample_texts(materialise_tasks(cfg.train_files, tasks), cfg.sources, cfg.tokenizer_sample_bytes,
+                            **reader_options(cfg))
     sources = [s for s in cfg.mixture if not _is_shard_source(s)]
     if not sources:
         raise PtlabError(f"data.mixture: every source is a token shard, so there is no text to train the tokenizer "
@@ -252,4 +254,5 @@ def tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
     total = sum(s.weight for s in sources)
     return itertools.chain.from_iterable(
         sample_texts(materialise_tasks(s.files, tasks), s.sources or cfg.sources,
-                     max(1, int(cfg.tokenizer_sample_bytes * s.weight / total))) for s in sources)
+                     max(1, int(cfg.tokenizer_sample_bytes * s.weight / total)), **reader_options(cfg))
+        for s in sources)

@@ -21,16 +21,23 @@ import numpy as np
 from tqdm import tqdm
 
 from ptlab.data.corpus import iter_texts
+from ptlab.data.readers import expand_inputs, input_files
 from ptlab.data.tokenizer import PtlabTokenizer, batched, token_dtype
 from ptlab.errors import PtlabError
 
 INDEX_VERSION = 1
 
 
-def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = ()) -> str:
-    """Cheap identity of the inputs: names, sizes and a hash of each file's first and last MiB, plus the filter."""
+def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = (), text_field: str = "text",
+                      text_mode: str = "file", **_error_policy) -> str:
+    """Cheap identity of the inputs: names, sizes and a hash of each file's first and last MiB, plus the filter.
+
+    Directories and globs are fingerprinted as the files they expand to (a `datasets` directory as its state and Arrow
+    files). The text field and mode count only when not the default, so shards built before they existed stay valid;
+    `skip_bad`/`stats` do not change the text of a readable corpus.
+    """
     digest = hashlib.sha256()
-    for path in map(Path, paths):
+    for path in (file for source in expand_inputs(paths) for file in input_files(source)):
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}:".encode())
         with open(path, "rb") as f:
@@ -38,6 +45,8 @@ def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = ()) 
             f.seek(max(0, size - (1 << 20)))
             digest.update(f.read())
     digest.update(",".join(sorted(sources)).encode())
+    if (text_field, text_mode) != ("text", "file"):
+        digest.update(f"|{text_field}|{text_mode}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -56,7 +65,8 @@ class TokenShard:
 
 
 def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path, separator: str = "eos",
-                sources: Iterable[str] = (), batch_docs: int = 512, show_progress: bool = True) -> TokenShard:
+                sources: Iterable[str] = (), batch_docs: int = 512, show_progress: bool = True,
+                **reader_options) -> TokenShard:
     """Tokenize `paths` into `out_dir`, streaming (memory bounded by one batch of documents).
 
     Written to a temporary directory and renamed into place, so a crash never leaves a half-built shard.
@@ -72,7 +82,7 @@ def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path
     total = 0
     bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit=" docs", disable=not show_progress, leave=False)
     with open(tmp / "tokens.bin", "wb") as out:
-        for texts in batched(iter_texts(paths, sources), batch_docs):
+        for texts in batched(iter_texts(paths, sources, **reader_options), batch_docs):
             for ids in tokenizer.encode_batch(texts):
                 if separator == "eos":
                     ids.append(eos)
@@ -91,7 +101,7 @@ def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path
     np.save(tmp / "doc_starts.npy", np.asarray(doc_starts, dtype=np.int64))
     index = {"version": INDEX_VERSION, "dtype": dtype.name, "num_tokens": total, "num_documents": len(doc_starts),
              "separator": separator, "vocab_size": tokenizer.vocab_size,
-             "tokenizer_fingerprint": tokenizer.fingerprint(), "data_fingerprint": files_fingerprint(paths, sources),
+             "tokenizer_fingerprint": tokenizer.fingerprint(), "data_fingerprint": files_fingerprint(paths, sources, **reader_options),
              "files": [str(p) for p in paths], "sources": sources}
     (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
@@ -113,17 +123,17 @@ def open_shard(directory: str | Path) -> TokenShard:
 
 
 def ensure_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path, separator: str = "eos",
-                 sources: Iterable[str] = (), show_progress: bool = True) -> TokenShard:
+                 sources: Iterable[str] = (), show_progress: bool = True, **reader_options) -> TokenShard:
     """Open the shard at `out_dir` if it was built from these files with this tokenizer, else (re)build it."""
     out_dir = Path(out_dir)
     sources = list(sources)
     if (out_dir / "index.json").is_file():
         shard = open_shard(out_dir)
         if (shard.index.get("tokenizer_fingerprint") == tokenizer.fingerprint()
-                and shard.index.get("data_fingerprint") == files_fingerprint(paths, sources)
+                and shard.index.get("data_fingerprint") == files_fingerprint(paths, sources, **reader_options)
                 and shard.index.get("separator") == separator):
             return shard
-    return build_shard(paths, tokenizer, out_dir, separator, sources, show_progress=show_progress)
+    return build_shard(paths, tokenizer, out_dir, separator, sources, show_progress=show_progress, **reader_options)
 
 
 class ChunkSampler:
