@@ -14,37 +14,62 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ptlab.config import Config
 from ptlab.data.tokenizer import EXTRA_SPECIALS, PtlabTokenizer, count_sentinels, external_special_ids
 from ptlab.errors import PtlabError
 from ptlab.models import build_model
 from ptlab.models.hf import from_hf_state_dict, hf_config_from_model, model_config_from_hf, to_hf_state_dict
-from ptlab.train.checkpoint import load_checkpoint_config, load_model, load_weights, resolve_checkpoint, \
-    write_checkpoint
+from ptlab.models.size import check_fits_weights
+from ptlab.train.checkpoint import load_checkpoint_config, load_model, load_weights, read_safetensors, \
+    resolve_checkpoint, write_checkpoint
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from a file; anything else (missing, not UTF-8, malformed, a list) is a one-line error."""
     if not path.is_file():
         raise PtlabError(f"{path} not found (expected a transformers save_pretrained directory)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise PtlabError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise PtlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _shard_files(directory: Path, index: Path) -> list[Path]:
+    """The files a sharded checkpoint's index names; each must be a file inside `directory`."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise PtlabError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> file")
+    root = directory.resolve()
+    shards = []
+    for name in sorted({str(v) for v in weight_map.values()}):
+        path = (directory / name).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise PtlabError(f"{index}: shard {name!r} is outside {directory}")
+        if not path.is_file():
+            raise PtlabError(f"{index}: shard {name!r} not found")
+        shards.append(path)
+    return shards
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a single-file or sharded safetensors checkpoint."""
     single = directory / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return read_safetensors(single)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(directory / shard)))
+        for shard in _shard_files(directory, index):
+            state.update(read_safetensors(shard))
         return state
     if any(directory.glob("*.bin")):
         raise PtlabError(f"{directory} holds only pickle-based *.bin weights, which ptlab does not load (unsafe); "
@@ -57,14 +82,27 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_config = _read_json(hf_dir / "config.json")
     model_cfg = model_config_from_hf(hf_config)
+    hf_state = read_hf_weights(hf_dir)
+    # Checked before the model is allocated: a config.json asking for a billion-wide head is refused, not built.
+    check_fits_weights(model_cfg, sum(t.numel() * t.element_size() for t in hf_state.values()),
+                       f"{hf_dir}/config.json")
     model = build_model(model_cfg)
-    load_weights(model, from_hf_state_dict(read_hf_weights(hf_dir), model_cfg), f"{hf_dir} weights")
+    try:
+        state = from_hf_state_dict(hf_state, model_cfg)
+    except (RuntimeError, IndexError) as err:  # a tensor of the wrong rank for its name
+        raise PtlabError(f"{hf_dir} weights do not match config.json ({err})") from None
+    load_weights(model, state, f"{hf_dir} weights")
     tokenizer = None
     if (hf_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
-        hf_tokenizer = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+        try:
+            hf_tokenizer = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+        except Exception as err:  # the tokenizers library raises plain Exceptions for malformed files
+            raise PtlabError(f"{hf_dir}/tokenizer.json: not a valid tokenizer ({err})") from None
         ids = external_special_ids(hf_tokenizer, model_cfg.pad_token_id, model_cfg.eos_token_id)
+        if ids["eos"] is None or any(hf_tokenizer.id_to_token(i) is None for i in ids.values()):
+            raise PtlabError(f"{hf_dir}/tokenizer.json: no end-of-sequence token, or a special id outside it")
         tokenizer = PtlabTokenizer(hf_tokenizer, "external", count_sentinels(hf_tokenizer), pad_id=ids["pad"],
                                    eos_id=ids["eos"], unk_id=ids["unk"])
     config = Config(run_dir=str(out_dir), model=model_cfg)

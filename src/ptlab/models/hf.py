@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ptlab.config import ModelConfig
+from ptlab.config import ModelConfig, from_dict
 from ptlab.errors import PtlabError
 
 ARCHITECTURES = {"t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration",
@@ -36,7 +36,29 @@ def _ids(hf: dict) -> dict:
 # ---- configs ------------------------------------------------------------------------------------------------------
 
 def model_config_from_hf(hf: dict) -> ModelConfig:
-    """A ptlab ModelConfig equivalent to an HF config.json (as a dict)."""
+    """A ptlab ModelConfig equivalent to an HF config.json (as a dict). Every value is type-checked and validated
+    like a ptlab config's, so a malformed file is a one-line error naming the key."""
+    if not isinstance(hf, dict):
+        raise PtlabError(f"config.json: expected a JSON object, got {type(hf).__name__}")
+    try:
+        cfg = _model_config_from_hf(hf)
+    except KeyError as err:
+        raise PtlabError(f"config.json: no {err} key") from None
+    except (TypeError, ValueError, ZeroDivisionError) as err:  # arithmetic on a value of the wrong type, or zero
+        raise PtlabError(f"config.json: a value has the wrong type or is zero ({err})") from None
+    cfg = from_dict(ModelConfig, dataclasses.asdict(cfg), "model.")
+    cfg.validate()
+    return cfg
+
+
+def _mapping(hf: dict, key: str) -> dict:
+    value = hf.get(key) or {}
+    if not isinstance(value, dict):
+        raise PtlabError(f"config.json: {key} must be an object, got {value!r}")
+    return value
+
+
+def _model_config_from_hf(hf: dict) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise PtlabError(f"config.json: model_type {model_type!r} is not supported (ptlab imports "
@@ -46,6 +68,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         ff = _require(hf, "feed_forward_proj", ("relu", "gated-gelu"), "relu")
         if "scale_decoder_outputs" in hf:  # transformers 5.x: the head is always tied; this says whether scaled
             tied = bool(hf["scale_decoder_outputs"])
+        elif model_type == "mt5" and str(hf.get("transformers_version", "")).startswith("5."):
+            tied = False  # transformers 5.x's MT5 always ties its head and never scales it: ptlab's unscaled head
         else:  # transformers 4.x: tied (and scaled) unless tie_word_embeddings is false
             tied = bool(hf.get("tie_word_embeddings", True))
         cfg = ModelConfig(family="t5", vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"],
@@ -89,8 +113,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         _require(hf, "hidden_act", ("silu",), "silu")
         _require(hf, "attention_bias", (False,), False)
         _require(hf, "mlp_bias", (False,), False)
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or {}
+        rope = _mapping(hf, "rope_parameters")
+        scaling = _mapping(hf, "rope_scaling")
         rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
         if rope_type != "default":
             raise PtlabError(f"config.json: rope type {rope_type!r} is not supported (ptlab implements plain RoPE, "
@@ -103,7 +127,6 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
                           rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
                           layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
                           tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), **_ids(hf))
-    cfg.validate()
     return cfg
 
 
