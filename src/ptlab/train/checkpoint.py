@@ -22,12 +22,13 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ptlab.config import Config, config_from_dict, save_config
+from ptlab.config import Config, config_from_dict, read_yaml, save_config
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
-from ptlab.errors import PtlabError
+from ptlab.errors import PtlabError, one_line
 
 CHECKPOINTS = "checkpoints"
 
@@ -63,8 +64,12 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a saved state dict strictly, accepting the names of shared weights that were stored once."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
     live = model.state_dict()
+    for key, tensor in state.items():
+        if key in live and tuple(tensor.shape) != tuple(live[key].shape):
+            raise PtlabError(f"{source} does not match its config: {key} has shape {tuple(tensor.shape)}, the config "
+                             f"implies {tuple(live[key].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     stored = {live[k].data_ptr() for k in state if k in live}
     missing = [k for k in missing if live[k].data_ptr() not in stored]
     if missing or unexpected:
@@ -120,14 +125,24 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(root.glob("step_*[0-9]")) if root.is_dir() else []
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (on the CPU); a truncated, foreign or unreadable file is a one-line error."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PtlabError(f"{path}: not a readable safetensors file ({one_line(str(err))[:200]})") from None
+
+
 def verify_checkpoint(directory: Path) -> str | None:
     """What is wrong with a checkpoint directory, or None when every file matches its recorded checksum."""
     meta_path = directory / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         expected = meta["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return "meta.json is missing or unreadable"
+    if not isinstance(expected, dict):
+        return "meta.json is unreadable (sha256 is not a mapping)"
     for name, digest in expected.items():
         path = directory / name
         if not path.is_file():
@@ -178,20 +193,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A ready model (eval mode) from a checkpoint directory or a run directory."""
     from ptlab.models import build_model
+    from ptlab.models.size import check_fits_weights
 
     directory = resolve_checkpoint(path)
+    if (directory / "meta.json").exists():  # a run directory's pick was verified; a checkpoint named directly too
+        problem = verify_checkpoint(directory)
+        if problem is not None:
+            raise PtlabError(f"checkpoint {directory} is damaged: {problem}")
     config = load_checkpoint_config(directory)
+    if config.model.vocab_size is None:
+        raise PtlabError(f"{directory}/config.yaml: model.vocab_size is not set")
+    weights = directory / "model.safetensors"
+    check_fits_weights(config.model, weights.stat().st_size, str(weights))
     model = build_model(config.model)
-    load_weights(model, load_file(str(directory / "model.safetensors"), device="cpu"),
-                 f"{directory}/model.safetensors")
+    load_weights(model, read_safetensors(weights), str(weights))
     return model.to(device).eval()
 
 
 def load_checkpoint_config(directory: str | Path) -> Config:
-    import yaml
-
     directory = resolve_checkpoint(directory)
-    return config_from_dict(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
+    return config_from_dict(read_yaml(directory / "config.yaml"))
 
 
 def load_checkpoint_tokenizer(path: str | Path) -> PtlabTokenizer:
