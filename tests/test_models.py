@@ -100,22 +100,66 @@ def test_export_round_trip_gives_the_same_logits_in_hf(tmp_path, family, overrid
     assert (logits(reloaded, family, x, y, mask, hf=True) - logits(ours, family, x, y, mask)).abs().max() <= 1e-4
 
 
-def test_untied_t5_export_says_transformers_5_would_tie_it(tmp_path):
+def test_untied_t5_export_loads_in_transformers_with_the_same_logits(tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig(family="t5", vocab_size=V, d_model=32, num_heads=4, num_layers=2, d_ff=64, pad_token_id=0,
                       eos_token_id=1)
     from ptlab.config import Config
     from ptlab.train.checkpoint import write_checkpoint
 
-    model = build_model(cfg)
+    model = build_model(cfg).eval()
     write_checkpoint(tmp_path / "ckpt", model, Config(model=cfg), None)
     out, notes = export_hf(tmp_path / "ckpt", tmp_path / "hf")
-    assert any("transformers 5.x always ties" in n for n in notes)
+    assert any("transformers 4.x layout" in n for n in notes)
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["scale_decoder_outputs"] is False
-    back = load_model(import_hf(out, tmp_path / "back"))  # the 4.x layout re-imports exactly
+    # transformers 5.24 keeps the two matrices apart when both are stored with different values (with a warning)
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert hf.lm_head.weight is not hf.shared.weight
     x, y, mask = random_inputs()
-    assert torch.equal(logits(back, "t5", x, y, mask), logits(model.eval(), "t5", x, y, mask))
+    assert (logits(hf, "t5", x, y, mask, hf=True) - logits(model, "t5", x, y, mask)).abs().max() <= 1e-4
+
+
+# ---- mT5 (README: import-hf reads mT5) -----------------------------------------------------------------------------
+
+def hf_mt5():
+    torch.manual_seed(0)
+    cfg = transformers.MT5Config(vocab_size=V, d_model=48, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=3,
+                                 num_heads=3, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    model = transformers.MT5ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_mt5_saved_by_transformers_5_imports_with_hf_logits(tmp_path):
+    hf = hf_mt5()  # transformers 5.x: tied head, never scaled by d_model ** -0.5
+    hf.save_pretrained(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "mt5"
+    model = load_model(import_hf(tmp_path / "hf", tmp_path / "ours"))
+    x, y, mask = random_inputs()
+    assert (logits(hf, "t5", x, y, mask, hf=True) - logits(model, "t5", x, y, mask)).abs().max() <= 1e-4
+
+
+def test_mt5_in_the_published_4x_layout_imports_with_hf_logits(tmp_path):
+    """google/mt5-* checkpoints: tie_word_embeddings false and a separate lm_head.weight."""
+    from safetensors.torch import load_file, save_file
+
+    hf_mt5().save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    config = json.loads(path.read_text())
+    config.update(tie_word_embeddings=False, transformers_version="4.40.0")
+    path.write_text(json.dumps(config))
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    weights["lm_head.weight"] = torch.randn(V, 48, generator=torch.Generator().manual_seed(4)) * 0.1
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(hf.lm_head.weight, weights["lm_head.weight"])  # transformers keeps the head apart too
+    model = load_model(import_hf(tmp_path / "hf", tmp_path / "ours"))
+    x, y, mask = random_inputs()
+    assert (logits(hf, "t5", x, y, mask, hf=True) - logits(model, "t5", x, y, mask)).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("family,key,value,message", [
