@@ -13,6 +13,8 @@ import csv
 import gzip
 import io
 import json
+import string
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,10 +81,13 @@ class Task:
         pairs = []
         for number, record in enumerate(records, start=1):
             try:
-                source = self.input_template.format(**record)
+                source = self.input_template.format_map(record)
             except KeyError as err:
                 raise PtlabError(f"{path} record {number}: no field {err} for task.input_template "
                                  f"{self.input_template!r} (fields: {', '.join(sorted(record))})") from None
+            except (ValueError, TypeError, IndexError, AttributeError) as err:  # e.g. {text:d} on a string
+                raise PtlabError(f"{path} record {number}: task.input_template {self.input_template!r} cannot "
+                                 f"format this record ({err})") from None
             if self.target_field not in record:
                 raise PtlabError(f"{path} record {number}: no target field {self.target_field!r} "
                                  f"(fields: {', '.join(sorted(record))})")
@@ -103,25 +108,70 @@ def read_records(path: str | Path) -> list[dict]:
         raise PtlabError(f"task file not found: {path}")
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:  # not gzip, or cut short
+            raise PtlabError(f"{path}: not a complete gzip file ({err})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
     if path.name.endswith((".csv", ".csv.gz")):
-        return [dict(row) for row in csv.DictReader(io.StringIO(text))]
+        return _csv_records(path, text)
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): a JSON string may hold U+2028 and other characters splitlines() breaks at
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise PtlabError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+        except RecursionError:
+            raise PtlabError(f"{path} line {number}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise PtlabError(f"{path} line {number}: expected a JSON object")
         records.append(record)
     return records
+
+
+def _csv_records(path: Path, text: str) -> list[dict]:
+    """Records of CSV text whose first row names the fields; a row with more or fewer cells than the header is an
+    error (csv.DictReader would fill the gap with None, which becomes the label "None")."""
+    # newline="": the csv module's own line splitting, which takes \r, \n and \r\n and keeps quoted line breaks
+    rows = csv.reader(io.StringIO(text, newline=""))
+    if len(text) > csv.field_size_limit():  # the default limit (131,072 characters) would refuse a long document
+        csv.field_size_limit(len(text))
+    records: list[dict] = []
+    header: list[str] | None = None
+    try:
+        for row in rows:
+            if not row:
+                continue
+            if header is None:
+                header = row
+                if len(set(header)) != len(header):
+                    raise PtlabError(f"{path} line {rows.line_num}: the header names a column twice")
+                continue
+            if len(row) != len(header):
+                raise PtlabError(f"{path} line {rows.line_num}: {len(row)} cells, but the header has {len(header)}")
+            records.append(dict(zip(header, row)))
+    except csv.Error as err:  # e.g. a field longer than the csv module's limit, a NUL byte
+        raise PtlabError(f"{path} line {rows.line_num}: malformed CSV ({err})") from None
+    return records
+
+
+def check_template(template: str) -> None:
+    """The input template must name record fields only: "{text}", never "{}", "{0}" or a stray brace."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise PtlabError(f"config key 'task.input_template': {template!r} is not a valid template ({err}); "
+                         "write a literal brace as {{ or }}") from None
+    for name in fields:
+        if not name or name.isdigit():
+            raise PtlabError(f"config key 'task.input_template': {template!r} has a field without a name; name a "
+                             "record field, e.g. {text}")
 
 
 def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
@@ -138,6 +188,7 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
     for key, value in (("input_template", template), ("target_field", target), ("metrics", metrics)):
         if not value:
             raise PtlabError(f"config key 'task.{key}' is needed for a custom task")
+    check_template(template)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise PtlabError(f"config key 'task.metrics': unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
