@@ -169,8 +169,10 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
 
 
 def data_key(cfg: Config) -> str:
+    """Cells with the same key share shards. A mixture's weights and caps change the sampling, not the shards."""
+    sources = [[s.name, s.files, s.sources, s.validation_files] for s in cfg.data.mixture]
     identity = json.dumps([cfg.data.train_files, cfg.data.validation_files, cfg.data.sources, cfg.data.tokenizer,
-                           cfg.data.separator])
+                           cfg.data.separator] + ([sources] if sources else []))
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import math
 import shutil
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,25 +24,33 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ptlab.config import Config, TrainConfig, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
+from ptlab.data.mixture import Mixture
+from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, pretrain_batches, resolve_objective, \
+    validation_batches
+from ptlab.data.shards import TokenShard
 from ptlab.errors import PtlabError
 from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
 from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
-from ptlab.train.checkpoint import (CHECKPOINTS, latest_valid_checkpoint, load_trainer_state, load_weights,
-                                    save_checkpoint, state_dict_for_saving)
+from ptlab.train.continued import InitSource, prepare_init
+from ptlab.train.batches import autocast, batch_logits, batch_tokens, model_inputs, to_tensors
+from ptlab.train.step import StopSignals
+from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoint, latest_valid_checkpoint,
+                                    load_trainer_state, load_weights, prune_checkpoints, save_checkpoint,
+                                    start_checkpoint, staging_dir, state_dict_for_saving)
 from ptlab.train.host import configure_host
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
+from ptlab.train.sharded import is_sharded, load_sharded, save_sharded
 
 
 @dataclass
@@ -61,45 +68,6 @@ class PretrainResult:
     interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
     skipped_steps: int = 0
     mfu: float | None = None
-
-
-def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-
-
-def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    if "decoder_input_ids" in batch:
-        return model(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"))
-    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
-                 prefix_mask=batch.get("prefix_mask"))
-
-
-def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The batch without the masks that change nothing, decided here on the host: no padding in an encoder-decoder
-    batch (the encoder's position bias then stays one [heads, length, length] table instead of one per row, and
-    cross-attention needs no mask), no packed row and no prefix in a decoder-only batch (plain causal attention,
-    which the model would otherwise have to check for, costing a device sync and a break in a compiled graph)."""
-    batch = dict(batch)
-    if "attention_mask" in batch and batch["attention_mask"].all():
-        del batch["attention_mask"]
-    if "segment_ids" in batch and batch["segment_ids"].max(initial=0) <= 1:
-        del batch["segment_ids"]
-    if "prefix_mask" in batch and not batch["prefix_mask"].any():
-        del batch["prefix_mask"]
-    return batch
-
-
-def batch_tokens(batch: dict[str, np.ndarray]) -> int:
-    """Tokens the model reads and predicts in a batch (for throughput)."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
-    return int((batch["segment_ids"] > 0).sum())
 
 
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -236,34 +204,26 @@ class _Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and stop after the current step."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopSignals":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+def data_identity(cfg: Config, train: TokenShard | Mixture, tokenizer_fingerprint: str,
+                  init: InitSource | None = None) -> dict:
+    """What must not change between a checkpoint and its resumption for the data stream to continue exactly (a
+    mixture's sources, weights and caps included), and where the run started (`init`)."""
+    fingerprint = train.fingerprint if isinstance(train, Mixture) else train.index["data_fingerprint"]
+    identity = {"train_data": fingerprint, "tokenizer": tokenizer_fingerprint,
+                "objective": cfg.objective.to_dict(), "seed": cfg.seed, "batch_size": cfg.train.batch_size,
+                "inputs_length": cfg.objective.inputs_length}
+    if init is not None:
+        identity["init"] = init.record()
+    return identity
 
 
-def data_identity(cfg: Config, train_index: dict, tokenizer_fingerprint: str) -> dict:
-    """What must not change between a checkpoint and its resumption for the data stream to continue exactly."""
-    return {"train_data": train_index["data_fingerprint"], "tokenizer": tokenizer_fingerprint,
-            "objective": cfg.objective.to_dict(), "seed": cfg.seed, "batch_size": cfg.train.batch_size,
-            "inputs_length": cfg.objective.inputs_length}
+def check_mixture_capacity(data: PretrainBatches, cfg: TrainConfig) -> None:
+    """A mixture whose every source is capped must hold the run's examples (checked before the first step)."""
+    capacity = getattr(data.sampler, "capacity", None)
+    if capacity is not None and capacity < cfg.max_steps * cfg.batch_size:
+        raise PtlabError(f"config key 'data.mixture': the sources' epochs_cap allow {capacity:,} examples in all, "
+                         f"fewer than train.max_steps x train.batch_size = {cfg.max_steps * cfg.batch_size:,}; "
+                         f"raise a cap or lower train.max_steps to {capacity // cfg.batch_size}")
 
 
 def pretrain(cfg: Config, show_progress: bool = True, resume: str = "auto",
@@ -310,6 +270,33 @@ class _Trainer:
             shards = ensure_shards(cfg.data, tokenizer, False)
         return tokenizer, shards
 
+    def _prepare_init(self) -> InitSource | None:
+        """Rank 0 imports the init model and copies its tokenizer into the run, then the others read them; a
+        failure there stops every rank."""
+        if self.cfg.init is None:
+            return None
+        runtime, error, init = self.runtime, None, None
+        if runtime.is_main:
+            try:
+                init = prepare_init(self.cfg)
+            except Exception as err:  # re-raised below, after telling the other ranks
+                error = err
+        if runtime.any(error is not None):
+            if error is not None:
+                raise error
+            raise PtlabError("rank 0 failed while preparing init (see its error)")
+        return init if runtime.is_main else prepare_init(self.cfg, create=False)
+
+    def _start_record(self, init: InitSource | None) -> dict:
+        """The run's data and starting point, for the start event of metrics.jsonl."""
+        record = {}
+        if self.cfg.data.mixture:
+            total = sum(s.weight for s in self.cfg.data.mixture)
+            record["mixture"] = {s.name: s.weight / total for s in self.cfg.data.mixture}
+        if init is not None:
+            record["init"] = init.record()
+        return record
+
     def _check_config(self, objective) -> None:
         cfg, world = self.cfg, self.runtime.world_size
         if objective.decoder_only and cfg.model.is_encoder_decoder:
@@ -326,6 +313,7 @@ class _Trainer:
         cfg, runtime, train_cfg = self.cfg, self.runtime, self.cfg.train
         device = runtime.device
         configure_host(train_cfg.threads)
+        init = self._prepare_init()
         objective = resolve_objective(cfg.objective, quiet=not runtime.is_main)
         self._check_config(objective)
 
@@ -336,7 +324,7 @@ class _Trainer:
         tokenizer, (train_shard, val_shard) = self._prepare_data()
         specials = tokenizer.specials
         fill_model_ids(cfg, tokenizer.vocab_size, specials)
-        identity = data_identity(cfg, train_shard.index, tokenizer.fingerprint())
+        identity = data_identity(cfg, train_shard, tokenizer.fingerprint(), init)
 
         checkpoint = None if resume == "never" else latest_valid_checkpoint(
             self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
@@ -349,7 +337,12 @@ class _Trainer:
         if checkpoint is not None:
             state = load_trainer_state(checkpoint)
             self._check_identity(state["data"], identity, checkpoint, allow_data_change)
-            load_weights(model, load_file(str(checkpoint / "model.safetensors")), f"{checkpoint}/model.safetensors")
+            if not is_sharded(checkpoint):  # a sharded one is loaded once the model has its final layout
+                load_weights(model, load_file(str(checkpoint / "model.safetensors")),
+                             f"{checkpoint}/model.safetensors")
+        elif init is not None:  # init only seeds step 0: a resumed run continues from its own checkpoint
+            load_weights(model, load_file(str(init.checkpoint / "model.safetensors")),
+                         f"{init.checkpoint}/model.safetensors")
         model.to(device)
         if train_cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
@@ -358,8 +351,11 @@ class _Trainer:
         optimizer = build_optimizer(trained, train_cfg)
         start_step, bad_total = 0, 0
         if state is not None:
-            set_optimizer_state_dict(trained, optimizer, optim_state_dict=state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
+            if is_sharded(checkpoint):  # resharded to this run's layout: any rank count, FSDP, DDP or one process
+                load_sharded(checkpoint, trained, optimizer)
+            else:
+                set_optimizer_state_dict(trained, optimizer, optim_state_dict=state["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True))
             torch.set_rng_state(state["rng"]["torch"])
             if device.type == "cuda" and state["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -368,6 +364,7 @@ class _Trainer:
         model.train()
 
         train_data = pretrain_batches(cfg, objective, train_shard, specials)
+        check_mixture_capacity(train_data, train_cfg)
         eval_set = ([to_tensors(model_inputs(b), device) for b in validation_batches(
             pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
         parameters = count_parameters(model)
@@ -385,13 +382,18 @@ class _Trainer:
                        "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size,
                        "world_size": runtime.world_size, "device": str(device), "compiled": compiled,
                        "peak_tflops": peak,
-                       "peak_source": peak_source})
+                       "peak_source": peak_source, **self._start_record(init)})
         history: list[dict] = []
 
         def record(entry: dict) -> None:
             if log is not None:
                 log.write(entry)
             history.append(entry)
+
+        def source_tokens(done: int) -> dict:
+            """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""
+            tokens = train_data.source_tokens(done * train_cfg.batch_size)
+            return {"source_tokens": tokens} if tokens else {}
 
         def run_eval(step: int) -> float | None:
             if not eval_set:
@@ -422,7 +424,7 @@ class _Trainer:
             record({"step": step + 1, "event": "compile_fallback", "error": error})
 
         loss_fn = training_loss(trained, compiled, compile_fallback)
-        with _StopSignals() as signals, contextlib.closing(batches):
+        with StopSignals() as signals, contextlib.closing(batches):
             for step in range(start_step, train_cfg.max_steps):
                 started = time.perf_counter()
                 lr = train_cfg.lr * lr_factor(step, train_cfg)
@@ -476,7 +478,7 @@ class _Trainer:
                 if not skipped and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
                     record({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens": tokens_done, "tokens_per_second": tokens_per_second, "tflops": tflops,
-                            "mfu": mfu, "seconds": train_seconds})
+                            "mfu": mfu, "seconds": train_seconds, **source_tokens(done)})
                 if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
                     val_loss = run_eval(done)
                 stop = runtime.any(signals.received is not None)
@@ -535,19 +537,36 @@ class _Trainer:
 
     def _save(self, step: int, model: nn.Module, trained: nn.Module, optimizer, tokenizer, identity: dict,
               progress: dict, metrics: dict) -> Path | None:
-        """Gather the full (unsharded) state on every rank's behalf; the main process writes it."""
+        """One process or DDP: the main process writes the full state (safetensors). FSDP on several ranks: every
+        rank writes its own shards of model and optimizer (DCP), then rank 0 adds the rest and renames the
+        checkpoint into place."""
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda" else None}
+        trainer_state = {"step": step, "rng": rng, "progress": progress,
+                         "data": {**identity, "examples_seen": step * self.cfg.train.batch_size}}
+        if self.runtime.distributed and self.cfg.train.distributed == "fsdp":
+            return self._save_sharded(step, trained, optimizer, tokenizer, trainer_state, metrics)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        sharded = self.runtime.distributed and self.cfg.train.distributed == "fsdp"
-        weights = get_model_state_dict(trained, options=options) if sharded else None
-        optimizer_state = get_optimizer_state_dict(trained, optimizer, options=options)
+        trainer_state["optimizer"] = get_optimizer_state_dict(trained, optimizer, options=options)
         if not self.runtime.is_main:
             self.runtime.barrier()
             return None
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda" else None}
-        trainer_state = {"step": step, "optimizer": optimizer_state, "rng": rng, "progress": progress,
-                         "data": {**identity, "examples_seen": step * self.cfg.train.batch_size}}
-        path = save_checkpoint(self.run_dir, step, weights if weights is not None else state_dict_for_saving(model),
-                               self.cfg, tokenizer, trainer_state, metrics, keep=self.cfg.train.keep_checkpoints)
+        path = save_checkpoint(self.run_dir, step, state_dict_for_saving(model), self.cfg, tokenizer, trainer_state,
+                               metrics, keep=self.cfg.train.keep_checkpoints)
         self.runtime.barrier()
         return path
+
+    def _save_sharded(self, step: int, trained: nn.Module, optimizer, tokenizer, trainer_state: dict,
+                      metrics: dict) -> Path:
+        """All ranks write into one staging directory; after the last shard (DCP's index is written once every
+        rank has reported) rank 0 checksums and renames it, so a crash at any point leaves no partial step_N."""
+        target = checkpoint_dir(self.run_dir, step)
+        if self.runtime.is_main:
+            start_checkpoint(target)
+        self.runtime.barrier()
+        save_sharded(staging_dir(target), trained, optimizer)
+        if self.runtime.is_main:
+            finish_checkpoint(target, self.cfg, tokenizer, step, trainer_state, metrics)
+            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        self.runtime.barrier()
+        return target

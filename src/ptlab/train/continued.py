@@ -1,0 +1,106 @@
+"""Continued pre-training (`init:` in a pre-training config): the model and tokenizer come from a ptlab checkpoint
+or run directory, or from a Hugging Face model directory (imported into RUN_DIR/init/ first); the optimizer and
+the schedule start afresh.
+
+Model keys: those of the init win. A `model` key the config sets (one that differs from the family default) must
+equal the init's, or the run stops with a one-line error naming it. The tokenizer is the init's, copied to
+RUN_DIR/tokenizer (its shards are built under it); `data.tokenizer` must be left unset.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ptlab.config import Config, ModelConfig, config_from_dict
+from ptlab.data.shards import files_fingerprint
+from ptlab.data.tokenizer import load_tokenizer
+from ptlab.errors import PtlabError
+from ptlab.interop import import_hf
+from ptlab.train.checkpoint import resolve_checkpoint
+
+
+@dataclass
+class InitSource:
+    path: str  # as configured
+    checkpoint: Path  # the ptlab checkpoint directory the weights are read from
+    sha256: str  # of its model.safetensors
+
+    def record(self) -> dict:
+        """What the run's metadata says about where it started."""
+        return {"path": self.path, "checkpoint": str(self.checkpoint), "sha256": self.sha256}
+
+
+def is_hf_directory(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "config.yaml").is_file()
+
+
+def _imported(hf_dir: Path, run_dir: Path, create: bool) -> Path:
+    """RUN_DIR/init/hf-<fingerprint>: the HF model imported once per distinct source."""
+    weights = [p for p in (hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json") if p.is_file()]
+    target = run_dir / "init" / f"hf-{files_fingerprint([hf_dir / 'config.json', *weights])}"
+    if not (target / "model.safetensors").is_file():
+        if not create:
+            raise PtlabError(f"init: {target} is missing (rank 0 imports {hf_dir} there)")
+        import_hf(hf_dir, target)
+    if not (target / "tokenizer.json").is_file():
+        raise PtlabError(f"init: {hf_dir} has no tokenizer.json, and continued pre-training needs the model's "
+                         "tokenizer")
+    return target
+
+
+def _weights_sha256(checkpoint: Path) -> str:
+    try:
+        return json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]["model.safetensors"]
+    except (OSError, ValueError, KeyError):
+        digest = hashlib.sha256()
+        with open(checkpoint / "model.safetensors", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def set_model_keys(mine: ModelConfig) -> dict:
+    """The model keys a config sets: those that differ from the defaults of its family."""
+    default = ModelConfig(family=mine.family)
+    default.validate()
+    keys = {f.name: getattr(mine, f.name) for f in dataclasses.fields(ModelConfig)
+            if getattr(mine, f.name) != getattr(default, f.name)}
+    if mine.family != ModelConfig.family:
+        keys["family"] = mine.family
+    return keys
+
+
+def adopt_model(cfg: Config, init_model: ModelConfig, source: str) -> None:
+    """cfg.model becomes the init's, after checking that every key the config sets agrees with it."""
+    for key, value in set_model_keys(cfg.model).items():
+        if getattr(init_model, key) != value:
+            raise PtlabError(f"config key 'model.{key}': {value!r} conflicts with the init model's "
+                             f"{getattr(init_model, key)!r} ({source}); the model comes from init, so leave "
+                             f"model.{key} unset")
+    cfg.model = copy.deepcopy(init_model)
+
+
+def prepare_init(cfg: Config, create: bool = True) -> InitSource:
+    """Resolve `cfg.init`, take its model into `cfg.model` and its tokenizer into RUN_DIR/tokenizer (pointing
+    `cfg.data.tokenizer` there). `create`: this process may write (rank 0); others only read what it wrote."""
+    path, run_dir = Path(cfg.init), Path(cfg.run_dir)
+    if not path.exists():
+        raise PtlabError(f"config key 'init': {path} does not exist")
+    checkpoint = _imported(path, run_dir, create) if is_hf_directory(path) else resolve_checkpoint(path)
+    init_cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))
+    adopt_model(cfg, init_cfg.model, str(path))
+    tokenizer_dir = run_dir / "tokenizer"
+    if create:
+        tokenizer = load_tokenizer(checkpoint)
+        current = tokenizer_dir / "tokenizer.json"
+        if not current.is_file() or load_tokenizer(tokenizer_dir).fingerprint() != tokenizer.fingerprint():
+            tokenizer.save(tokenizer_dir)
+    cfg.data.tokenizer = str(tokenizer_dir)
+    return InitSource(cfg.init, checkpoint, _weights_sha256(checkpoint))
