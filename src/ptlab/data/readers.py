@@ -176,14 +176,57 @@ def input_files(path: Path) -> list[Path]:
 _STREAM_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The concatenated frames of a .zst file, decompressed a chunk at a time.
+
+    zstandard's own stream_reader ends quietly when the input stops inside a frame, so a truncated file would read
+    as a shorter corpus; here that is an error.
+    """
+
+    CHUNK = 1 << 16  # compressed bytes per step: bounds the output of one step by the compression ratio
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = None
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._file.read(self.CHUNK)
+            if not chunk:
+                if self._frame is not None and not self._frame.eof:
+                    raise zstandard.ZstdError("the input ends inside a frame (truncated file)")
+                return 0
+            self._pending = memoryview(self._decompress(chunk))
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._frame is None or self._frame.eof:
+                self._frame = self._context.decompressobj()
+            out.append(self._frame.decompress(data))
+            data = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _open_binary(path: Path) -> io.BufferedIOBase:
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
     if name.endswith(".zst"):
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
-                                                                            closefd=True))
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 16)
     return open(path, "rb")
 
 
