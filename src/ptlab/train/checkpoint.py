@@ -8,6 +8,10 @@
                                 scheduler, RNG states, data position and fingerprints (loaded with weights_only)
         meta.json               step, metrics at save time, sha256 of every file
 
+An FSDP run on several ranks saves `dcp/` (model and optimizer, each rank writing its own shards: see
+`ptlab.train.sharded`) in place of model.safetensors and the optimizer; everything else is the same, and meta.json
+covers the files under `dcp/` too.
+
 A checkpoint whose files do not match their checksums (a crash mid-copy, a truncated disk) is skipped with a
 warning in favour of the previous one.
 """
@@ -29,6 +33,7 @@ from torch import nn
 from ptlab.config import Config, config_from_dict, read_yaml, save_config
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
 from ptlab.errors import PtlabError, one_line
+from ptlab.train.sharded import is_sharded, load_sharded_weights
 
 CHECKPOINTS = "checkpoints"
 
@@ -76,29 +81,40 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise PtlabError(f"{source} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def write_checkpoint(target: str | Path, weights: nn.Module | dict[str, torch.Tensor], config: Config,
-                     tokenizer: PtlabTokenizer | None, step: int = 0, trainer_state: dict | None = None,
-                     metrics: dict | None = None, replace: bool = True) -> Path:
-    """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place."""
+def staging_dir(target: str | Path) -> Path:
+    """Where a checkpoint is built before it is renamed to TARGET (never listed as a checkpoint)."""
     target = Path(target)
-    if target.exists() and not replace:
-        raise PtlabError(f"{target} already exists; choose a new directory")
-    state = state_dict_for_saving(weights) if isinstance(weights, nn.Module) else weights
-    tmp = target.with_name(target.name + ".tmp")
+    return target.with_name(target.name + ".tmp")
+
+
+def start_checkpoint(target: str | Path) -> Path:
+    """An empty staging directory for TARGET (a leftover one from a crash is discarded)."""
+    tmp = staging_dir(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return tmp
+
+
+def finish_checkpoint(target: str | Path, config: Config, tokenizer: PtlabTokenizer | None, step: int = 0,
+                      trainer_state: dict | None = None, metrics: dict | None = None) -> Path:
+    """Add config, tokenizer and trainer state to TARGET's staging directory, checksum every file in it (sub-folders
+    included), fsync, and rename it into place: readers see the whole checkpoint or none of it."""
+    target = Path(target)
+    tmp = staging_dir(target)
     save_config(config, tmp / "config.yaml")
     if tokenizer is not None:
         tokenizer.save(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     meta = {"step": step, "metrics": metrics or {}, "sha256": files}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for path in tmp.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            _fsync_dir(path)
     _fsync_dir(tmp)
     if target.exists():
         shutil.rmtree(target)
@@ -107,15 +123,37 @@ def write_checkpoint(target: str | Path, weights: nn.Module | dict[str, torch.Te
     return target
 
 
+def write_checkpoint(target: str | Path, weights: nn.Module | dict[str, torch.Tensor], config: Config,
+                     tokenizer: PtlabTokenizer | None, step: int = 0, trainer_state: dict | None = None,
+                     metrics: dict | None = None, replace: bool = True) -> Path:
+    """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place."""
+    target = Path(target)
+    if target.exists() and not replace:
+        raise PtlabError(f"{target} already exists; choose a new directory")
+    state = state_dict_for_saving(weights) if isinstance(weights, nn.Module) else weights
+    tmp = start_checkpoint(target)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return finish_checkpoint(target, config, tokenizer, step, trainer_state, metrics)
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` checkpoints (all kept when keep is None or 0)."""
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, weights: nn.Module | dict[str, torch.Tensor], config: Config,
                     tokenizer: PtlabTokenizer, trainer_state: dict | None = None, metrics: dict | None = None,
                     keep: int | None = None) -> Path:
     """RUN_DIR/checkpoints/step_NNNNNNN, written atomically; then only the newest `keep` checkpoints remain."""
-    path = write_checkpoint(Path(run_dir) / CHECKPOINTS / f"step_{step:07d}", weights, config, tokenizer, step,
-                            trainer_state, metrics)
-    if keep:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    path = write_checkpoint(checkpoint_dir(run_dir, step), weights, config, tokenizer, step, trainer_state,
+                            metrics)
+    prune_checkpoints(run_dir, keep)
     return path
 
 
@@ -171,7 +209,9 @@ def load_trainer_state(directory: str | Path) -> dict:
     if not path.is_file():
         raise PtlabError(f"{path} not found: this checkpoint holds weights only and cannot resume training")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [key for key in TRAINER_STATE_KEYS if key not in state]
+    # a sharded checkpoint keeps the optimizer with the weights, in dcp/
+    missing = [key for key in TRAINER_STATE_KEYS if key not in state and not (key == "optimizer"
+                                                                              and is_sharded(directory))]
     if missing:
         raise PtlabError(f"{path} lacks {', '.join(missing)} (written by an earlier ptlab): it cannot be resumed; "
                          "start afresh with --restart or another run_dir")
@@ -181,12 +221,12 @@ def load_trainer_state(directory: str | Path) -> dict:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory (its newest checkpoint that verifies)."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").is_file() or is_sharded(path):
         return path
     latest = latest_valid_checkpoint(path, warn=lambda message: print(f"ptlab: warning: {message}",
                                                                         file=sys.stderr))
     if latest is None:
-        raise PtlabError(f"no checkpoint at {path} (expected model.safetensors or {CHECKPOINTS}/step_*)")
+        raise PtlabError(f"no checkpoint at {path} (expected model.safetensors, dcp/ or {CHECKPOINTS}/step_*)")
     return latest
 
 
@@ -203,10 +243,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     config = load_checkpoint_config(directory)
     if config.model.vocab_size is None:
         raise PtlabError(f"{directory}/config.yaml: model.vocab_size is not set")
-    weights = directory / "model.safetensors"
-    check_fits_weights(config.model, weights.stat().st_size, str(weights))
+    if not is_sharded(directory):
+        weights = directory / "model.safetensors"
+        check_fits_weights(config.model, weights.stat().st_size, str(weights))
     model = build_model(config.model)
-    load_weights(model, read_safetensors(weights), str(weights))
+    if is_sharded(directory):  # consolidated here: every shard's slice of each tensor into the full model
+        load_sharded_weights(directory, model)
+    else:
+        load_weights(model, read_safetensors(directory / "model.safetensors"), f"{directory}/model.safetensors")
     return model.to(device).eval()
 
 

@@ -1,0 +1,131 @@
+"""Sharded checkpoints of FSDP runs: a `torch.distributed.checkpoint` (DCP) folder inside the checkpoint directory.
+
+    step_0001000/dcp/.metadata          which rank's file holds which slice of each tensor
+    step_0001000/dcp/__R_0.distcp       what rank R held: {"model": ..., "optimizer": ...}
+
+Each rank writes its own shards and reads back whatever slices its own layout needs, so a checkpoint written on
+N ranks resumes on M ranks, or on one process without a process group (loading the full tensors: the
+consolidation `load_model` and `export-hf` use).
+
+DCP pickles its `.metadata` and the non-tensor values it stores (optimizer hyperparameters). Both are read here
+without running arbitrary code: the metadata with an unpickler that knows only DCP's own metadata classes, the
+values with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.utils import CheckpointException
+
+from ptlab.errors import PtlabError
+
+DCP_DIR = "dcp"
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                     ("torch.serialization", "_get_layout"), ("torch", "Size"),
+                     ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+                     ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+
+
+def is_sharded(directory: str | Path) -> bool:
+    return (Path(directory) / DCP_DIR / ".metadata").is_file()
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Rebuilds DCP's metadata dataclasses, torch sizes and dtypes; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _METADATA_GLOBALS or module in _METADATA_MODULES:
+            found = getattr(__import__(module, fromlist=[name]), name, None)
+            if isinstance(found, type) or (module, name) in _METADATA_GLOBALS:
+                return found
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as stream:
+            try:
+                metadata = _MetadataUnpickler(stream).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
+                raise PtlabError(f"{path} is not a readable checkpoint index: {err}") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._nested_dict import set_element  # what the parent class uses
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's view (its shards under FSDP) of model and optimizer, keyed by parameter name."""
+    return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
+def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, process_group=None,
+                 asynchronous: bool = False) -> Future | None:
+    """Every rank calls this: each writes its shards to DIRECTORY/dcp, rank 0 the index once all have written.
+    Asynchronous, the state is copied to host memory before this returns and written in a background thread;
+    the returned future completes when the index is written."""
+    writer = FileSystemWriter(Path(directory) / DCP_DIR)
+    state = _training_state(model, optimizer)
+    if asynchronous:
+        return dcp.async_save(state, storage_writer=writer, process_group=process_group)
+    dcp.save(state, storage_writer=writer, process_group=process_group)
+    return None
+
+
+def _load(directory: Path, state: dict, no_dist: bool) -> None:
+    try:
+        dcp.load(state, storage_reader=_SafeReader(Path(directory) / DCP_DIR), planner=_SafeLoadPlanner(),
+                 no_dist=no_dist)
+    except CheckpointException as err:
+        reasons = [f"{failure!r}"[:300] for failure in err.failures.values()]
+        raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {'; '.join(reasons)}") from None
+    except RuntimeError as err:  # a missing key is raised before any rank reads
+        raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {str(err).splitlines()[0]}") from None
+
+
+def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank calls this: model and optimizer resume from a DCP checkpoint in whatever layout they have now
+    (FSDP on any number of ranks, DDP, or one process)."""
+    import torch.distributed as dist
+
+    state = _training_state(model, optimizer)  # also creates the optimizer's state so there is room to load into
+    _load(directory, state, no_dist=not dist.is_initialized())
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def load_sharded_weights(directory: Path, model: nn.Module) -> None:
+    """The full weights of a DCP checkpoint into an unsharded model, in this process alone."""
+    state = {"model": get_model_state_dict(model)}
+    with warnings.catch_warnings():  # DCP warns that it assumes one process, which is the point here
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        _load(directory, state, no_dist=True)
+    set_model_state_dict(model, state["model"])

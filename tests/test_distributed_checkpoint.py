@@ -1,0 +1,181 @@
+"""Sharded (DCP) checkpoints of FSDP runs: each rank writes its shards, the checkpoint is checksummed and renamed
+into place as a whole, it resumes on another number of ranks (one process included) to the same losses, and
+load_model / export-hf consolidate it. Multi-node: two torchrun agents meeting over a local c10d rendezvous."""
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ptlab.errors import PtlabError
+from ptlab.train.checkpoint import list_checkpoints, load_model, load_trainer_state, verify_checkpoint
+from ptlab.train.metrics import read_metrics
+from ptlab.train.sharded import load_sharded_weights
+
+TOLERANCE = 1e-5
+
+
+def write_config(directory: Path, small_corpus, tokenizer_dir, **train) -> Path:
+    config = {
+        "run_dir": str(directory / "run"), "seed": 1,
+        "model": {"family": "t5", "d_model": 32, "d_ff": 64, "num_heads": 2, "num_layers": 1},
+        "objective": {"name": "span_corruption", "inputs_length": 32},
+        "data": {"train_files": [str(small_corpus["train"])], "validation_files": [str(small_corpus["validation"])],
+                 "tokenizer": str(tokenizer_dir), "vocab_size": 2000, "shards_dir": str(directory / "shards")},
+        "train": {"max_steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "log_every": 1,
+                  "eval_every": 4, "eval_batches": 1, "checkpoint_every": 4, "precision": "fp32", "threads": 1,
+                  "tensorboard": False, "peak_tflops": 1.0, "compile": False, "distributed": "fsdp", **train},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def pretrain_command(config: Path, *overrides: str) -> list[str]:
+    return ["-m", "ptlab", "pretrain", "--config", str(config), "--quiet", *overrides]
+
+
+def run_one_process(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *pretrain_command(config, *overrides)], capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+def run_torchrun(config: Path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *pretrain_command(config, *overrides)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r and "event" not in r}
+
+
+def assert_same_curve(actual: dict[int, float], expected: dict[int, float], steps) -> None:
+    assert sorted(actual) == list(steps)
+    for step in steps:
+        assert abs(actual[step] - expected[step]) <= TOLERANCE * max(1.0, abs(expected[step])), step
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_corpus, tokenizer_dir) -> Path:
+    """An uninterrupted one-process run of 12 steps (safetensors checkpoints at 4, 8 and 12)."""
+    directory = tmp_path_factory.mktemp("reference")
+    result = run_one_process(write_config(directory, small_corpus, tokenizer_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return directory / "run"
+
+
+def test_two_fsdp_ranks_write_shards_that_one_process_resumes_and_exports(tmp_path, small_corpus, tokenizer_dir,
+                                                                           reference):
+    config = write_config(tmp_path, small_corpus, tokenizer_dir)
+    run_dir = tmp_path / "run"
+    result = run_torchrun(config, 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = losses(reference)
+    assert_same_curve(losses(run_dir), expected, range(1, 13))
+
+    checkpoints = list_checkpoints(run_dir)
+    assert [c.name for c in checkpoints] == ["step_0000004", "step_0000008", "step_0000012"]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    shutil.rmtree(checkpoints[-1])  # as if the run had been stopped after step 8 (same schedule as the reference)
+    newest = checkpoints[1]
+    assert not (newest / "model.safetensors").exists()
+    shards = sorted(p.name for p in (newest / "dcp").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own
+    recorded = json.loads((newest / "meta.json").read_text())["sha256"]
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "trainer_state.pt", "config.yaml"} <= set(recorded)
+    assert load_trainer_state(newest)["step"] == 8
+
+    # consolidation: the sharded weights at step 8 are the one-process run's weights at step 8
+    consolidated = load_model(newest).state_dict()
+    single = load_model(reference / "checkpoints" / "step_0000008").state_dict()
+    assert consolidated.keys() == single.keys()
+    for key in single:
+        torch.testing.assert_close(consolidated[key], single[key], rtol=0, atol=1e-5, msg=key)
+
+    # one process resumes the sharded checkpoint (resharded to no sharding at all) and follows the reference
+    resumed = run_one_process(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "step_0000008" in resumed.stderr
+    assert_same_curve(losses(run_dir), expected, range(1, 13))
+    assert (list_checkpoints(run_dir)[-1] / "model.safetensors").is_file()  # one process writes safetensors
+
+    # export-hf reads the sharded checkpoint too
+    exported = subprocess.run([sys.executable, "-m", "ptlab", "export-hf", str(newest), str(tmp_path / "hf")],
+                              capture_output=True, text=True, timeout=120, env=ENV)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+    # one damaged shard fails the whole checkpoint's verification
+    assert verify_checkpoint(newest) is None
+    shard = newest / "dcp" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert "dcp/__1_0.distcp" in verify_checkpoint(newest)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_index_that_would_run_code_is_refused(tmp_path, reference, monkeypatch):
+    from ptlab.models import build_model
+    from ptlab.train.checkpoint import load_checkpoint_config
+
+    directory = tmp_path / "evil"
+    (directory / "dcp").mkdir(parents=True)
+    (directory / "dcp" / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
+    monkeypatch.chdir(tmp_path)
+    model = build_model(load_checkpoint_config(reference).model)
+    with pytest.raises(PtlabError, match="os.system|posix.system|unexpected object"):
+        load_sharded_weights(directory, model)
+    assert not (tmp_path / "pwned").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_follow_the_single_process_curve_and_resume_on_one(tmp_path, small_corpus, tokenizer_dir,
+                                                                     reference):
+    """Two torchrun agents, one process each, meet over a c10d rendezvous on localhost as two nodes would."""
+    config = write_config(tmp_path, small_corpus, tokenizer_dir)
+    port = free_port()
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}", f"--node-rank={node}",
+                                "--rdzv-id=ptlab-test", *pretrain_command(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+              for node in (0, 1)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    for agent, (_, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err[-3000:]
+    run_dir = tmp_path / "run"
+    start = next(r for r in read_metrics(run_dir) if r.get("event") == "start")
+    assert start["world_size"] == 2
+    expected = losses(reference)
+    assert_same_curve(losses(run_dir), expected, range(1, 13))
+    checkpoints = list_checkpoints(run_dir)
+    assert (checkpoints[1] / "dcp" / "__1_0.distcp").is_file()
+
+    shutil.rmtree(checkpoints[-1])
+    resumed = run_one_process(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_0000008" in resumed.stderr
+    assert_same_curve(losses(run_dir), expected, range(1, 13))
