@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 
 from ptlab.config import Config, ModelConfig, config_from_dict
-from ptlab.data.shards import files_fingerprint
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
 from ptlab.interop import import_hf
@@ -43,8 +42,7 @@ def is_hf_directory(path: Path) -> bool:
 
 def _imported(hf_dir: Path, run_dir: Path, create: bool) -> Path:
     """RUN_DIR/init/hf-<fingerprint>: the HF model imported once per distinct source."""
-    weights = [p for p in (hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json") if p.is_file()]
-    target = run_dir / "init" / f"hf-{files_fingerprint([hf_dir / 'config.json', *weights])}"
+    target = run_dir / "init" / f"hf-{_hf_fingerprint(hf_dir)}"
     if not (target / "model.safetensors").is_file():
         if not create:
             raise PtlabError(f"init: {target} is missing (rank 0 imports {hf_dir} there)")
@@ -53,6 +51,19 @@ def _imported(hf_dir: Path, run_dir: Path, create: bool) -> Path:
         raise PtlabError(f"init: {hf_dir} has no tokenizer.json, and continued pre-training needs the model's "
                          "tokenizer")
     return target
+
+
+def _hf_fingerprint(hf_dir: Path) -> str:
+    """Cheap identity of an HF model directory: its config, and the size and ends of each weights file."""
+    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for path in sorted(hf_dir.glob("*.safetensors*")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def _weights_sha256(checkpoint: Path) -> str:
