@@ -1,10 +1,15 @@
-"""Token shards: a corpus tokenized once into a flat memory-mapped array, plus a small JSON index.
+"""Token shards: a corpus tokenized once into flat memory-mapped arrays, plus a small JSON index.
 
-Layout of a shard directory:
+A shard directory is one of two layouts. One process (`build_shard`) writes a single piece:
     tokens.bin      all documents' token ids back to back (uint16 when the vocabulary fits, else uint32),
                     each followed by EOS when the separator is "eos"
     doc_starts.npy  int64 offset of every document's first token
     index.json      dtype, counts, separator, tokenizer fingerprint and a fingerprint of the input files
+Several workers (`ptlab.data.tokenize_parallel`) write one piece per chunk of consecutive documents:
+    pieces/NNNNN.bin, pieces/NNNNN.starts.npy   a chunk's tokens and its documents' offsets within the piece
+    manifest.json   the index.json fields plus `pieces` (in document order, with their token and document counts)
+Concatenating the pieces in manifest order gives the one-process tokens.bin byte for byte. `open_shards` reads
+several shard directories as one logical token stream (`ConcatTokens`), which is what the samplers see.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from ptlab.data.tokenizer import PtlabTokenizer, batched, token_dtype
 from ptlab.errors import PtlabError
 
 INDEX_VERSION = 1
+MANIFEST_VERSION = 2
+MANIFEST = "manifest.json"
+INDEX = "index.json"
 
 
 def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = (), text_field: str = "text",
@@ -50,12 +58,55 @@ def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = (), 
     return digest.hexdigest()[:16]
 
 
+class ConcatTokens:
+    """Several memory-mapped token arrays read as one: slicing (what the samplers do), `len`, `shape`, `dtype`.
+
+    A slice that spans pieces is copied out of each; `np.asarray(tokens)` copies the whole stream (small corpora only).
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
+        self.dtype = np.result_type(*(p.dtype for p in parts))
+        self.shape = (int(self.offsets[-1]),)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return np.asarray(self)[key]
+            out, position = [], start
+            while position < stop:
+                part = int(np.searchsorted(self.offsets, position, side="right")) - 1
+                end = min(stop, int(self.offsets[part + 1]))
+                out.append(self.parts[part][position - self.offsets[part]:end - self.offsets[part]])
+                position = end
+            if not out:
+                return np.empty(0, dtype=self.dtype)
+            return np.asarray(out[0], dtype=self.dtype) if len(out) == 1 else np.concatenate(out).astype(self.dtype)
+        position = int(key) + (len(self) if int(key) < 0 else 0)
+        if not 0 <= position < len(self):
+            raise IndexError(f"token {key} out of range for {len(self)} tokens")
+        part = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        return self.parts[part][position - self.offsets[part]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate(self.parts).astype(self.dtype, copy=False)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
 @dataclass
 class TokenShard:
-    """A read-only view of a shard directory."""
+    """A read-only view of one shard directory, or of several read as one stream (`open_shards`).
+
+    `tokens` is a memmap for a single piece and a `ConcatTokens` for several; `doc_starts` are offsets into it.
+    """
 
     directory: Path
-    tokens: np.ndarray
+    tokens: np.ndarray | ConcatTokens
     doc_starts: np.ndarray
     index: dict
 
@@ -64,62 +115,184 @@ class TokenShard:
         return int(self.tokens.shape[0])
 
 
+def encode_piece(tokenizer: PtlabTokenizer, texts: list[str], separator: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `texts` back to back (EOS after each when the separator is "eos") and each document's start.
+
+    The one encoding step of every engine, so that one process and many write the same bytes.
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    arrays, starts, total = [], [], 0
+    for ids in tokenizer.encode_batch(texts):
+        if separator == "eos":
+            ids.append(tokenizer.eos_id)
+        if not ids:
+            continue
+        starts.append(total)
+        arrays.append(np.asarray(ids, dtype=dtype))
+        total += len(ids)
+    tokens = np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+    return tokens, np.asarray(starts, dtype=np.int64)
+
+
+def shard_index(paths: list[str], tokenizer: PtlabTokenizer, separator: str, sources: list[str], num_tokens: int,
+                num_documents: int, **reader_options) -> dict:
+    """The index.json fields (a manifest has them too): what was tokenized, how, and the counts."""
+    return {"version": INDEX_VERSION, "dtype": token_dtype(tokenizer.vocab_size).name, "num_tokens": num_tokens,
+            "num_documents": num_documents, "separator": separator, "vocab_size": tokenizer.vocab_size,
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
+            "data_fingerprint": files_fingerprint(paths, sources, **reader_options),
+            "files": [str(p) for p in paths], "sources": sources}
+
+
+def no_text_error(paths: list[str], sources: list[str]) -> PtlabError:
+    return PtlabError(f"no text found in {', '.join(map(str, paths))}"
+                      + (f" for sources {sources}" if sources else ""))
+
+
 def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path, separator: str = "eos",
                 sources: Iterable[str] = (), batch_docs: int = 512, show_progress: bool = True,
                 **reader_options) -> TokenShard:
-    """Tokenize `paths` into `out_dir`, streaming (memory bounded by one batch of documents).
+    """Tokenize `paths` into `out_dir` in this process, streaming (memory bounded by one batch of documents).
 
-    Written to a temporary directory and renamed into place, so a crash never leaves a half-built shard.
+    `reader_options` go to the document reader. Written to a temporary directory and renamed into place, so a crash
+    never leaves a half-built shard. `ptlab.data.tokenize_parallel` does the same with several processes.
     """
     out_dir = Path(out_dir)
     sources = list(sources)
-    dtype = token_dtype(tokenizer.vocab_size)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    eos = tokenizer.specials.eos
-    doc_starts: list[int] = []
+    doc_starts: list[np.ndarray] = []
     total = 0
     bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit=" docs", disable=not show_progress, leave=False)
-    with open(tmp / "tokens.bin", "wb") as out:
-        for texts in batched(iter_texts(paths, sources, **reader_options), batch_docs):
-            for ids in tokenizer.encode_batch(texts):
-                if separator == "eos":
-                    ids.append(eos)
-                if not ids:
-                    continue
-                doc_starts.append(total)
-                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                total += len(ids)
-            bar.update(len(texts))
-            bar.set_postfix(tokens=f"{total:,}")
-    bar.close()
-    if total == 0:
-        shutil.rmtree(tmp)
-        raise PtlabError(f"no text found in {', '.join(map(str, paths))}"
-                         + (f" for sources {sources}" if sources else ""))
-    np.save(tmp / "doc_starts.npy", np.asarray(doc_starts, dtype=np.int64))
-    index = {"version": INDEX_VERSION, "dtype": dtype.name, "num_tokens": total, "num_documents": len(doc_starts),
-             "separator": separator, "vocab_size": tokenizer.vocab_size,
-             "tokenizer_fingerprint": tokenizer.fingerprint(), "data_fingerprint": files_fingerprint(paths, sources, **reader_options),
-             "files": [str(p) for p in paths], "sources": sources}
-    (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        with open(tmp / "tokens.bin", "wb") as out:
+            for texts in batched(iter_texts(paths, sources, **reader_options), batch_docs):
+                tokens, starts = encode_piece(tokenizer, texts, separator)
+                out.write(tokens.tobytes())
+                doc_starts.append(starts + total)
+                total += len(tokens)
+                bar.update(len(texts))
+                bar.set_postfix(tokens=f"{total:,}")
+        if total == 0:
+            raise no_text_error(paths, sources)
+        starts = np.concatenate(doc_starts)
+        np.save(tmp / "doc_starts.npy", starts)
+        index = shard_index(paths, tokenizer, separator, sources, total, len(starts), **reader_options)
+        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    replace_directory(tmp, out_dir)
     return open_shard(out_dir)
 
 
+def replace_directory(tmp: Path, out_dir: Path) -> None:
+    """Move a finished `tmp` directory to `out_dir`, replacing what was there."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def is_shard_directory(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and ((path / MANIFEST).is_file() or (path / INDEX).is_file())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PtlabError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise PtlabError(f"{path}: expected a JSON object")
+    return data
+
+
+def _memmap(path: Path, dtype: str, expected: int) -> np.ndarray:
+    if not path.is_file():
+        raise PtlabError(f"{path} is missing")
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
+    if tokens.shape[0] != expected:
+        raise PtlabError(f"{path} holds {tokens.shape[0]} tokens, the index says {expected}")
+    return tokens
+
+
+def _open_manifest(directory: Path) -> TokenShard:
+    manifest = _read_json(directory / MANIFEST)
+    try:
+        dtype, pieces = manifest["dtype"], manifest["pieces"]
+        parts = [_memmap(directory / p["tokens"], dtype, p["num_tokens"]) for p in pieces]
+        starts = [np.load(directory / p["doc_starts"]) for p in pieces]
+        counts = [(p["num_tokens"], p["num_documents"]) for p in pieces]
+        expected = (manifest["num_tokens"], manifest["num_documents"])
+    except KeyError as err:
+        raise PtlabError(f"{directory / MANIFEST}: missing key {err}") from None
+    except (TypeError, ValueError, OSError) as err:
+        raise PtlabError(f"{directory / MANIFEST}: malformed piece list ({err})") from None
+    for piece, (num_tokens, num_documents), piece_starts in zip(pieces, counts, starts):
+        if len(piece_starts) != num_documents:
+            raise PtlabError(f"{directory / piece['doc_starts']} holds {len(piece_starts)} documents, the manifest "
+                             f"says {num_documents}")
+    if (sum(c[0] for c in counts), sum(c[1] for c in counts)) != tuple(expected):
+        raise PtlabError(f"{directory / MANIFEST}: its pieces do not add up to num_tokens and num_documents")
+    tokens = parts[0] if len(parts) == 1 else ConcatTokens(parts)
+    return TokenShard(directory, tokens, _global_starts(starts, [len(p) for p in parts]), manifest)
+
+
+def _global_starts(starts: list[np.ndarray], lengths: list[int]) -> np.ndarray:
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]])
+    return np.concatenate([s.astype(np.int64) + o for s, o in zip(starts, offsets)] or [np.empty(0, np.int64)])
+
+
 def open_shard(directory: str | Path) -> TokenShard:
+    """A shard directory of either layout (manifest.json with pieces, or index.json with one tokens.bin)."""
     directory = Path(directory)
-    index_path = directory / "index.json"
-    if not index_path.is_file():
-        raise PtlabError(f"no token shard at {directory} (index.json missing)")
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    tokens = np.memmap(directory / "tokens.bin", dtype=np.dtype(index["dtype"]), mode="r")
-    if tokens.shape[0] != index["num_tokens"]:
-        raise PtlabError(f"{directory}/tokens.bin holds {tokens.shape[0]} tokens, index says {index['num_tokens']}")
+    if (directory / MANIFEST).is_file():
+        return _open_manifest(directory)
+    if not (directory / INDEX).is_file():
+        raise PtlabError(f"no token shard at {directory} (neither {MANIFEST} nor {INDEX} found)")
+    index = _read_json(directory / INDEX)
+    if "dtype" not in index or "num_tokens" not in index:
+        raise PtlabError(f"{directory / INDEX}: missing dtype or num_tokens")
+    tokens = _memmap(directory / "tokens.bin", index["dtype"], index["num_tokens"])
     return TokenShard(directory, tokens, np.load(directory / "doc_starts.npy"), index)
+
+
+def open_shards(directories: list[str | Path], tokenizer_fingerprint: str | None = None,
+                separator: str | None = None, what: str = "shards") -> TokenShard:
+    """Several shard directories as one token stream, in the order given (documents never straddle two).
+
+    Every directory must come from the same tokenizer (and `tokenizer_fingerprint`, `separator` when given); `what`
+    names the setting they came from in error messages. The combined index's `data_fingerprint` covers all of them
+    in order, so a resumed run notices when the list changes.
+    """
+    if not directories:
+        raise PtlabError(f"{what}: no shard directories given")
+    shards = [open_shard(d) for d in directories]
+    first = shards[0]
+    for shard in shards:
+        index = shard.index
+        expected = tokenizer_fingerprint or first.index.get("tokenizer_fingerprint")
+        if index.get("tokenizer_fingerprint") != expected:
+            raise PtlabError(f"{what}: {shard.directory} was tokenized with another tokenizer (fingerprint "
+                             f"{index.get('tokenizer_fingerprint')}, expected {expected})")
+        if index.get("separator") != (separator or first.index.get("separator")):
+            raise PtlabError(f"{what}: {shard.directory} has separator {index.get('separator')!r}, expected "
+                             f"{separator or first.index.get('separator')!r}")
+    if len(shards) == 1:
+        return first
+    parts = [p for s in shards for p in (s.tokens.parts if isinstance(s.tokens, ConcatTokens) else [s.tokens])]
+    digest = hashlib.sha256(",".join(s.index["data_fingerprint"] for s in shards).encode()).hexdigest()[:16]
+    index = {**first.index, "num_tokens": sum(s.num_tokens for s in shards),
+             "num_documents": sum(int(s.index["num_documents"]) for s in shards), "data_fingerprint": digest,
+             "files": [f for s in shards for f in s.index.get("files", [])],
+             "shards": [str(s.directory) for s in shards]}
+    index.pop("pieces", None)
+    doc_starts = _global_starts([s.doc_starts for s in shards], [s.num_tokens for s in shards])
+    return TokenShard(first.directory, ConcatTokens(parts), doc_starts, index)
 
 
 def ensure_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path, separator: str = "eos",
@@ -127,7 +300,7 @@ def ensure_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Pat
     """Open the shard at `out_dir` if it was built from these files with this tokenizer, else (re)build it."""
     out_dir = Path(out_dir)
     sources = list(sources)
-    if (out_dir / "index.json").is_file():
+    if is_shard_directory(out_dir):
         shard = open_shard(out_dir)
         if (shard.index.get("tokenizer_fingerprint") == tokenizer.fingerprint()
                 and shard.index.get("data_fingerprint") == files_fingerprint(paths, sources, **reader_options)
@@ -147,7 +320,8 @@ class ChunkSampler:
         self.shard, self.chunk_length, self.seed, self.shuffle = shard, chunk_length, seed, shuffle
         self.num_chunks = shard.num_tokens // chunk_length
         if self.num_chunks == 0:
-            raise PtlabError(f"shard {shard.directory} has {shard.num_tokens} tokens, fewer than one chunk of "
+            where = ", ".join(shard.index.get("shards", [str(shard.directory)]))
+            raise PtlabError(f"shard {where} has {shard.num_tokens} tokens, fewer than one chunk of "
                              f"{chunk_length}; use more text or a shorter objective.inputs_length")
         self._epoch, self._perm = -1, None
 
