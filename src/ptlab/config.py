@@ -380,10 +380,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# libyaml's safe loader when PyYAML was built with it: 30x faster than the pure-Python one, and it bounds nesting
+# depth with a YAMLError of its own
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _parse_yaml(text: str, source: str) -> Any:
     """YAML text -> Python values; malformed YAML (or nesting too deep to parse) is a one-line error."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
