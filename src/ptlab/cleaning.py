@@ -29,7 +29,7 @@ from ptlab.data.gopher import gopher_page
 from ptlab.data.readers import BadRecord, ReadStats, iter_located
 from ptlab.data.tokenizer import batched
 from ptlab.errors import PtlabError
-from ptlab.files import write_text_atomic
+from ptlab.files import json_text, prepare_output, write_text_atomic
 
 BATCH = 256
 
@@ -135,8 +135,13 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
         raise PtlabError(f"unknown rule(s) to skip: {', '.join(unknown)}; rules: {', '.join(ALL_RULES)}")
     if cfg.rules not in ("c4", "gopher"):
         raise PtlabError(f"unknown rule set {cfg.rules!r} (use c4 or gopher)")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = prepare_output(output, "--output")
+    if report_path is not None:
+        report_path = prepare_output(report_path, "--report")
+        if report_path.resolve() == output.resolve():
+            raise PtlabError(f"--report and --output are the same file: {output}")
+    if any(Path(p).resolve() == output.resolve() for p in inputs):
+        raise PtlabError(f"--output {output} is also an input; write the cleaned text elsewhere")
     read = {"text_field": text_field, "text_mode": text_mode}
     if engine == "ray":
         from ptlab.cleaning_ray import clean_on_ray
@@ -148,7 +153,11 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
     else:
         raise PtlabError(f"unknown engine {engine!r} (use local or ray)")
     if report_path is not None:
-        write_text_atomic(report_path, json.dumps(report.to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+        try:
+            write_text_atomic(report_path, json_text(report.to_dict(cfg), indent=2) + "\n")
+        except BaseException:  # a run without its report failed: leave no complete-looking output behind
+            output.unlink(missing_ok=True)
+            raise
     return report
 
 
@@ -230,7 +239,10 @@ def _write_jsonl(output: Path, records: Iterable[dict], report: Report | None = 
     try:
         with opener(tmp) as f:
             for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                try:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                except UnicodeEncodeError:  # lone surrogates: a failed write wrote nothing; escape them instead
+                    f.write(json_text(record) + "\n")
                 if report is not None:
                     report.docs_out += 1
                     report.lines_out += len(record["text"].splitlines())

@@ -2,7 +2,11 @@
 
 
 class PtlabError(Exception):
-    """A problem with the user's input (config, file, argument), as opposed to a bug in ptlab."""
+    """A problem with the user's input (config, file, argument), as opposed to a bug in ptlab. Its message is kept
+    on one line whatever user text it quotes (see `one_line`)."""
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
 
 
 def one_line(message: str) -> str:
