@@ -76,16 +76,17 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> None:
-    from ptlab.data.shards import build_shard
+    from ptlab.data.tokenize_parallel import tokenize_to_shard
     from ptlab.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     options, stats = _reader_options(args)
-    shard = build_shard(args.input, tokenizer, args.output, args.separator, args.source or (),
-                        show_progress=not args.quiet, **options)
+    shard = tokenize_to_shard(args.input, tokenizer, args.output, args.separator, args.source or (),
+                              workers=args.workers, engine=args.engine, show_progress=not args.quiet, **options)
     _report_skipped(stats)
+    pieces = len(shard.index.get("pieces", [])) or 1
     print(f"wrote {shard.num_tokens:,} tokens from {shard.index['num_documents']:,} documents to {args.output} "
-          f"({shard.index['dtype']})")
+          f"({shard.index['dtype']}, {pieces} piece{'s' if pieces > 1 else ''})")
 
 
 def _cmd_objectives_list(args: argparse.Namespace) -> None:
@@ -477,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "`datasets` directories; directories and globs) through a tokenizer into "
                                        "OUTPUT/tokens.bin "
                                        "(uint16 when the vocabulary fits), OUTPUT/doc_starts.npy and "
-                                       "OUTPUT/index.json.")
+                                       "OUTPUT/index.json; with --workers N or --engine ray, into "
+                                       "OUTPUT/pieces/ and OUTPUT/manifest.json. List shard directories in "
+                                       "data.train_files to train on them.")
     shard.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
     shard.add_argument("--input", nargs="+", required=True,
                        help="corpus files, directories or glob patterns (quote globs)")
@@ -486,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--separator", choices=["eos", "none"], default="eos",
                        help="what goes between documents (default: %(default)s)")
     shard.add_argument("--source", action="append", help="only records with this 'source' value (repeatable)")
+    shard.add_argument("--workers", type=int, default=1,
+                       help="tokenizing processes; above 1, OUTPUT holds one piece per chunk of documents plus "
+                            "manifest.json, with the same tokens as 1 worker writes (default: %(default)s)")
+    shard.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local processes, or Ray Data tasks on the cluster RAY_ADDRESS names, else a local one "
+                            "(pip install 'ptlab[ray]'; default: %(default)s)")
     shard.add_argument("--quiet", action="store_true", help="no progress bars")
     shard.set_defaults(func=_cmd_tokenize)
     return parser
