@@ -30,6 +30,7 @@ DATASETS_MARKERS = ("state.json", "dataset_info.json")  # what `Dataset.save_to_
 FORMATS_HELP = ("JSON Lines (.jsonl/.ndjson/.json), text (.txt), each optionally .gz or .zst; .parquet; "
                 "a `datasets` save_to_disk directory")
 PARQUET_BATCH_ROWS = 1024
+PARQUET_BUFFER_BYTES = 1 << 20
 MAX_EXAMPLES = 10
 
 # A lone UTF-16 surrogate can only enter through a \uD800-\uDFFF escape; such a string cannot be encoded as UTF-8.
@@ -351,7 +352,9 @@ def _parquet(path: Path, text_field: str, text_mode: str) -> Iterator[Located | 
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)  # reads the footer only
+        # pre_buffer would keep every row group's bytes until the file is closed (memory growing with the file);
+        # buffer_size streams a column chunk's pages instead of loading the chunk whole
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as err:
         raise BadRecord(path, f"not a readable Parquet file ({' '.join(str(err).split())})") from None
     with parquet:
