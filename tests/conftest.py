@@ -1,11 +1,19 @@
 import gzip
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from ptlab.data.tokenizer import train_tokenizer
+
+# Property-based tests: the default profile keeps `make test` fast and repeatable (fixed seeds); PTLAB_FUZZ=1 (`make
+# fuzz`) multiplies every test's example count by 10 with fresh random seeds (see tests/fuzz_strategies.py).
+settings.register_profile("ptlab", deadline=None, database=None, derandomize=True)
+settings.register_profile("fuzz", deadline=None, database=None, derandomize=False)
+settings.load_profile("fuzz" if os.environ.get("PTLAB_FUZZ") else "ptlab")
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "corpus"
