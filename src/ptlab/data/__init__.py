@@ -9,8 +9,9 @@ from ptlab.config import DataConfig
 from ptlab.data.mixture import Mixture, ensure_mixture, materialise_tasks, shards_root, tokenizer_texts, \
     validation_files
 from ptlab.data.readers import ReadStats, reader_options
-from ptlab.data.shards import TokenShard, ensure_shard
+from ptlab.data.shards import TokenShard, ensure_shard, lists_shards, open_shards
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
+from ptlab.errors import PtlabError
 
 
 def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokenizer:
@@ -18,6 +19,10 @@ def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokeni
     directory = Path(cfg.tokenizer)
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
+    if not cfg.mixture and lists_shards(cfg.train_files, "data.train_files"):
+        raise PtlabError(f"config key 'data.tokenizer': {directory} has no tokenizer.json, and data.train_files "
+                         "lists token shards, which hold no text to train one on; point it at the tokenizer the "
+                         "shards were built with")
     if show_progress:
         inputs = cfg.train_files or [f"mixture source {m.name}" for m in cfg.mixture]
         print(f"training a {cfg.tokenizer_kind} tokenizer ({cfg.vocab_size:,} ids) on up to "
@@ -38,11 +43,15 @@ def ensure_shards(cfg: DataConfig, tokenizer: PtlabTokenizer,
     stats = ReadStats()
     if cfg.mixture:
         train = ensure_mixture(cfg, tokenizer, show_progress)
+    elif lists_shards(cfg.train_files, "data.train_files"):  # already tokenized: read them as one stream, in order
+        train = open_shards(cfg.train_files, tokenizer.fingerprint(), cfg.separator, "config key 'data.train_files'")
     else:
         train = ensure_shard(materialise_tasks(cfg.train_files, root / "tasks"), tokenizer, root / "train",
                              cfg.separator, cfg.sources, show_progress, **reader_options(cfg), stats=stats)
     validation, files = None, validation_files(cfg)
-    if files:
+    if files and lists_shards(files, "data.validation_files"):
+        validation = open_shards(files, tokenizer.fingerprint(), cfg.separator, "config key 'data.validation_files'")
+    elif files:
         validation = ensure_shard(files, tokenizer, root / "validation", cfg.separator, cfg.sources, show_progress,
                                   **reader_options(cfg), stats=stats)
     if stats.bad:

@@ -201,6 +201,19 @@ def is_shard_directory(path: str | Path) -> bool:
     return path.is_dir() and ((path / MANIFEST).is_file() or (path / INDEX).is_file())
 
 
+def lists_shards(paths: Iterable[str | Path], what: str) -> bool:
+    """Whether `paths` (the setting `what`) names token-shard directories rather than text inputs; a mix is an error,
+    because the shard directories' order in the token stream would be ambiguous."""
+    paths = list(paths)
+    shards = [is_shard_directory(p) for p in paths]
+    if any(shards) and not all(shards):
+        raise PtlabError(f"config key '{what}': mixes token-shard directories "
+                         f"({', '.join(str(p) for p, s in zip(paths, shards) if s)}) with text inputs "
+                         f"({', '.join(str(p) for p, s in zip(paths, shards) if not s)}); tokenize the text with "
+                         "`ptlab tokenize` and list its shard directory instead")
+    return bool(paths) and all(shards)
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
