@@ -229,6 +229,7 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 0  # 0: only the final checkpoint (and one on SIGTERM/Ctrl-C)
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
+    async_checkpoint: bool = False  # FSDP on several ranks: write periodic checkpoints while training goes on
     max_bad_steps: int = 5  # a non-finite loss skips the step; this many in a row stops the run
     log_every: int = 10
     tensorboard: bool = True  # also write TensorBoard event files to RUN_DIR/tensorboard

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -67,9 +68,21 @@ def setup(device: str = "auto") -> Runtime:
     return Runtime(rank, world_size, target)
 
 
+_BEFORE_TEARDOWN: list[Callable[[], None]] = []
+
+
+def before_teardown(callback: Callable[[], None]) -> None:
+    """Run CALLBACK (once) before the process group goes: work still in flight on it, such as a background save."""
+    _BEFORE_TEARDOWN.append(callback)
+
+
 def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        while _BEFORE_TEARDOWN:
+            _BEFORE_TEARDOWN.pop(0)()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, runtime: Runtime, mode: str) -> nn.Module:

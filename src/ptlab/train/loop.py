@@ -50,7 +50,7 @@ from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoi
 from ptlab.train.host import configure_host
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
-from ptlab.train.sharded import is_sharded, load_sharded, save_sharded
+from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, save_sharded
 
 
 @dataclass
@@ -559,14 +559,29 @@ class _Trainer:
     def _save_sharded(self, step: int, trained: nn.Module, optimizer, tokenizer, trainer_state: dict,
                       metrics: dict) -> Path:
         """All ranks write into one staging directory; after the last shard (DCP's index is written once every
-        rank has reported) rank 0 checksums and renames it, so a crash at any point leaves no partial step_N."""
+        rank has reported) rank 0 checksums and renames it, so a crash at any point leaves no partial step_N.
+        With `train.async_checkpoint` all but the final save are written in the background."""
+        self._background_saves.wait()  # the previous background save is committed before the next starts
         target = checkpoint_dir(self.run_dir, step)
         if self.runtime.is_main:
             start_checkpoint(target)
         self.runtime.barrier()
+
+        def commit() -> None:
+            if self.runtime.is_main:
+                finish_checkpoint(target, self.cfg, tokenizer, step, trainer_state, metrics)
+                prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+
+        if self.cfg.train.async_checkpoint and step < self.cfg.train.max_steps:
+            self._background_saves.start(staging_dir(target), trained, optimizer, commit)
+            return target
         save_sharded(staging_dir(target), trained, optimizer)
-        if self.runtime.is_main:
-            finish_checkpoint(target, self.cfg, tokenizer, step, trainer_state, metrics)
-            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        commit()
         self.runtime.barrier()
         return target
+
+    @functools.cached_property
+    def _background_saves(self) -> BackgroundSaves:
+        saves = BackgroundSaves()
+        distributed.before_teardown(saves.wait)  # a save still in flight when the run ends is committed
+        return saves

@@ -19,8 +19,10 @@ import pickle
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -102,8 +104,10 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
 
 def _load(directory: Path, state: dict, no_dist: bool) -> None:
     try:
-        dcp.load(state, storage_reader=_SafeReader(Path(directory) / DCP_DIR), planner=_SafeLoadPlanner(),
-                 no_dist=no_dist)
+        with warnings.catch_warnings():  # DCP warns that it assumes one process without a group: that is the point
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, storage_reader=_SafeReader(Path(directory) / DCP_DIR), planner=_SafeLoadPlanner(),
+                     no_dist=no_dist)
     except CheckpointException as err:
         reasons = [f"{failure!r}"[:300] for failure in err.failures.values()]
         raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {'; '.join(reasons)}") from None
@@ -111,11 +115,36 @@ def _load(directory: Path, state: dict, no_dist: bool) -> None:
         raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {str(err).splitlines()[0]}") from None
 
 
+class BackgroundSaves:
+    """Sharded saves written while training goes on, one at a time. The state is copied to host memory before
+    `start` returns; `commit` (rank 0 renaming the checkpoint into place) runs once every rank's shards are written,
+    at the next save or at `wait`. The background writes talk over a process group of their own, so their
+    collectives never interleave with the training step's."""
+
+    def __init__(self) -> None:
+        self.future: Future | None = None
+        self.commit: Callable[[], None] = lambda: None
+        self.group = None
+
+    def start(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+              commit: Callable[[], None]) -> None:
+        self.wait()
+        if self.group is None:
+            self.group = dist.new_group(backend="gloo")  # async DCP saves need a CPU backend, even on GPUs
+        self.future = save_sharded(directory, model, optimizer, self.group, asynchronous=True)
+        self.commit = commit
+
+    def wait(self) -> None:
+        future, commit = self.future, self.commit
+        self.future, self.commit = None, lambda: None
+        if future is not None:
+            future.result()
+            commit()
+
+
 def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every rank calls this: model and optimizer resume from a DCP checkpoint in whatever layout they have now
     (FSDP on any number of ranks, DDP, or one process)."""
-    import torch.distributed as dist
-
     state = _training_state(model, optimizer)  # also creates the optimizer's state so there is room to load into
     _load(directory, state, no_dist=not dist.is_initialized())
     set_model_state_dict(model, state["model"])
@@ -125,7 +154,5 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
 def load_sharded_weights(directory: Path, model: nn.Module) -> None:
     """The full weights of a DCP checkpoint into an unsharded model, in this process alone."""
     state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():  # DCP warns that it assumes one process, which is the point here
-        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        _load(directory, state, no_dist=True)
+    _load(directory, state, no_dist=True)
     set_model_state_dict(model, state["model"])
