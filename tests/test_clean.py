@@ -1,7 +1,10 @@
 """C4's rules on hand-written pages, their order, de-duplication, language, bad input, and the pipeline."""
 
 import gzip
+import hashlib
 import json
+import random
+import re
 import subprocess
 import sys
 
@@ -282,3 +285,89 @@ def test_gopher_rule_set_in_the_pipeline(tmp_path):
     report = clean_files([path], tmp_path / "out.jsonl", cfg=CleanConfig(rules="gopher"), show_progress=False)
     assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["prose"]
     assert report.rules["gopher_words"].pages == 1 and report.rules["terminal_punct"].lines == 0
+
+
+# ---- line de-duplication against tensorflow-datasets' selection rule --------------------------------------------
+
+def _c4_hash_text(text):  # c4_utils._hash_text
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def _c4_normalize_url(url):  # c4_utils.normalize_url
+    url = re.sub(r"https?:\/\/(www\.)?", "", url)
+    url = re.sub(r"\?(utm_|ref|feed).*", "", url)
+    return url.rstrip("/")
+
+
+def _c4_remove_duplicate_text(pages, min_num_sentences=3):
+    """A direct transcription of c4_utils.remove_duplicate_text over (key, text) pages: every line goes to the page
+    whose key's `_hash_text` is smallest (`Top.PerKey(1, key=_hash_text, reverse=True)`), then
+    `_remove_lines_from_text` (ptlab's sentence counter standing in for punkt)."""
+    selected = {}  # _emit_url_to_lines, then the top-1 combiner
+    for key, text in pages:
+        for line in text.split("\n"):
+            hashed = _c4_hash_text(line.strip().lower())
+            if hashed not in selected or _c4_hash_text(key) < _c4_hash_text(selected[hashed]):
+                selected[hashed] = key
+    out = {}
+    for key, text in pages:
+        lines_to_keep = {line for line, owner in selected.items() if owner == key}
+        new_lines, hashed_lines = [], set()
+        for line in text.split("\n"):
+            hashed = _c4_hash_text(line.strip().lower())
+            if hashed in lines_to_keep and hashed not in hashed_lines:
+                new_lines.append(line)
+                hashed_lines.add(hashed)
+        new_text = "\n".join(new_lines)
+        if new_text and count_sentences(new_text) >= min_num_sentences:
+            out[key] = new_text
+    return out
+
+
+def _generated_pages(count=1200, shared=250, seed=0):
+    """Pages of clean lines (each passes C4's line rules): one to three of their own and two to six from a pool
+    shared by the whole set, sometimes in another letter case or twice on a page. Most pages have a URL (with
+    scheme, "www." and tracking tails to normalise), the rest only an id."""
+    rng = random.Random(seed)
+    words = ["river", "garden", "window", "market", "silver", "morning", "harbour", "letter", "orchard", "lantern"]
+
+    def sentence(tag):
+        return f"{tag} mentions the {' '.join(rng.choice(words) for _ in range(4))} today."
+
+    pool = [sentence(f"Shared sentence {i}") for i in range(shared)]
+    records = []
+    for i in range(count):
+        lines = [sentence(f"Page {i} line {j}") for j in range(rng.randint(1, 3))]
+        for line in rng.sample(pool, rng.randint(2, 6)):
+            lines.insert(rng.randint(0, len(lines)), line.upper() if rng.random() < 0.1 else line)
+        if rng.random() < 0.1:
+            lines.append(lines[0])  # a repeat within the page
+        record = {"id": f"doc-{i}", "text": "\n".join(lines)}
+        if i % 5:
+            record["url"] = rng.choice(["http://", "https://www.", "https://"]) + f"site{i % 37}.org/p/{i}" + \
+                rng.choice(["", "/", "?utm_source=feed", "?ref=home"])
+        records.append(record)
+    return records
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_line_dedup_keeps_the_page_tensorflow_datasets_keeps(tmp_path, engine):
+    if engine == "ray":
+        pytest.importorskip("ray.data")
+    records = _generated_pages()
+    keys = [_c4_normalize_url(r["url"]) if "url" in r else r["id"] for r in records]
+    texts = dict(zip(keys, (r["text"] for r in records)))
+    expected = _c4_remove_duplicate_text(list(texts.items()))
+    assert len(texts) == len(records)
+    assert 0 < len(expected) < len(records)  # some pages lose so many lines that they go
+    assert any(text != texts[key] for key, text in expected.items())  # others lose some
+    # on this set, ordering the keys by a signed 64-bit prefix of their md5 (the old rule) picks other pages
+    digests = sorted(_c4_hash_text(k) for k in keys)
+    assert digests != sorted(digests, key=lambda d: int.from_bytes(bytes.fromhex(d[:16]), "big", signed=True))
+
+    path = write_jsonl(tmp_path / "in.jsonl", records)
+    cfg = CleanConfig(skip=frozenset({"language", "bad_words"}))
+    report = clean_files([path], tmp_path / "out.jsonl", cfg=cfg, engine=engine, show_progress=False)
+    assert report.docs_in == len(records)
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert {(_c4_normalize_url(r["url"]) if "url" in r else r["id"]): r["text"] for r in out} == expected

@@ -1,9 +1,10 @@
 """The Ray Data engine of `ptlab clean` (`--engine ray`; `pip install 'ptlab[ray]'`).
 
 The same per-page functions as the local engine, as Ray Data `map_batches` stages; the cross-document line
-de-duplication is a Ray Data `groupby(line hash).min(page key)`. The driver reads and validates the input (pass 1,
-which also picks the newest page per URL) and the results come back sorted by input position, so the output equals
-the local engine's. `ray.init()` joins a running cluster when `RAY_ADDRESS` is set, else starts a local one.
+de-duplication is a Ray Data `groupby(line hash).min(page key)`, the key being an md5 hex digest (string order is
+C4's order). The driver reads and validates the input (pass 1, which also picks the newest page per URL) and the
+results come back sorted by input position, so the output equals the local engine's. `ray.init()` joins a running
+cluster when `RAY_ADDRESS` is set, else starts a local one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from ptlab.cleaning import Page, first_stage, keep_url, read_pages, second_stage, url_winners
 from ptlab.data.clean import CleanConfig, Report
-from ptlab.data.dedup import LineOwners, line_hash, page_key
+from ptlab.data.dedup import LineOwners, digest_words, line_hash, page_key
 from ptlab.errors import PtlabError
 
 
@@ -71,7 +72,7 @@ def clean_on_ray(inputs: list, cfg: CleanConfig, strict: bool, show_progress: bo
         rows["key"] = [page_key(p.record, p.origin) for p, _ in kept]
         rows["report"] = [_report_json(part)] + [""] * (len(kept) - 1) if kept else []
         if not kept:  # keep the batch's report even when every page was dropped
-            rows = {"index": [-1], "origin": [""], "record": ["{}"], "text": [""], "key": [0],
+            rows = {"index": [-1], "origin": [""], "record": ["{}"], "text": [""], "key": [""],
                     "report": [_report_json(part)]}
         return rows
 
@@ -86,15 +87,15 @@ def clean_on_ray(inputs: list, cfg: CleanConfig, strict: bool, show_progress: bo
     owners = None
     if cfg.on("dedup_lines"):
         def line_pairs(row: dict) -> list[dict]:
-            return [{"hash": line_hash(line), "key": int(row["key"])} for line in row["text"].split("\n")]
+            return [{"hash": line_hash(line), "key": str(row["key"])} for line in row["text"].split("\n")]
 
         table = kept.flat_map(line_pairs).groupby("hash").min("key").to_pandas()
-        owners = LineOwners(table["hash"].to_numpy(np.int64), table["min(key)"].to_numpy(np.int64))
+        owners = LineOwners(table["hash"].to_numpy(np.int64), digest_words(table["min(key)"].tolist()))
     owners_ref = ray.put(owners)
 
     def filter_batch(batch: dict) -> dict:
         pages = _pages(batch)
-        items = [(p, t, int(k)) for p, t, k in zip(pages, batch["text"], batch["key"])]
+        items = [(p, t, str(k)) for p, t, k in zip(pages, batch["text"], batch["key"])]
         out, part = second_stage(items, cfg, ray.get(owners_ref))
         return {"index": [i for i, _ in out] + [-1],
                 "record": [json.dumps(r, ensure_ascii=False) for _, r in out] + [_report_json(part)]}

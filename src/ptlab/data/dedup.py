@@ -1,6 +1,10 @@
-"""C4's de-duplication: pages by normalised URL (the newest is kept), and lines across the whole corpus (each line
-is kept on exactly one page: the one whose URL has the smallest md5, so the choice is deterministic but not biased
-towards any source), after which a page needs 3 sentences again."""
+"""C4's de-duplication: pages by normalised URL (the newest is kept), and lines across the whole corpus, after
+which a page needs 3 sentences again. Each line is kept on exactly one page, the one tensorflow-datasets'
+`remove_duplicate_text` keeps: the page whose key has the smallest md5 hex digest (`Top.PerKey(1,
+key=_hash_text, reverse=True)`), so the choice is deterministic but not biased towards any domain. The key is the
+normalised URL (C4 2019/2020: pages are keyed by it once URLs are de-duplicated), else the record's id, else its
+position in the input. Lines are told apart by a 64-bit md5 prefix (C4 compares the full digest; pages sharing a
+line are the only ones that compete, and two different lines agree on 64 bits with odds of about n^2 / 2^65)."""
 
 from __future__ import annotations
 
@@ -54,8 +58,13 @@ class UrlWinners:
 
 
 def md5_int(text: str) -> int:
-    """The first 8 bytes of md5(text) as a signed 64-bit integer (sortable in numpy)."""
+    """The first 8 bytes of md5(text) as a signed 64-bit integer (sortable in numpy): a line's identity."""
     return int.from_bytes(hashlib.md5(text.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def md5_hex(text: str) -> str:
+    """C4's `_hash_text`."""
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
 def line_hash(line: str) -> int:
@@ -63,20 +72,29 @@ def line_hash(line: str) -> int:
     return md5_int(line.strip().lower())
 
 
-def page_key(record: dict, fallback: str) -> int:
-    """Which page owns a shared line: md5 of the normalised URL (C4), else of the id, else of `fallback`."""
+def page_key(record: dict, fallback: str) -> str:
+    """The md5 hex digest that decides which page keeps a shared line: of the normalised URL (C4), else of the
+    id, else of `fallback` (the page's place in the input)."""
     if isinstance(record.get("url"), str):
-        return md5_int(normalize_url(record["url"]))
+        return md5_hex(normalize_url(record["url"]))
     if record.get("id") is not None:
-        return md5_int(str(record["id"]))
-    return md5_int(fallback)
+        return md5_hex(str(record["id"]))
+    return md5_hex(fallback)
+
+
+def digest_words(keys: list[str] | np.ndarray) -> np.ndarray:
+    """md5 hex digests -> [n, 2] unsigned 64-bit words (high, low). Compared high word first, they order exactly
+    as the hex strings do (equal length, big-endian); a signed comparison would not."""
+    raw = bytes.fromhex("".join(keys))
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, 2)
 
 
 class LineOwners:
-    """For every distinct line hash, the smallest page key among the pages holding it."""
+    """For every distinct line hash, the owning page's key: the smallest md5 hex digest among the pages holding
+    the line, kept as its two 64-bit words."""
 
     def __init__(self, hashes: np.ndarray, keys: np.ndarray):
-        order = np.lexsort((keys, hashes))
+        order = np.lexsort((keys[:, 1], keys[:, 0], hashes))
         hashes, keys = hashes[order], keys[order]
         first = np.ones(len(hashes), dtype=bool)
         first[1:] = hashes[1:] != hashes[:-1]
@@ -85,7 +103,7 @@ class LineOwners:
     @classmethod
     def from_pairs(cls, chunks: list[tuple[np.ndarray, np.ndarray]]) -> "LineOwners":
         if not chunks:
-            return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+            return cls(np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.uint64))
         return cls(np.concatenate([h for h, _ in chunks]), np.concatenate([k for _, k in chunks]))
 
     def owner(self, hashes: np.ndarray) -> np.ndarray:
@@ -93,20 +111,20 @@ class LineOwners:
         return self.owners[np.minimum(position, len(self.owners) - 1)]
 
 
-def page_line_hashes(text: str, key: int) -> tuple[np.ndarray, np.ndarray]:
+def page_line_hashes(text: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     hashes = np.array([line_hash(line) for line in text.split("\n")], dtype=np.int64)
-    return hashes, np.full(len(hashes), key, dtype=np.int64)
+    return hashes, np.repeat(digest_words([key]), len(hashes), axis=0)
 
 
-def dedupe_page(text: str, key: int, owners: LineOwners, cfg: CleanConfig, report: Report) -> str | None:
+def dedupe_page(text: str, key: str, owners: LineOwners, cfg: CleanConfig, report: Report) -> str | None:
     """C4's `_remove_lines_from_text`: drop lines owned by another page and repeats within the page; then the page
     must still hold `min_sentences` sentences."""
     lines = text.split("\n")
-    owner = owners.owner(np.array([line_hash(line) for line in lines], dtype=np.int64))
+    hashes = np.array([line_hash(line) for line in lines], dtype=np.int64)
+    owned = (owners.owner(hashes) == digest_words([key])).all(axis=1)
     kept, seen = [], set()
-    for line, line_owner in zip(lines, owner.tolist()):
-        hashed = line_hash(line)
-        if line_owner != key or hashed in seen:
+    for line, hashed, mine in zip(lines, hashes.tolist(), owned.tolist()):
+        if not mine or hashed in seen:
             report.line("dedup_lines", line)
             continue
         seen.add(hashed)
