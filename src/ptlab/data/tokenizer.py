@@ -33,6 +33,8 @@ BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 # (decoded as that byte). Such text is encoded as byte pieces, so that every text round-trips exactly.
 _UNIGRAM_MARKERS = re.compile("(\u2581|<(?=0x[0-9A-F]{2}>))")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The trainers allocate tables by vocabulary size (BPE aborts the process on 2**31); real vocabularies stay far below.
+MAX_VOCAB_SIZE = 2**21
 # Training only: words longer than this are cut (BPE's trainer takes minutes on one megabyte-long word).
 MAX_TRAINING_WORD = 1000
 _LONG_WORD = re.compile(f"[^ ]{{{MAX_TRAINING_WORD}}}")
@@ -197,6 +199,8 @@ def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int
     """Train on an iterator of texts. `vocab_size` counts everything: specials, byte pieces and sentinels."""
     if num_sentinels < 0:
         raise PtlabError(f"the number of sentinels must be >= 0, got {num_sentinels}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise PtlabError(f"vocab size {vocab_size:,} is too large (at most {MAX_VOCAB_SIZE:,})")
     texts = map(_training_text, texts)
     reserved = 3 + len(EXTRA_SPECIALS) + num_sentinels + (len(BYTE_PIECES) if kind == "unigram" else 0)
     if vocab_size <= reserved + 16:
