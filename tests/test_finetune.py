@@ -69,7 +69,17 @@ def test_a_custom_yaml_task_trains_and_evaluates_from_the_command_line(tmp_path,
                                 "--set", "metrics=[accuracy]", "--output", str(tmp_path / "preds.jsonl"), "--quiet"],
                                capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert f"accuracy {scores['test']['accuracy']:.2f}" in evaluated.stdout
+    # the oracle: accuracy counted here from the predictions against the verdicts in test.csv
+    with open(tmp_path / "test.csv", newline="", encoding="utf-8") as f:
+        verdicts = [row["verdict"] for row in csv.DictReader(f)]
+    evaluated_rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").open()]
+    assert [r["target"] for r in evaluated_rows] == [p["target"] for p in predictions] == verdicts
+    accuracy = 100 * np.mean([r["prediction"] == v for r, v in zip(evaluated_rows, verdicts)])
+    assert f"accuracy {accuracy:.2f}" in evaluated.stdout
+    # the same checkpoint predicts the same, and fine-tuning scored its test predictions the same way
+    assert [r["prediction"] for r in evaluated_rows] == [p["prediction"] for p in predictions]
+    assert scores["test"]["accuracy"] == pytest.approx(
+        100 * np.mean([p["prediction"] == v for p, v in zip(predictions, verdicts)]))
 
 
 def test_a_decoder_only_model_fine_tunes_too(tmp_path, tokenizer_dir):
@@ -78,19 +88,55 @@ def test_a_decoder_only_model_fine_tunes_too(tmp_path, tokenizer_dir):
     assert result.test["accuracy"] > 80
 
 
+def label_log_likelihood(model, inputs, label):
+    """log p(label tokens | inputs), one example at a time and unpadded: the ranking's oracle."""
+    with torch.no_grad():
+        if model.is_encoder_decoder:
+            start = model.config.decoder_start_token_id
+            decoder_in = torch.tensor([[start, *label[:-1]]])
+            log_probs = model(torch.tensor([inputs]), decoder_in).log_softmax(-1)[0]
+        else:  # one sequence: position t predicts token t + 1
+            log_probs = model(torch.tensor([[*inputs, *label]])).log_softmax(-1)[0, len(inputs) - 1:-1]
+    return log_probs.gather(1, torch.tensor(label)[:, None]).sum().item()
+
+
 @pytest.mark.parametrize("family", ["t5", "gpt2"])
-def test_label_ranking_only_ever_predicts_a_label(tmp_path, unigram_tokenizer, family):
+def test_label_ranking_picks_the_label_with_the_highest_summed_log_likelihood(tmp_path, unigram_tokenizer, family):
     files = write_task(tmp_path)
     task = resolve_task(TaskConfig(train=str(files["train"]), test=str(files["test"]), input_template="{review}",
                                    target_field="verdict", metrics=["accuracy"]))
     assert task.labels == ["disliked", "liked"]  # taken from the training file
     torch.manual_seed(0)
-    cfg = ModelConfig(family=family, vocab_size=unigram_tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=1,
+    cfg = ModelConfig(family=family, vocab_size=unigram_tokenizer.vocab_size, d_model=64, num_heads=2, num_layers=1,
                       d_ff=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    model = build_model(cfg)  # untrained: its raw outputs would be arbitrary tokens
+    model = build_model(cfg)
+    # a few steps of training, so that the model's choice depends on the review but is not yet always right
+    from ptlab.finetune import make_batch
+    from ptlab.train.batches import to_tensors
+    from ptlab.train.loop import summed_loss
+
+    train = encode_pairs(task.examples("train"), unigram_tokenizer, task)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(75):
+        start = step * 16 % len(train)
+        batch = to_tensors(make_batch(model, train[start:start + 16], 0))
+        (summed_loss(model, batch) / (batch["labels"] != -100).sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
     examples = encode_pairs(task.examples("test"), unigram_tokenizer, task)
-    predictions = predict(model, unigram_tokenizer, task, examples)
-    assert len(predictions) == 80 and set(predictions) <= {"disliked", "liked"}
+    label_ids = [unigram_tokenizer.encode(label) + [1] for label in task.labels]  # each label's tokens and EOS
+    predictions = predict(model, unigram_tokenizer, task, examples, batch_size=8)  # padded batches of 4 x 2 labels
+    oracle = np.array([[label_log_likelihood(model, example.inputs.tolist(), label) for label in label_ids]
+                       for example in examples])
+    # the scores behind the ranking, batched and padded, are the summed log-likelihoods (not, say, per token)
+    from ptlab.finetune import _label_log_likelihoods
+
+    scores = _label_log_likelihoods(model, examples, [np.array(ids) for ids in label_ids], 0, "fp32", "cpu")
+    np.testing.assert_allclose(scores, oracle, rtol=1e-4, atol=1e-4)
+    assert np.abs(oracle[:, 0] - oracle[:, 1]).min() > 1e-3  # no near-ties to flip
+    expected = [task.labels[i] for i in oracle.argmax(axis=1)]
+    assert predictions == expected
+    assert 10 < sum(e == "liked" for e in expected) < 70  # the oracle is not one constant answer
 
 
 def test_task_errors_name_the_file_and_field(tmp_path):
