@@ -18,7 +18,9 @@ import yaml
 from ptlab.config import load_config
 from ptlab.errors import PtlabError
 from ptlab.interop import export_hf
-from ptlab.train.checkpoint import list_checkpoints, load_model, load_trainer_state, verify_checkpoint
+from ptlab.models import build_model
+from ptlab.train.checkpoint import (list_checkpoints, load_checkpoint_config, load_model, load_trainer_state,
+                                    verify_checkpoint)
 from ptlab.train.loop import pretrain
 from ptlab.train.metrics import read_metrics
 from ptlab.train.sharded import load_sharded_weights
@@ -110,6 +112,12 @@ def test_two_fsdp_ranks_write_shards_that_one_process_resumes_and_exports(tmp_pa
     for key in single:
         torch.testing.assert_close(consolidated[key], single[key], rtol=0, atol=1e-5, msg=key)
 
+    # a model of another shape is refused in one line, naming the tensor
+    other = load_checkpoint_config(newest).model
+    other.d_model = 48
+    with pytest.raises(PtlabError, match=r"does not match this model: Size mismatch .*embed"):
+        load_sharded_weights(newest, build_model(other))
+
     # one process resumes the sharded checkpoint (resharded to no sharding at all) and follows the reference
     assert run_one_process(config).resumed_from == 8
     assert_same_curve(losses(run_dir), expected, range(1, 13))
@@ -134,9 +142,6 @@ class _RunsCode:
 
 
 def test_a_checkpoint_index_that_would_run_code_is_refused(tmp_path, reference, monkeypatch):
-    from ptlab.models import build_model
-    from ptlab.train.checkpoint import load_checkpoint_config
-
     directory = tmp_path / "evil"
     (directory / "dcp").mkdir(parents=True)
     (directory / "dcp" / ".metadata").write_bytes(pickle.dumps(_RunsCode()))

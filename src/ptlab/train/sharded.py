@@ -103,14 +103,19 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
 
 
 def _load(directory: Path, state: dict, no_dist: bool) -> None:
+    reader = _SafeReader(Path(directory) / DCP_DIR)
+    try:
+        reader.read_metadata()  # checked here: inside dcp.load a bad index is logged with tracebacks, then retried
+    except OSError as err:
+        raise PtlabError(f"{directory}/{DCP_DIR}: {err.strerror or err}") from None
     try:
         with warnings.catch_warnings():  # DCP warns that it assumes one process without a group: that is the point
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            dcp.load(state, storage_reader=_SafeReader(Path(directory) / DCP_DIR), planner=_SafeLoadPlanner(),
-                     no_dist=no_dist)
-    except CheckpointException as err:
-        reasons = [f"{failure!r}"[:300] for failure in err.failures.values()]
-        raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {'; '.join(reasons)}") from None
+            dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=no_dist)
+    except CheckpointException as err:  # each rank's exception, with its traceback
+        failures = [failure[0] if isinstance(failure, tuple) else failure for failure in err.failures.values()]
+        reasons = "; ".join(dict.fromkeys(str(failure).splitlines()[0][:300] for failure in failures))
+        raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {reasons}") from None
     except RuntimeError as err:  # a missing key is raised before any rank reads
         raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {str(err).splitlines()[0]}") from None
 
