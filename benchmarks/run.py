@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run, one report. Training throughput of ptlab against HF transformers
 (benchmarks/train.py: tiny and small T5, BART, GPT-2 and Llama, fp32 and each side's best), then the data side
-(benchmarks/data.py: objectives, tokenizers, cleaning). Writes benchmarks/results/bench.json (compare it across
+(benchmarks/data.py: objectives, tokenizers, cleaning), then tokenization at scale (benchmarks/tokenization.py: ptlab
+tokenize with 1 and 2 workers against datasets.map). Writes benchmarks/results/bench.json (compare it across
 changes) and exits 1 when ptlab is slower than HF at equal precision for any family.
 
     .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--json PATH]
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data  # noqa: E402
+import tokenization  # noqa: E402
 import train  # noqa: E402
 
 
@@ -24,14 +26,17 @@ def main() -> int:
     parser.add_argument("--families", default="t5,bart,gpt2,llama")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per training setting")
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")
+    parser.add_argument("--tokenize-mb", type=float, default=300.0,
+                        help="corpus size for the tokenization benchmark (0 skips it)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
     args = parser.parse_args()
     settings = ["HF default", "HF best", "ptlab fp32", "ptlab eager", "ptlab"]
     training, train_lines, failures = train.run(args.sizes.split(","), args.families.split(","), settings,
                                                 args.seconds, 3, args.loss_steps)
     pipeline, data_lines = data.run()
-    print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines))
-    return train.finish({"training": training, "data": pipeline}, args.json, failures)
+    tokenizing, tokenize_lines = tokenization.run(args.tokenize_mb) if args.tokenize_mb else ({}, [])
+    print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines))
+    return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing}, args.json, failures)
 
 
 if __name__ == "__main__":
