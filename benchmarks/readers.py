@@ -1,12 +1,13 @@
-"""Readers keep memory flat: peak RSS while streaming multi-GB JSONL.zst and Parquet files through `iter_texts`.
+"""Readers keep memory flat: peak RSS while streaming multi-GB JSONL.zst, Parquet and Arrow inputs through
+`iter_texts`.
 
-    .venv/bin/python benchmarks/readers.py [--gb 0.25 4] [--dir /tmp/ptlab-readers] [--keep]
+    .venv/bin/python benchmarks/readers.py [--gb 0.25 3] [--formats jsonl.zst parquet datasets] [--dir D] [--keep]
 
-For each size, writes a JSONL.zst file and a Parquet file of that much random-word text (stream-written: the writer
-holds one document or one row group at a time), then reads each one through `ptlab.data.readers.iter_texts` in a
-fresh process and reports the process's peak RSS (VmHWM; `resource.getrusage` where there is no /proc) above its
-RSS just before reading, with the read speed. Flat memory means the peak does not grow with the input: compare the
-sizes.
+For each size, writes a JSONL.zst file, a Parquet file and a `datasets` directory of that much random-word text
+(stream-written: the writer holds one document or one row group at a time), then reads each one through
+`ptlab.data.readers.iter_texts` in a fresh process and reports the process's peak RSS (VmHWM; `resource.getrusage`
+where there is no /proc) above its RSS just before reading, with the read speed. Flat memory means the peak does not
+grow with the input: compare the sizes.
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ def write_parquet(path: Path, total_bytes: int) -> None:
             writer.write_table(pa.Table.from_pylist(batch, schema))
 
 
+def write_datasets_dir(path: Path, total_bytes: int) -> None:
+    """What `Dataset.save_to_disk` writes (an Arrow IPC stream and state.json), without needing `datasets`."""
+    import pyarrow as pa
+
+    path.mkdir()
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    arrow = "data-00000-of-00001.arrow"
+    with pa.OSFile(str(path / arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
+        batch: list[dict] = []
+        for doc in documents(total_bytes):
+            batch.append(doc)
+            if len(batch) == 1000:  # save_to_disk's default writer batch size
+                stream.write_batch(pa.RecordBatch.from_pylist(batch, schema))
+                batch = []
+        if batch:
+            stream.write_batch(pa.RecordBatch.from_pylist(batch, schema))
+    (path / "state.json").write_text(json.dumps({"_data_files": [{"filename": arrow}]}))
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
+
+
 def rss_mib() -> tuple[float, float]:
     """(current, peak) resident set of this process in MiB.
 
@@ -102,9 +126,11 @@ def read_and_measure(path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gb", type=float, nargs="+", default=[0.25, 4.0],
+    parser.add_argument("--gb", type=float, nargs="+", default=[0.25, 3.0],
                         help="text sizes to generate, in GB (default: %(default)s)")
     parser.add_argument("--dir", help="scratch directory for the generated files (default: a temporary one)")
+    parser.add_argument("--formats", nargs="+", choices=list(WRITERS), default=list(WRITERS),
+                        help="formats to measure (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--read", help=argparse.SUPPRESS)  # the child process's job
     args = parser.parse_args()
@@ -117,24 +143,27 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
         for gb in args.gb:
-            for name, writer in (("jsonl.zst", write_jsonl_zst), ("parquet", write_parquet)):
+            for name in args.formats:
                 path = scratch / f"docs-{gb:g}GB.{name}"
+                writer = WRITERS[name]
                 started = time.perf_counter()
                 writer(path, int(gb * 1e9))
-                print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s",
+                print(f"wrote {path} ({size_of(path) / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
                 run = subprocess.run([sys.executable, __file__, "--read", str(path)], capture_output=True, text=True,
                                      check=True)
                 r = json.loads(run.stdout.strip().splitlines()[-1])
-                print(f"| {r['text_bytes'] / 1e9:.2f} GB | {name} | {path.stat().st_size / 1e9:.2f} GB | "
+                print(f"| {r['text_bytes'] / 1e9:.2f} GB | {name} | {size_of(path) / 1e9:.2f} GB | "
                       f"{r['docs']:,} | {r['text_bytes'] / 1e6 / r['seconds']:.0f} | {r['baseline_mib']:.0f} MiB | "
                       f"{r['peak_mib']:.0f} MiB | {r['peak_mib'] - r['baseline_mib']:.0f} MiB |", flush=True)
                 if not args.keep:
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
 
+
+WRITERS = {"jsonl.zst": write_jsonl_zst, "parquet": write_parquet, "datasets": write_datasets_dir}
 
 if __name__ == "__main__":
     main()

@@ -367,7 +367,8 @@ def _datasets(directory: Path, text_field: str, text_mode: str) -> Iterator[Loca
 
     for arrow in datasets_arrow_files(directory):
         try:
-            source = pa.memory_map(str(arrow))
+            # read, not memory-mapped: mapped pages stay resident once touched, so RSS would grow to the file's size
+            source = pa.OSFile(str(arrow))
             stream = pa.ipc.open_stream(source)
         except (pa.ArrowException, OSError) as err:
             raise BadRecord(arrow, f"not a readable Arrow stream ({' '.join(str(err).split())})") from None
