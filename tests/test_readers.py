@@ -201,13 +201,25 @@ def test_ensure_shard_rebuilds_when_the_text_field_changes(tmp_path, tokenizer_d
     assert np.asarray(title.tokens).tolist() == tokenizer.encode("Title") + [eos]
 
 
-def test_data_config_keys(tmp_path):
+def test_data_config_keys_reach_the_shards(tmp_path, tokenizer_dir):
     from ptlab.config import load_config
+    from ptlab.data import ensure_shards
 
     cfg = load_config(None, ["data.text_field=content", "data.text_mode=blocks", "data.skip_bad=true"])
     assert reader_options(cfg.data) == {"text_field": "content", "text_mode": "blocks", "skip_bad": True}
     with pytest.raises(PtlabError, match="config key 'data.text_mode': must be 'file' or 'blocks'"):
         load_config(None, ["data.text_mode=paragraphs"])
+    train = write_jsonl(tmp_path / "train.jsonl", [{"content": "kept text"}, {"text": "no content field"}])
+    validation = write_parquet(tmp_path / "validation.parquet", [{"content": "held out"}])
+    cfg = load_config(None, [f"data.train_files=[{tmp_path}/*.jsonl]", f"data.validation_files=[{validation}]",
+                             f"data.tokenizer={tokenizer_dir}", f"data.shards_dir={tmp_path / 'shards'}",
+                             "data.text_field=content", "data.skip_bad=true"])
+    train_shard, validation_shard = ensure_shards(cfg.data, load_tokenizer(tokenizer_dir), show_progress=False)
+    assert train_shard.index["num_documents"] == 1 and validation_shard.index["num_documents"] == 1
+    cfg.data.skip_bad = False
+    with pytest.raises(BadRecord, match=r"train\.jsonl line 2: the record has no 'content' field"):
+        write_jsonl(train, [{"content": "kept text"}, {"text": "changed, so the shard is rebuilt"}])
+        ensure_shards(cfg.data, load_tokenizer(tokenizer_dir), show_progress=False)
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------
