@@ -112,6 +112,18 @@ def test_two_fsdp_ranks_write_shards_that_one_process_resumes_and_exports(tmp_pa
     for key in single:
         torch.testing.assert_close(consolidated[key], single[key], rtol=0, atol=1e-5, msg=key)
 
+    # a new run starts from the sharded checkpoint (init) as it would from the one-process one
+    first_losses = []
+    for name, source in (("init_sharded", newest), ("init_single", reference / "checkpoints" / "step_0000008")):
+        settings = yaml.safe_load(config.read_text())
+        del settings["data"]["tokenizer"]
+        settings.update(init=str(source), run_dir=str(tmp_path / name))
+        settings["train"].update(max_steps=1, eval_every=0, checkpoint_every=0)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(settings))
+        pretrain(load_config(tmp_path / f"{name}.yaml", []), show_progress=False)
+        first_losses.append(losses(tmp_path / name)[1])
+    assert abs(first_losses[0] - first_losses[1]) <= TOLERANCE * first_losses[1]
+
     # a model of another shape is refused in one line, naming the tensor
     other = load_checkpoint_config(newest).model
     other.d_model = 48

@@ -23,6 +23,7 @@ from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
 from ptlab.interop import import_hf
 from ptlab.train.checkpoint import resolve_checkpoint
+from ptlab.train.sharded import is_sharded
 
 
 @dataclass
@@ -67,6 +68,10 @@ def _hf_fingerprint(hf_dir: Path) -> str:
 
 
 def _weights_sha256(checkpoint: Path) -> str:
+    if is_sharded(checkpoint):  # weights in several files (dcp/): one digest of their recorded digests
+        recorded = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]
+        shards = {name: digest for name, digest in recorded.items() if name.startswith("dcp/")}
+        return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
     try:
         return json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]["model.safetensors"]
     except (OSError, ValueError, KeyError):

@@ -50,7 +50,7 @@ from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoi
 from ptlab.train.host import configure_host
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
-from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, save_sharded
+from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, load_sharded_weights, save_sharded
 
 
 @dataclass
@@ -340,6 +340,8 @@ class _Trainer:
             if not is_sharded(checkpoint):  # a sharded one is loaded once the model has its final layout
                 load_weights(model, load_file(str(checkpoint / "model.safetensors")),
                              f"{checkpoint}/model.safetensors")
+        elif init is not None and is_sharded(init.checkpoint):  # an FSDP run's checkpoint, consolidated
+            load_sharded_weights(init.checkpoint, model)
         elif init is not None:  # init only seeds step 0: a resumed run continues from its own checkpoint
             load_weights(model, load_file(str(init.checkpoint / "model.safetensors")),
                          f"{init.checkpoint}/model.safetensors")
