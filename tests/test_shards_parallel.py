@@ -171,13 +171,18 @@ def test_cli_writes_pieces_and_a_failure_keeps_the_old_output(tmp_path, corpus, 
 
 @pytest.mark.slow  # starting Ray takes 15-30 s on 2 cores
 def test_ray_engine_writes_the_local_pieces(tmp_path, corpus, unigram_tokenizer, two_workers):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    pytest.importorskip("ray.data")
+    import ray
+
+    started = not ray.is_initialized()  # another test's engine may have started it already
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         shard = tokenize_to_shard(corpus, unigram_tokenizer, tmp_path / "ray", workers=2, engine="ray",
                                   chunk_chars=CHUNK, show_progress=False)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     assert pieces_bytes(shard) == pieces_bytes(two_workers)
     assert [p["num_documents"] for p in shard.index["pieces"]] == [p["num_documents"] for p in two_workers.index["pieces"]]
     np.testing.assert_array_equal(shard.doc_starts, two_workers.doc_starts)
