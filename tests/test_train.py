@@ -108,7 +108,39 @@ def test_every_family_config_pretrains_and_generates(tmp_path, small_corpus, tok
     model = load_model(result.checkpoint)
     assert model.config.family == cfg.model.family and model.config.eos_token_id == 1
     prompt = torch.tensor([[5, 6, 7, 1]])
-    assert generate(model, prompt, max_new_tokens=4).shape[1] <= 4
+    new_tokens = generate(model, prompt, max_new_tokens=4, eos_token_id=-1)
+    assert torch.equal(new_tokens, greedy_by_full_forward(model, prompt, 4))
+
+
+def greedy_by_full_forward(model, prompt, steps):
+    """The oracle: argmax of a full forward pass over everything so far, one token at a time, no cache."""
+    model.eval()
+    start = model.config.decoder_start_token_id
+    sequence = torch.tensor([[start]]) if model.is_encoder_decoder else prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(prompt, sequence) if model.is_encoder_decoder else model(sequence)
+            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return sequence[:, -steps:]
+
+
+def test_logged_tflops_and_mfu_are_the_counted_flops_over_the_time(tmp_path, small_corpus, tokenizer_dir):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = tiny_config(tmp_path, small_corpus, tokenizer_dir, "model.family=gpt2", "objective.name=causal_lm",
+                      "train.max_steps=3", "train.peak_tflops=0.5", "train.compile=false")
+    pretrain(cfg, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "tflops" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    model = load_model(tmp_path / "run")
+    window = cfg.objective.inputs_length
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model.train()(torch.randint(3, 1000, (cfg.train.batch_size, window))).sum().backward()
+    for r in steps:
+        assert r["tflops"] * 1e12 * r["seconds"] == pytest.approx(r["step"] * counter.get_total_flops(), rel=1e-3)
+        assert r["mfu"] == pytest.approx(r["tflops"] / 0.5)
 
 
 def test_a_checkpoint_from_an_earlier_ptlab_is_refused_in_one_line(tmp_path):
