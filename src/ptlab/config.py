@@ -146,8 +146,9 @@ class MixtureSource:
     files: list[str] = field(default_factory=list)  # JSONL files, a token-shard directory, or task:NAME entries
     weight: float = 0.0  # its share of the training examples (the weights are normalised to sum to 1)
     epochs_cap: float | None = None  # at most this many passes over its chunks; then its weight goes to the rest
-    sources: list[str] = field(default_factory=list)  # keep only these corpus sources; empty: all
-    validation_files: list[str] = field(default_factory=list)  # validation text of its own (see DataConfig)
+    sources: list[str] = field(default_factory=list)  # keep only these corpus sources; empty: data.sources
+    # Validation text of its own: the sources' own files together replace data.validation_files
+    validation_files: list[str] = field(default_factory=list)
 
     def validate(self, key: str) -> None:
         _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name)), f"{key}.name",

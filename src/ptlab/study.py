@@ -155,6 +155,9 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
         cfg = load_config(base, [_override(k, v) for k, v in overrides.items()])
     except PtlabError as err:
         raise PtlabError(f"study cell {cell.name!r}: {err}") from None
+    if cell.clean and cfg.data.mixture:
+        raise PtlabError(f"study cell {cell.name!r}: clean: true cleans data.train_files, not a mixture's sources; "
+                         "clean them with `ptlab clean` and name the cleaned files in the mixture")
     if arch == "half-layers":
         cfg.model.num_layers = max(1, cfg.model.num_layers // 2)
         if cfg.model.num_decoder_layers:

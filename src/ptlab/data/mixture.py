@@ -82,9 +82,17 @@ class _Phase:
     base: np.ndarray  # each source's count at `start`
     table: np.ndarray  # the pattern of the sources still active, zero columns for the exhausted ones
 
+    def __post_init__(self) -> None:
+        self.served = np.argmax(np.diff(self.table, axis=0), axis=1).tolist()  # the source of each block position
+
     def counts(self, n: int) -> np.ndarray:
         blocks, rest = divmod(n - self.start, len(self.table) - 1)
         return self.base + blocks * self.table[-1] + self.table[rest]
+
+    def assign(self, example: int) -> tuple[int, int]:
+        blocks, rest = divmod(example - self.start, len(self.table) - 1)
+        source = self.served[rest]
+        return source, int(self.base[source] + blocks * self.table[-1, source] + self.table[rest, source])
 
 
 class MixtureSchedule:
@@ -96,6 +104,7 @@ class MixtureSchedule:
         weights = np.asarray(weights, dtype=np.float64)
         self.phases: list[_Phase] = []
         self.end: int | None = None  # examples available in total (None: unbounded)
+        self._starts: list[int] = []
         active = np.ones(len(weights), dtype=bool)
         start, base = 0, np.zeros(len(weights), dtype=np.int64)
         while True:
@@ -104,6 +113,7 @@ class MixtureSchedule:
             table[:, active] = _pattern(share[active] / share[active].sum(), block)
             phase = _Phase(start, base, table)
             self.phases.append(phase)
+            self._starts.append(start)
             ends = {s: self._reaches(phase, s, capacities[s]) for s in np.flatnonzero(active)
                     if capacities[s] is not None}
             ends = {s: e for s, e in ends.items() if e is not None}
@@ -127,18 +137,19 @@ class MixtureSchedule:
         within = int(np.searchsorted(phase.table[:, source], remaining - blocks * per_block, side="left"))
         return phase.start + blocks * (len(phase.table) - 1) + within
 
-    def counts(self, n: int) -> np.ndarray:
-        """Examples each source served among global examples [0, n)."""
+    def _phase(self, n: int) -> _Phase:
         if self.end is not None and n > self.end:
             raise PtlabError(f"data.mixture: every source reached its epochs_cap after {self.end} examples")
-        phase = self.phases[bisect.bisect_right([p.start for p in self.phases], n) - 1]
-        return phase.counts(n)
+        return self.phases[bisect.bisect_right(self._starts, n) - 1]
+
+    def counts(self, n: int) -> np.ndarray:
+        """Examples each source served among global examples [0, n)."""
+        return self._phase(n).counts(n)
 
     def assign(self, example: int) -> tuple[int, int]:
         """(source, that source's own example number) of global example `example`."""
-        before, after = self.counts(example), self.counts(example + 1)
-        source = int(np.argmax(after - before))
-        return source, int(before[source])
+        self._phase(example + 1)  # the example must exist
+        return self._phase(example).assign(example)
 
 
 # ---------------------------------------------------------------- sources and sampling
