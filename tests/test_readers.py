@@ -237,8 +237,10 @@ def big_corpus() -> bytes:
     return jsonl_bytes([{"text": f"document {i} " + "word " * (i % 50)} for i in range(3000)])
 
 
-def parquet_bytes(docs: list[dict], tmp: Path) -> bytes:
-    return write_parquet(tmp / "x.parquet", docs).read_bytes()
+def parquet_bytes(docs: list[dict], tmp: Path, **options) -> bytes:
+    path = tmp / "x.parquet"
+    pq.write_table(pa.Table.from_pylist(docs), path, **options)
+    return path.read_bytes()
 
 
 # name -> (file name, bytes maker, error pattern, records left when skipped, count skipped)
@@ -274,6 +276,10 @@ CORRUPTIONS = {
                        None, 1),
     "truncated parquet": ("a.parquet", lambda t: parquet_bytes(GOOD, t)[:-20],
                           r"a\.parquet: not a readable Parquet file", 0, 1),
+    # Parquet pages carry a CRC only when the writer adds one; without it a flipped byte reads as other text
+    "flipped byte in checksummed parquet": ("a.parquet", lambda t: flip_middle_byte(parquet_bytes(
+        [{"text": f"document {i} " * 30} for i in range(3000)], t, row_group_size=500, write_page_checksum=True)),
+        r"a\.parquet row \d+: corrupt data \(could not verify page integrity", None, 1),
     "null text in parquet": ("a.parquet", lambda t: parquet_bytes([GOOD[0], {"text": None}, GOOD[1]], t),
                              r"a\.parquet row 2: field 'text' is NoneType, not a string", 2, 1),
     "integer text column": ("a.parquet", lambda t: parquet_bytes([{"text": 1}], t),

@@ -354,7 +354,8 @@ def _parquet(path: Path, text_field: str, text_mode: str) -> Iterator[Located | 
     try:
         # pre_buffer would keep every row group's bytes until the file is closed (memory growing with the file);
         # buffer_size streams a column chunk's pages instead of loading the chunk whole
-        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES,
+                                  page_checksum_verification=True)
     except (pa.ArrowException, OSError) as err:
         raise BadRecord(path, f"not a readable Parquet file ({' '.join(str(err).split())})") from None
     with parquet:
