@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ptlab.cli import main
 from ptlab.config import load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.shards import ConcatTokens, ChunkSampler, lists_shards, open_shard, open_shards
+from ptlab.data.shards import ChunkSampler, ConcatTokens, PieceFile, lists_shards, open_shard, open_shards
 from ptlab.data.tokenize_parallel import iter_chunks, tokenize_to_shard
 from ptlab.errors import PtlabError
 
@@ -94,6 +94,21 @@ def test_concatenated_tokens_slice_like_one_array(lengths, start, stop):
     np.testing.assert_array_equal(np.asarray(tokens, dtype=np.int64), whole.astype(np.int64))
     if -len(whole) <= start < len(whole):
         assert tokens[start] == whole[start]
+
+
+def test_piece_files_are_mapped_a_few_at_a_time(tmp_path):
+    parts = [np.arange(i * 10, i * 10 + 7, dtype=np.uint16) for i in range(6)]
+    files = []
+    for i, part in enumerate(parts):
+        part.tofile(tmp_path / f"{i}.bin")
+        files.append(PieceFile(tmp_path / f"{i}.bin", np.dtype(np.uint16), len(part)))
+    tokens = ConcatTokens(files)
+    tokens.MAX_OPEN = 2
+    whole = np.concatenate(parts)
+    for start in range(0, len(whole), 5):
+        np.testing.assert_array_equal(tokens[start:start + 9], whole[start:start + 9])
+        assert len(tokens._open) <= 2
+    np.testing.assert_array_equal(np.asarray(tokens), whole)
 
 
 def test_two_shard_directories_read_as_one_stream(one_worker, two_workers, unigram_tokenizer):

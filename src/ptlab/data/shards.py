@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -58,20 +59,54 @@ def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = (), 
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class PieceFile:
+    """A piece's tokens file, memory-mapped only while `ConcatTokens` needs it (a mapping holds a file descriptor,
+    and a large corpus has more pieces than a process may keep open)."""
+
+    path: Path
+    dtype: np.dtype
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def open(self) -> np.ndarray:
+        if self.length == 0:
+            return np.empty(0, dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.length,))
+
+
 class ConcatTokens:
-    """Several memory-mapped token arrays read as one: slicing (what the samplers do), `len`, `shape`, `dtype`.
+    """Several token arrays (or piece files) read as one: slicing (what the samplers do), `len`, `shape`, `dtype`.
 
     A slice that spans pieces is copied out of each; `np.asarray(tokens)` copies the whole stream (small corpora only).
+    At most `MAX_OPEN` piece files are mapped at a time, the most recently used.
     """
 
-    def __init__(self, parts: list[np.ndarray]):
+    MAX_OPEN = 64
+
+    def __init__(self, parts: list[np.ndarray | PieceFile]):
         self.parts = parts
         self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
         self.dtype = np.result_type(*(p.dtype for p in parts))
         self.shape = (int(self.offsets[-1]),)
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def _part(self, i: int) -> np.ndarray:
+        part = self.parts[i]
+        if not isinstance(part, PieceFile):
+            return part
+        if i in self._open:
+            self._open.move_to_end(i)
+        else:
+            self._open[i] = part.open()
+            if len(self._open) > self.MAX_OPEN:
+                self._open.popitem(last=False)
+        return self._open[i]
 
     def __getitem__(self, key):
         if isinstance(key, slice):
@@ -82,7 +117,7 @@ class ConcatTokens:
             while position < stop:
                 part = int(np.searchsorted(self.offsets, position, side="right")) - 1
                 end = min(stop, int(self.offsets[part + 1]))
-                out.append(self.parts[part][position - self.offsets[part]:end - self.offsets[part]])
+                out.append(self._part(part)[position - self.offsets[part]:end - self.offsets[part]])
                 position = end
             if not out:
                 return np.empty(0, dtype=self.dtype)
@@ -91,10 +126,10 @@ class ConcatTokens:
         if not 0 <= position < len(self):
             raise IndexError(f"token {key} out of range for {len(self)} tokens")
         part = int(np.searchsorted(self.offsets, position, side="right")) - 1
-        return self.parts[part][position - self.offsets[part]]
+        return self._part(part)[position - self.offsets[part]]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = np.concatenate(self.parts).astype(self.dtype, copy=False)
+        whole = self[:]
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
@@ -224,20 +259,23 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _memmap(path: Path, dtype: str, expected: int) -> np.ndarray:
+def _piece_file(path: Path, dtype: str, expected: int) -> PieceFile:
+    """A tokens file whose size matches its index entry (checked without mapping it)."""
     if not path.is_file():
         raise PtlabError(f"{path} is missing")
-    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
-    if tokens.shape[0] != expected:
-        raise PtlabError(f"{path} holds {tokens.shape[0]} tokens, the index says {expected}")
-    return tokens
+    dtype = np.dtype(dtype)
+    size = path.stat().st_size
+    if size != expected * dtype.itemsize:
+        held = f"{size // dtype.itemsize}" if size % dtype.itemsize == 0 else f"{size} bytes of {dtype.name}, not whole"
+        raise PtlabError(f"{path} holds {held} tokens, the index says {expected}")
+    return PieceFile(path, dtype, expected)
 
 
 def _open_manifest(directory: Path) -> TokenShard:
     manifest = _read_json(directory / MANIFEST)
     try:
         dtype, pieces = manifest["dtype"], manifest["pieces"]
-        parts = [_memmap(directory / p["tokens"], dtype, p["num_tokens"]) for p in pieces]
+        parts = [_piece_file(directory / p["tokens"], dtype, p["num_tokens"]) for p in pieces]
         starts = [np.load(directory / p["doc_starts"]) for p in pieces]
         counts = [(p["num_tokens"], p["num_documents"]) for p in pieces]
         expected = (manifest["num_tokens"], manifest["num_documents"])
@@ -251,7 +289,7 @@ def _open_manifest(directory: Path) -> TokenShard:
                              f"says {num_documents}")
     if (sum(c[0] for c in counts), sum(c[1] for c in counts)) != tuple(expected):
         raise PtlabError(f"{directory / MANIFEST}: its pieces do not add up to num_tokens and num_documents")
-    tokens = parts[0] if len(parts) == 1 else ConcatTokens(parts)
+    tokens = parts[0].open() if len(parts) == 1 else ConcatTokens(parts)
     return TokenShard(directory, tokens, _global_starts(starts, [len(p) for p in parts]), manifest)
 
 
@@ -270,7 +308,7 @@ def open_shard(directory: str | Path) -> TokenShard:
     index = _read_json(directory / INDEX)
     if "dtype" not in index or "num_tokens" not in index:
         raise PtlabError(f"{directory / INDEX}: missing dtype or num_tokens")
-    tokens = _memmap(directory / "tokens.bin", index["dtype"], index["num_tokens"])
+    tokens = _piece_file(directory / "tokens.bin", index["dtype"], index["num_tokens"]).open()
     return TokenShard(directory, tokens, np.load(directory / "doc_starts.npy"), index)
 
 
