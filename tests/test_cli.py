@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -169,3 +170,148 @@ def test_import_of_a_non_model_directory_is_one_line(tmp_path):
     result = run_cli("import-hf", str(tmp_path), str(tmp_path / "out"))
     assert result.returncode == 2 and "config.json not found" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- pretrain --resume / --restart -------------------------------------------------------------------------------
+
+def tiny_pretrain_args(run_dir, corpus, tokenizer_dir, steps):
+    return [f"run_dir={run_dir}", f"data.train_files=[{corpus['train']}]",
+            f"data.validation_files=[{corpus['validation']}]", f"data.tokenizer={tokenizer_dir}",
+            "data.vocab_size=2000", "model.family=gpt2", "model.d_model=32", "model.d_ff=64", "model.num_heads=2",
+            "model.num_layers=1", "objective.name=causal_lm", "objective.inputs_length=32", "train.batch_size=4",
+            f"train.max_steps={steps}", "train.warmup_steps=1", "train.eval_every=0", "train.eval_batches=1",
+            "train.checkpoint_every=2", "train.keep_checkpoints=10", "train.log_every=1", "train.precision=fp32",
+            "train.compile=false", "train.threads=1"]
+
+
+def step_losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r and "event" not in r}
+
+
+def events(run_dir):
+    return [(r["event"], r["step"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "event" in r]
+
+
+def checkpoint_steps(run_dir):
+    return sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_resume_with_nothing_to_resume_is_one_line(tmp_path, small_corpus, tokenizer_dir, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "--resume", "--quiet", *tiny_pretrain_args(run_dir, small_corpus, tokenizer_dir, 4)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ptlab: error: nothing to resume: no valid checkpoint in")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_resume_continues_exactly_and_restart_starts_afresh(tmp_path, small_corpus, tokenizer_dir, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    args = tiny_pretrain_args(run_dir, small_corpus, tokenizer_dir, 6)
+    assert main(["pretrain", "--quiet", *args]) == 0
+    uninterrupted = step_losses(run_dir)
+    assert sorted(uninterrupted) == [1, 2, 3, 4, 5, 6] and checkpoint_steps(run_dir) == [2, 4, 6]
+
+    # as if the run had died after its step-2 checkpoint
+    for step in (4, 6):
+        shutil.rmtree(run_dir / "checkpoints" / f"step_{step:07d}")
+    assert main(["pretrain", "--resume", "--quiet", *args]) == 0
+    assert events(run_dir)[:2] == [("start", 0), ("resume", 2)]
+    assert step_losses(run_dir) == uninterrupted  # steps 3-6 recomputed to the same losses, 1-2 kept
+    assert checkpoint_steps(run_dir) == [2, 4, 6]
+
+    notes = run_dir / "notes.txt"  # the user's own file in the run directory
+    notes.write_text("keep me")
+    (run_dir / "checkpoints" / "step_0000009").mkdir()  # a stale checkpoint directory of an earlier run
+    restart_args = tiny_pretrain_args(run_dir, small_corpus, tokenizer_dir, 2)
+    assert main(["pretrain", "--restart", "--quiet", *restart_args]) == 0
+    assert checkpoint_steps(run_dir) == [2]  # every old checkpoint is gone
+    assert events(run_dir) == [("start", 0), ("end", 2)] and sorted(step_losses(run_dir)) == [1, 2]
+    assert step_losses(run_dir)[1] == uninterrupted[1]  # step 1 again, from the initial weights
+    assert notes.read_text() == "keep me"
+    capsys.readouterr()
+
+
+def test_resume_and_restart_together_are_refused():
+    result = run_cli("pretrain", "--resume", "--restart")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+# ---- probe ---------------------------------------------------------------------------------------------------------
+
+def test_probe_matches_logistic_regression_on_independently_pooled_states(tmp_path, unigram_tokenizer, capsys):
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from test_finetune import write_task
+
+    from ptlab.config import Config, ModelConfig
+    from ptlab.models import build_model
+    from ptlab.train.checkpoint import write_checkpoint
+
+    files = write_task(tmp_path)
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="t5", vocab_size=unigram_tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=1,
+                      d_ff=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    model = build_model(cfg).eval()
+    write_checkpoint(tmp_path / "ckpt", model, Config(model=cfg), unigram_tokenizer)
+    code = main(["probe", str(tmp_path / "ckpt"), "--set", f"train={files['train']}", "--set",
+                 f"validation={files['validation']}", "--set", "input_template=review: {review}", "--set",
+                 "target_field=verdict", "--set", "metrics=[accuracy]"])
+    out = capsys.readouterr().out
+    assert code == 0
+    printed = float(out.split("accuracy")[-1])
+
+    def pooled(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        states = []
+        with torch.no_grad():
+            for row in rows:  # one review at a time: no padding to get wrong
+                ids = torch.tensor([unigram_tokenizer.encode(f"review: {row['review']}") + [1]])
+                states.append(model.encode(ids, torch.ones_like(ids))[0].mean(0).numpy())
+        return np.array(states), [row["verdict"] for row in rows]
+
+    x_train, y_train = pooled(files["train"])
+    x_eval, y_eval = pooled(files["validation"])
+    scaler = StandardScaler().fit(x_train)
+    probe = LogisticRegression(max_iter=2000, random_state=0).fit(scaler.transform(x_train), y_train)
+    expected = 100 * probe.score(scaler.transform(x_eval), y_eval)
+    assert printed == pytest.approx(expected, abs=100 / len(y_eval) + 1e-6)  # at most one review apart
+    # the features themselves: ptlab's batched, padded pooling against the one-at-a-time means
+    from ptlab.config import TaskConfig
+    from ptlab.finetune import encode_pairs, pooled_states
+    from ptlab.tasks import resolve_task
+
+    task = resolve_task(TaskConfig(train=str(files["train"]), input_template="review: {review}",
+                                   target_field="verdict", metrics=["accuracy"]))
+    batched = pooled_states(model, encode_pairs(task.examples("train"), unigram_tokenizer, task), 0)
+    np.testing.assert_allclose(batched, x_train, rtol=1e-4, atol=1e-5)
+    assert expected > 75  # the good/bad words survive mean pooling even in a random encoder
+
+
+# ---- demo ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_when_shrunk(tmp_path, small_corpus, tokenizer_dir):
+    result = run_cli_long("demo", "--quiet", f"run_dir={tmp_path / 'demo'}",
+                          f"data.train_files=[{small_corpus['train']}]",
+                          f"data.validation_files=[{small_corpus['validation']}]", f"data.tokenizer={tokenizer_dir}",
+                          "data.vocab_size=2000", "model.d_model=32", "model.d_kv=8", "model.d_ff=64",
+                          "model.num_layers=1", "objective.inputs_length=32", "train.max_steps=6",
+                          "train.warmup_steps=1", "train.eval_every=0", "train.eval_batches=1", "train.compile=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in ("validation loss at start", "validation loss at end", "sentinel-aware unigram baseline",
+                 "end loss below the baseline by", "Held-out validation passages", "Downstream: rt_polarity",
+                 "pre-trained    accuracy", "from scratch   accuracy", "demo finished in"):
+        assert line in result.stdout, line
+    assert (tmp_path / "demo" / "checkpoints").is_dir()
+
+
+def run_cli_long(*args):
+    return subprocess.run([sys.executable, "-m", "ptlab", *args], capture_output=True, text=True, timeout=1200)
