@@ -481,6 +481,15 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding lone surrogates, which no UTF-8 file (a saved config) can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value if value is not None else {}, key + ".")
@@ -527,6 +536,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise PtlabError(f"config key '{key}': must be a finite number, got {value!r}")
         return number
     if hint is str:
+        if isinstance(value, str) and not _is_unicode(value):
+            raise PtlabError(f"config key '{key}': {value!r} is not valid Unicode text (it holds a lone surrogate, "
+                             "e.g. from a non-UTF-8 command-line argument)")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise PtlabError(f"config key '{key}': expected a string, got {value!r}")
