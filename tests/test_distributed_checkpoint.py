@@ -171,9 +171,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_nodes_follow_the_single_process_curve_and_resume_on_one(tmp_path, small_corpus, tokenizer_dir,
-                                                                     reference):
-    """Two torchrun agents, one process each, meet over a c10d rendezvous on localhost as two nodes would."""
+def test_two_nodes_follow_the_single_process_curve_and_resume_on_one_or_four(tmp_path, small_corpus, tokenizer_dir,
+                                                                             reference):
+    """Two torchrun agents, one process each, meet over a c10d rendezvous on localhost as two nodes would. Their
+    sharded checkpoint resumes on one process, and on four FSDP ranks (collective load, resharded 2 -> 4)."""
     config = write_config(tmp_path, small_corpus, tokenizer_dir)
     port = free_port()
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
@@ -193,5 +194,12 @@ def test_two_nodes_follow_the_single_process_curve_and_resume_on_one(tmp_path, s
     assert (checkpoints[1] / "dcp" / "__1_0.distcp").is_file()
 
     shutil.rmtree(checkpoints[-1])
+    four = write_config(tmp_path / "four", small_corpus, tokenizer_dir)
+    shutil.copytree(run_dir, tmp_path / "four" / "run")
+    result = run_torchrun(four, 4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stderr
+    assert_same_curve(losses(tmp_path / "four" / "run"), expected, range(1, 13))
+
     assert run_one_process(config).resumed_from == 8
     assert_same_curve(losses(run_dir), expected, range(1, 13))
