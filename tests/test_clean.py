@@ -371,3 +371,15 @@ def test_line_dedup_keeps_the_page_tensorflow_datasets_keeps(tmp_path, engine):
     assert report.docs_in == len(records)
     out = read_jsonl(tmp_path / "out.jsonl")
     assert {(_c4_normalize_url(r["url"]) if "url" in r else r["id"]): r["text"] for r in out} == expected
+
+
+def test_an_over_long_page_is_dropped_before_it_can_win_its_url(tmp_path):
+    """C4 filters page length before de-duplicating URLs: the older copy of a URL survives its too-long newer copy."""
+    records = [{"id": "old", "url": "https://www.x.org/a", "timestamp": "2019-01-01T00:00:00Z", "text": page()},
+               {"id": "long", "url": "http://x.org/a/", "timestamp": "2019-06-01T00:00:00Z",
+                "text": page("Filler words make this page far too long to keep. " * 4000)}]
+    path = write_jsonl(tmp_path / "in.jsonl", records)
+    report = clean_files([path], tmp_path / "out.jsonl", cfg=CleanConfig(skip=frozenset({"language"})),
+                         show_progress=False)
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["old"]
+    assert report.rules["page_length"].pages == 1 and report.rules["url_dedup"].pages == 0

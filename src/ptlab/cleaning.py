@@ -161,20 +161,26 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
     return report
 
 
-def url_winners(inputs: list, strict: bool, report: Report, **read) -> UrlWinners:
-    """Pass 1: validate everything once and find the newest page per URL."""
+def url_winners(inputs: list, strict: bool, report: Report, cfg: CleanConfig, **read) -> UrlWinners:
+    """Pass 1: validate everything once and find the newest page per URL among those page_length keeps."""
     winners = UrlWinners()
     for page in read_pages(inputs, report, strict, **read):
         report.docs_in += 1
         report.lines_in += len(page.record["text"].splitlines())
-        if isinstance(page.record.get("url"), str):
+        if isinstance(page.record.get("url"), str) and not _too_long(page, cfg):
             winners.add(page.record["url"], page.record.get("timestamp"), page.index)
     return winners
 
 
+def _too_long(page: Page, cfg: CleanConfig) -> bool:
+    # C4 drops these before de-duplicating URLs, so an over-long copy never displaces a shorter, older one
+    return cfg.on("page_length") and len(page.record["text"]) > cfg.max_page_length
+
+
 def keep_url(page: Page, winners: UrlWinners, cfg: CleanConfig, report: Report) -> bool:
     url = page.record.get("url")
-    if cfg.on("url_dedup") and isinstance(url, str) and not winners.keeps(url, page.index):
+    if (cfg.on("url_dedup") and isinstance(url, str) and not _too_long(page, cfg)
+            and not winners.keeps(url, page.index)):
         report.page("url_dedup", f"[{url}] {page.record['text']}", len(page.record["text"].splitlines()))
         return False
     return True
@@ -183,7 +189,7 @@ def keep_url(page: Page, winners: UrlWinners, cfg: CleanConfig, report: Report) 
 def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, strict: bool,
                  show_progress: bool, **read) -> Report:
     report = Report()
-    winners = url_winners(inputs, strict, report, **read)
+    winners = url_winners(inputs, strict, report, cfg, **read)
     spill_path = output.with_name(output.name + ".spill.jsonl")
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
     dedup = cfg.on("dedup_lines")

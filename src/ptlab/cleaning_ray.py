@@ -54,7 +54,7 @@ def clean_on_ray(inputs: list, cfg: CleanConfig, strict: bool, show_progress: bo
         raise PtlabError("--engine ray needs Ray Data: pip install 'ptlab[ray]'") from None
 
     report = Report()
-    winners = url_winners(inputs, strict, report, **read)
+    winners = url_winners(inputs, strict, report, cfg, **read)
     quiet = Report()
     survivors = [p for p in read_pages(inputs, quiet, strict, **read) if keep_url(p, winners, cfg, report)]
     if not ray.is_initialized():
