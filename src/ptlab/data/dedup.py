@@ -2,9 +2,10 @@
 which a page needs 3 sentences again. Each line is kept on exactly one page, the one tensorflow-datasets'
 `remove_duplicate_text` keeps: the page whose key has the smallest md5 hex digest (`Top.PerKey(1,
 key=_hash_text, reverse=True)`), so the choice is deterministic but not biased towards any domain. The key is the
-normalised URL (C4 2019/2020: pages are keyed by it once URLs are de-duplicated), else the record's id, else its
-position in the input. Lines are told apart by a 64-bit md5 prefix (C4 compares the full digest; pages sharing a
-line are the only ones that compete, and two different lines agree on 64 bits with odds of about n^2 / 2^65)."""
+normalised URL (tensorflow-datasets' 2020 code keys pages by it once URLs are de-duplicated; its current code hashes
+the raw `page.url`, which picks another page wherever the two differ), else the record's id, else the page's place
+in the input (C4 has no page without a URL). Lines are told apart by a 64-bit md5 prefix where C4 compares the full
+digest: n distinct lines share a prefix with odds of about n^2 / 2^65."""
 
 from __future__ import annotations
 
