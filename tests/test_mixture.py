@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ptlab.config import load_config
 from ptlab.data import ensure_shards
-from ptlab.data.mixture import MixtureSchedule
+from ptlab.data.mixture import MixtureSchedule, tokenizer_texts
 from ptlab.data.pipeline import pretrain_batches, resolve_objective
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
@@ -246,3 +246,19 @@ def test_the_mixture_study_sets_a_mixture_per_cell(tmp_path):
     dry_run = format_plan(plan, estimate_seconds(plan))  # what `ptlab study --dry-run` prints
     assert "debian 10%" in dry_run and "debian 95%" in dry_run
     assert not tmp_path.joinpath("cells").exists()
+
+
+def test_the_tokenizer_is_trained_on_text_from_every_source_by_weight(tmp_path):
+    for name in ("web", "books"):  # many small documents, so that whole-document sampling can hit a byte budget
+        write_jsonl(tmp_path / f"{name}.jsonl.gz", [{"text": f"{name} document {i} " + "words " * 15}
+                                                    for i in range(2000)])
+    mixture = [{"name": name, "files": [str(tmp_path / f"{name}.jsonl.gz")], "weight": weight}
+               for name, weight in (("web", 0.25), ("books", 0.75))]
+    cfg = load_config(None, [f"data.mixture={json.dumps(mixture)}", "data.tokenizer_sample_bytes=40000",
+                             f"data.tokenizer={tmp_path / 'tokenizer'}"])
+    sampled = {"web": 0, "books": 0}
+    for text in tokenizer_texts(cfg.data):
+        sampled[text.split()[0]] += len(text.encode("utf-8"))
+    # each source's byte budget, to within the sampler's whole-document stride (ceil(total / budget) undershoots)
+    assert 0.85 * 10_000 < sampled["web"] <= 10_000 and 0.85 * 30_000 < sampled["books"] <= 30_000
+    assert sampled["web"] / sum(sampled.values()) == pytest.approx(0.25, abs=0.03)

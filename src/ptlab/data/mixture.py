@@ -263,7 +263,18 @@ def tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
         raise PtlabError(f"data.mixture: every source is a token shard, so there is no text to train the tokenizer "
                          f"{cfg.tokenizer} on; point data.tokenizer at the tokenizer the shards were built with")
     total = sum(s.weight for s in sources)
+    budgets = [max(1, int(cfg.tokenizer_sample_bytes * s.weight / total)) for s in sources]
     return itertools.chain.from_iterable(
-        sample_texts(materialise_tasks(s.files, tasks), s.sources or cfg.sources,
-                     max(1, int(cfg.tokenizer_sample_bytes * s.weight / total)), **reader_options(cfg))
-        for s in sources)
+        _within(sample_texts(materialise_tasks(s.files, tasks), s.sources or cfg.sources, budget,
+                             **reader_options(cfg)), budget)
+        for s, budget in zip(sources, budgets))
+
+
+def _within(texts: Iterator[str], budget: int) -> Iterator[str]:
+    """Whole texts until `budget` bytes are reached (thinning by a whole-document stride can overshoot it)."""
+    used = 0
+    for text in texts:
+        if used >= budget:
+            return
+        used += len(text.encode("utf-8"))
+        yield text
