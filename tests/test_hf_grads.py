@@ -87,7 +87,10 @@ def test_train_mode_logits_loss_and_every_gradient_match_hf(tmp_path, family, ov
         names = [n for n in aliases[id(param)] if n in ours_grads]
         assert names, f"{name} has no ptlab counterpart"
         got = sum(ours_grads[n] for n in names)
-        assert param.grad is not None and param.grad.abs().max() > 0, name
+        assert param.grad is not None, name
+        if not name.endswith("k_proj.bias"):  # a key bias shifts every score of a query alike: gradient 0
+            assert param.grad.abs().max() > 1e-7, name
+        # measured: within 3.5e-6 of each parameter's largest gradient
         scale = param.grad.abs().max().item()
         assert (got - param.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
         compared += 1
