@@ -203,7 +203,12 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from ptlab.finetune import finetune, print_scores
 
     cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
-    result = finetune(cfg, show_progress=not args.quiet)
+    resume = "always" if args.resume else "never" if args.restart else "auto"
+    result = finetune(cfg, show_progress=not args.quiet, resume=resume)
+    if result.interrupted:
+        print(f"ptlab: {result.interrupted} at step {result.steps}: saved {result.checkpoint}; run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(130 if result.interrupted == "SIGINT" else 143)
     print_scores(f"validation (best, step {result.best_step})", result.validation)
     if result.test is not None:
         print_scores("test", result.test)
@@ -376,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="example: ptlab finetune --config configs/finetune-rt.yaml init=runs/demo")
     ft.add_argument("--config", help="YAML fine-tuning config (keys: run_dir, seed, init, tokenizer, model, task, "
                                      "train, epochs, patience)")
+    again = ft.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="require a checkpoint in RUN_DIR to continue from (the default continues one if there is "
+                            "one: a killed fine-tune resumes to the scores of an uninterrupted one)")
+    again.add_argument("--restart", action="store_true",
+                       help="delete RUN_DIR's checkpoints, best weights, metrics and scores, and start afresh")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.name=spam_ham")
     ft.set_defaults(func=_cmd_finetune)

@@ -119,7 +119,7 @@ def compare_on_rt_polarity(cfg: Config, checkpoint: Path, show_progress: bool, o
                             init=init, tokenizer=cfg.data.tokenizer, model=copy.deepcopy(cfg.model), task=task,
                             train=copy.deepcopy(train), epochs=epochs, patience=3)
         ft.validate()
-        result = finetune(ft, show_progress)
+        result = finetune(ft, show_progress, resume="never")
         accuracy[name] = result.test["accuracy"]
     print("", file=out)
     tested = [t for _, t in resolve_task(task).examples("test")]

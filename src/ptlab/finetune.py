@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,23 +23,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
 from tqdm import tqdm
 
 from ptlab.config import Config, FinetuneConfig, TaskConfig, save_config
 from ptlab.data.pipeline import IGNORE_INDEX, decoder_batch, encoder_decoder_batch
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
 from ptlab.errors import PtlabError
+from ptlab.files import write_text_atomic
 from ptlab.metrics import compute_metrics
 from ptlab.models import build_model, count_parameters
 from ptlab.models.generate import generate
 from ptlab.objectives import Example
 from ptlab.tasks import Task, resolve_task
-from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model, write_checkpoint
-from ptlab.train.distributed import pick_device
+from ptlab.train.batches import autocast, batch_logits, model_inputs, to_tensors
+from ptlab.train.checkpoint import (CHECKPOINTS, latest_valid_checkpoint, load_checkpoint_tokenizer, load_model,
+                                    load_trainer_state, load_weights, save_checkpoint, write_checkpoint)
+from ptlab.train.distributed import Runtime, pick_device
 from ptlab.train.host import configure_host
-from ptlab.train.loop import autocast, batch_logits, fill_model_ids, model_inputs, to_tensors
+from ptlab.train.loop import compile_enabled, fill_model_ids, training_loss
+from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
+from ptlab.train.step import StopSignals, label_count, optimizer_step
 
 
 @dataclass
@@ -49,8 +58,9 @@ class FinetuneResult:
     validation: dict[str, float]
     test: dict[str, float] | None
     steps: int
-    seconds: float
+    seconds: float  # training, validation and test scoring, summed over resumptions
     history: list[dict] = field(default_factory=list)
+    interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
 
 
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PtlabTokenizer, task: Task) -> list[Example]:
@@ -139,101 +149,183 @@ def _initial_model(cfg: FinetuneConfig) -> tuple[nn.Module, PtlabTokenizer]:
     return build_model(holder.model), tokenizer
 
 
-def finetune(cfg: FinetuneConfig, show_progress: bool = True) -> FinetuneResult:
-    """Fine-tune as configured; keeps the weights with the best validation score (first metric), saves them to
-    RUN_DIR/best, and scores them on the test split when there is one."""
+def finetune_identity(cfg: FinetuneConfig, task: Task, max_steps: int) -> dict:
+    """What must not change between a fine-tuning checkpoint and its resumption."""
+    train = cfg.train
+    return {"task": task.name, "train_file": str(task.files.get("train")), "init": cfg.init, "seed": cfg.seed,
+            "batch_size": train.batch_size, "lr": train.lr, "max_steps": max_steps, "eval_every": train.eval_every,
+            "patience": cfg.patience, "metric": task.metrics[0]}
+
+
+def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "auto") -> FinetuneResult:
+    """Fine-tune as configured; keeps the weights with the best validation score (first metric) in RUN_DIR/best,
+    and scores them on the test split when there is one.
+
+    The steps run on the trainer's machinery (`ptlab.train.step`: autocast, accumulation, clipping, non-finite
+    skips, optional compile). A checkpoint is written at every evaluation, every `train.checkpoint_every` steps and
+    on SIGINT/SIGTERM; `resume` as for `pretrain` ("auto" continues the run directory's newest valid checkpoint,
+    "always" requires one, "never" starts afresh), and a resumed run ends with the scores of an uninterrupted one.
+    """
     train_cfg = cfg.train
     configure_host(train_cfg.threads)
     task = resolve_task(cfg.task)
-    model, tokenizer = _initial_model(cfg)
-    device = pick_device(train_cfg.device)
-    model.to(device).train()
+    train = task.examples("train")
+    for split in ("validation", "test"):  # a broken split fails now, not after training
+        if task.files.get(split) is not None:
+            task.examples(split)
     run_dir = Path(cfg.run_dir)
+    if resume == "never":
+        for stale in (run_dir / CHECKPOINTS, run_dir / "best", run_dir / "tensorboard"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in ("metrics.jsonl", "scores.json", "test_predictions.jsonl"):
+            (run_dir / stale).unlink(missing_ok=True)
+    model, tokenizer = _initial_model(cfg)
+    runtime = Runtime(0, 1, pick_device(train_cfg.device))
+    device = runtime.device
+    model.to(device).train()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
-    train = encode_pairs(task.examples("train"), tokenizer, task)
-    validation = task.examples("validation") if task.files.get("validation") else None
+    train = encode_pairs(train, tokenizer, task)
+    has_validation = task.files.get("validation") is not None
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     max_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
     schedule = dataclasses.replace(train_cfg, max_steps=max_steps)
     optimizer = build_optimizer(model, train_cfg)
+    identity = finetune_identity(cfg, task, max_steps)
+    checkpoint = None if resume == "never" else latest_valid_checkpoint(
+        run_dir, warn=lambda m: print(f"ptlab: warning: {m}", file=sys.stderr))
+    if resume == "always" and checkpoint is None:
+        raise PtlabError(f"nothing to resume: no valid checkpoint in {run_dir / CHECKPOINTS}")
+    progress = {"best_score": -math.inf, "best_step": 0, "since_best": 0, "seconds": 0.0, "skipped_steps": 0,
+                "finished": False}
+    start_step = 0
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        changed = [k for k in identity if state["data"].get(k) != identity[k]]
+        if changed:
+            raise PtlabError(f"{checkpoint} was fine-tuned with other settings ({', '.join(changed)} changed); "
+                             f"use --restart or a new run_dir")
+        load_weights(model, load_file(str(checkpoint / "model.safetensors")), f"{checkpoint}/model.safetensors")
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step, progress = state["step"], state["progress"]
+    loss_fn = training_loss(model, compile_enabled(schedule, device), on_fallback=lambda error: (
+        print(f"ptlab: warning: compiling failed, fine-tuning eagerly ({error})", file=sys.stderr),
+        record({"step": start_step, "event": "compile_fallback", "error": error})))
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])
     metric = task.metrics[0]
-    best_score, best_state, best_step, since_best = -math.inf, None, 0, 0
-    history: list[dict] = []
-    log = open(run_dir / "metrics.jsonl", "w", encoding="utf-8")
+    log = MetricsLog(run_dir, resume_step=start_step if checkpoint is not None else None,
+                     tensorboard=train_cfg.tensorboard)
+    history: list[dict] = read_metrics(run_dir) if checkpoint is not None else []
 
     def record(entry: dict) -> None:
         history.append(entry)
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        log.write(entry)
+
+    def save_best(step: int) -> None:
+        scores = {f"val_{metric}": progress["best_score"]} if has_validation else {}
+        write_checkpoint(run_dir / "best", model, Config(run_dir=str(run_dir), model=model.config), tokenizer,
+                         step, metrics=scores)
 
     def validate(step: int) -> bool:
-        """Score on validation; True when patience ran out."""
-        nonlocal best_score, best_state, best_step, since_best
-        if validation is None:
+        """Score on validation and keep the best weights on disk; True when patience ran out."""
+        if not has_validation:
             return False
         scores, _ = score(model, tokenizer, task, "validation", train_cfg.precision, device=device)
         model.train()
         record({"step": step, **{f"val_{k}": v for k, v in scores.items()}})
-        if scores[metric] > best_score:
-            best_score, best_step, since_best = scores[metric], step, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if scores[metric] > progress["best_score"]:
+            progress.update(best_score=scores[metric], best_step=step, since_best=0)
+            save_best(step)
         else:
-            since_best += 1
-        return since_best >= cfg.patience
+            progress["since_best"] += 1
+        return progress["since_best"] >= cfg.patience
 
-    started = time.perf_counter()
+    def checkpoint_now(step: int) -> Path:
+        rng_state = {"torch": torch.get_rng_state()}
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        trainer_state = {"step": step, "optimizer": optimizer_state, "rng": rng_state, "progress": dict(progress),
+                         "data": identity}
+        return save_checkpoint(run_dir, step, model, Config(run_dir=str(run_dir), model=model.config), tokenizer,
+                               trainer_state, keep=2)
+
     eval_every = train_cfg.eval_every or steps_per_epoch
-    bar = tqdm(total=max_steps, desc=f"fine-tuning on {task.name}", unit="step", disable=not show_progress)
-    step = 0
-    for step in range(1, max_steps + 1):
-        lr = train_cfg.lr * lr_factor(step - 1, schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
-        batch = to_tensors(model_inputs(make_batch(model, [train[i] for i in rows], pad)), device)
-        with autocast(train_cfg.precision, device):
-            logits = batch_logits(model, batch)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
-        loss.backward()
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        if step % train_cfg.log_every == 0:
-            record({"step": step, "loss": loss_value, "lr": lr})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", best=f"{best_score:.1f}" if best_state else "-")
-        if step % eval_every == 0 and step != max_steps and validate(step):
-            break
-    bar.close()
-    if step % eval_every != 0 or step == max_steps:
-        validate(step)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_step = step
-    model.eval()
-    checkpoint = write_checkpoint(run_dir / "best", model, Config(run_dir=str(run_dir), model=model.config), tokenizer,
-                                  best_step, metrics={f"val_{metric}": best_score})
-    validation_scores = {k[4:]: v for k, v in next((h for h in history if h["step"] == best_step
-                                                    and f"val_{metric}" in h), {}).items() if k.startswith("val_")}
-    test_scores = None
-    if task.files.get("test") is not None and task.files["test"].is_file():
-        test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision, device=device)
-        _write_predictions(run_dir / "test_predictions.jsonl", rows)
-        record({"step": best_step, **{f"test_{k}": v for k, v in test_scores.items()}})
-    log.close()
+    step, bad_in_row, interrupted = start_step, 0, None
+    try:
+        with StopSignals() as signals:
+            bar = tqdm(total=max_steps, initial=start_step, desc=f"fine-tuning on {task.name}", unit="step",
+                       disable=not show_progress)
+            while not progress["finished"] and step < max_steps:
+                step += 1
+                started = time.perf_counter()
+                lr = train_cfg.lr * lr_factor(step - 1, schedule)
+                rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
+                batch = make_batch(model, [train[i] for i in rows], pad)
+                outcome = optimizer_step(model, optimizer, loss_fn, batch, lr, label_count(batch), train_cfg, runtime)
+                if not outcome.applied:
+                    bad_in_row += 1
+                    progress["skipped_steps"] += 1
+                    record({"step": step, "event": "skipped_step", "reason": outcome.skipped,
+                            "loss": outcome.loss, "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
+                    if bad_in_row >= train_cfg.max_bad_steps:
+                        path = checkpoint_now(step)
+                        raise PtlabError(f"the {outcome.skipped} was not finite for {bad_in_row} steps in a row (up "
+                                         f"to step {step}); stopped with a checkpoint of the last good weights at "
+                                         f"{path}. Lower train.lr or use train.precision=fp32")
+                else:
+                    bad_in_row = 0
+                    if step % train_cfg.log_every == 0:
+                        record({"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm})
+                bar.update(1)
+                bar.set_postfix(loss=f"{outcome.loss:.3f}",
+                                best=f"{progress['best_score']:.1f}" if progress["best_step"] else "-")
+                evaluated = step % eval_every == 0 or step == max_steps
+                if evaluated and validate(step):
+                    progress["finished"] = True
+                progress["finished"] |= step == max_steps
+                progress["seconds"] += time.perf_counter() - started
+                saved = None
+                if evaluated or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0):
+                    saved = checkpoint_now(step)
+                if signals.received and not progress["finished"]:
+                    interrupted = signals.received
+                    saved = saved or checkpoint_now(step)
+                    record({"step": step, "event": "interrupted", "signal": interrupted, "checkpoint": str(saved)})
+                    break
+            bar.close()
+        if interrupted:
+            return FinetuneResult(run_dir, saved, progress["best_step"], {}, None, step, progress["seconds"],
+                                  history, interrupted)
+        if progress["best_step"]:
+            best = run_dir / "best"
+            load_weights(model, load_file(str(best / "model.safetensors")), f"{best}/model.safetensors")
+        else:  # no validation split: the last weights are the result
+            progress["best_step"] = step
+            save_best(step)
+        model.eval()
+        best_step = progress["best_step"]
+        validation_scores = {k[4:]: v for k, v in next((h for h in history if h.get("step") == best_step
+                                                        and f"val_{metric}" in h), {}).items() if k.startswith("val_")}
+        test_scores = None
+        if task.files.get("test") is not None and task.files["test"].is_file():
+            started = time.perf_counter()
+            test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision, device=device)
+            progress["seconds"] += time.perf_counter() - started
+            _write_predictions(run_dir / "test_predictions.jsonl", rows)
+        record({"event": "end", "step": best_step, **{f"test_{k}": v for k, v in (test_scores or {}).items()}})
+    finally:
+        log.close()
     summary = {"task": task.name, "init": cfg.init, "parameters": count_parameters(model), "best_step": best_step,
-               "validation": validation_scores, "test": test_scores, "seconds": time.perf_counter() - started}
-    (run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return FinetuneResult(run_dir, checkpoint, best_step, validation_scores, test_scores, step,
-                          time.perf_counter() - started, history)
+               "validation": validation_scores, "test": test_scores, "seconds": progress["seconds"],
+               "skipped_steps": progress["skipped_steps"]}
+    write_text_atomic(run_dir / "scores.json", json.dumps(summary, indent=2) + "\n")
+    return FinetuneResult(run_dir, run_dir / "best", best_step, validation_scores, test_scores, step,
+                          progress["seconds"], history)
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:

@@ -174,6 +174,12 @@ def check_template(template: str) -> None:
                              "record field, e.g. {text}")
 
 
+def custom_task_name(train_file: Path) -> str:
+    """A custom task's name from its training file: `reviews.csv` -> reviews, `my_task/train.jsonl.gz` -> my_task."""
+    name = train_file.name.split(".", 1)[0]
+    return train_file.resolve().parent.name if name in (*SPLITS, "dev") else name
+
+
 def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
     """A registered task (with any keys the config sets overriding it) or a custom one from files."""
     spec = TASKS.get(cfg.name) if cfg.name else None
@@ -193,7 +199,7 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
     if unknown:
         raise PtlabError(f"config key 'task.metrics': unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
     labels = list(cfg.labels) or (list(spec.labels) if spec else [])
-    task = Task(cfg.name or Path(cfg.train).stem, files, template, target, metrics, labels, cfg.max_input_length,
+    task = Task(cfg.name or custom_task_name(Path(cfg.train)), files, template, target, metrics, labels, cfg.max_input_length,
                 cfg.max_target_length if (cfg.max_target_length != 64 or not spec) else spec.max_target_length,
                 cfg.max_train_examples, cfg.max_eval_examples)
     if not labels and set(metrics) & {"accuracy", "f1", "mcc"} and files["train"] is not None:

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ptlab.config import TrainConfig
 from ptlab.data.pipeline import IGNORE_INDEX
@@ -24,10 +25,24 @@ from ptlab.train.batches import autocast, model_inputs, to_tensors
 from ptlab.train.distributed import Runtime
 
 
+def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
+    """The gradients' total norm (before clipping), on the device; clipped to `clip` unless it is 0. A non-finite
+    norm is returned as it is, and the gradients it scaled are then discarded with the step."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def read_back(*scalars: torch.Tensor) -> list[float]:
+    """Device scalars as Python floats in one transfer (a sharded model's norm is gathered first)."""
+    full = [s.full_tensor() if isinstance(s, DTensor) else s for s in scalars]
+    return torch.stack([s.to(full[0].device, torch.float64) for s in full]).tolist()
+
+
 @dataclass
 class StepOutcome:
     loss: float  # token-weighted mean over the global batch
-    grad_norm: float  # before clipping; nan when the loss was not finite
+    grad_norm: float  # before clipping
     skipped: str | None = None  # "loss" or "gradient" when the update was not applied
 
     @property
@@ -49,7 +64,7 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
         group["lr"] = lr
     rows = len(batch["labels"])
     parts = np.array_split(np.arange(rows), min(cfg.grad_accum, rows))
-    loss_total = 0.0
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
     for i, part_rows in enumerate(parts):
         part = to_tensors(model_inputs({k: v[part_rows] for k, v in batch.items()}), device)
         sync = i == len(parts) - 1 or not hasattr(trained, "no_sync")
@@ -57,17 +72,13 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
             part_loss = loss_fn(part)
         # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
         (part_loss * runtime.world_size / max(total_labels, 1)).backward()
-        loss_total += float(part_loss.detach())
-    loss = runtime.sum(loss_total)[0] / max(total_labels, 1)
-    if not math.isfinite(loss):
+        loss_total += part_loss.detach()
+    # the loss and the gradient norm come back to the host together: one device sync per step
+    local_loss, grad_norm = read_back(loss_total, gradient_norm(trained, cfg.grad_clip))
+    loss = runtime.sum(local_loss)[0] / max(total_labels, 1)
+    if not math.isfinite(loss) or not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss, float("nan"), "loss")
-    # With clipping off the norm is still computed: an inf or NaN gradient must never reach the optimizer.
-    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trained.parameters(), max_norm))
-    if not math.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss, grad_norm, "gradient")
+        return StepOutcome(loss, grad_norm, "loss" if not math.isfinite(loss) else "gradient")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(loss, grad_norm)
