@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench corpus lock clean
+.PHONY: demo test test-slow fuzz bench corpus lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
+
+# A long property-based campaign: every tests/test_fuzz_*.py test with 10x its examples and fresh random seeds
+# (PTLAB_FUZZ=1); prints the number of generated cases. Log in runs/fuzz.log.
+fuzz: $(VENV)/.installed-dev
+	@mkdir -p runs
+	@{ PTLAB_FUZZ=1 $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics tests/test_fuzz_*.py; \
+	  echo $$? > runs/fuzz.status; } | tee runs/fuzz.log | grep -v '^ *\* '
+	@awk '/ passing, / {n += $$2} END {printf "fuzz: %d generated cases\n", n}' runs/fuzz.log
+	@exit $$(cat runs/fuzz.status)
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py
