@@ -141,6 +141,10 @@ def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_
         pretrain(load(run_config(tmp_path, small_corpus, init=str(tmp_path / "missing"))), show_progress=False)
     with pytest.raises(PtlabError, match="no checkpoint at"):
         pretrain(load(run_config(tmp_path, small_corpus, init=str(tmp_path))), show_progress=False)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(PtlabError, match="has no tokenizer.json"):
+        pretrain(load(run_config(tmp_path, small_corpus, init=str(tmp_path / "hf"))), show_progress=False)
 
 
 def test_import_continue_finetune_export_recipe(tmp_path, small_corpus, unigram_tokenizer):

@@ -156,7 +156,7 @@ def curve(run_dir: Path) -> list[tuple]:
 
 
 def test_a_killed_mixture_run_resumes_to_identical_losses(tmp_path, two_sources, tokenizer_dir):
-    train = {"max_steps": 24, "checkpoint_every": 6, "eval_every": 6}
+    train = {"max_steps": 16, "checkpoint_every": 4, "eval_every": 4}
     reference = mixture_config(tmp_path / "a", two_sources, tokenizer_dir, **train)
     pretrain(load_config(reference), show_progress=False)
     expected = curve(tmp_path / "a" / "run")
@@ -167,18 +167,18 @@ def test_a_killed_mixture_run_resumes_to_identical_losses(tmp_path, two_sources,
     process = subprocess.Popen([sys.executable, "-m", "ptlab", "pretrain", "--quiet", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(r.get("step", 0) >= 14 for r in read_metrics(run_dir)):
+    while time.time() < deadline and not any(r.get("step", 0) >= 9 for r in read_metrics(run_dir)):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     steps = [c.name for c in list_checkpoints(run_dir)]
-    assert steps and "step_0000024" not in steps  # killed mid-run, after at least one checkpoint
+    assert steps and "step_0000016" not in steps  # killed mid-run, after at least one checkpoint
     resumed = pretrain(load_config(config), show_progress=False)
-    assert resumed.resumed_from is not None and resumed.resumed_from < 24
+    assert resumed.resumed_from is not None and resumed.resumed_from < 16
     assert curve(run_dir) == expected
 
     changed = load_config(mixture_config(tmp_path / "b", two_sources, tokenizer_dir, weights=(0.5, 0.5), **train),
-                          ["train.max_steps=30"])
+                          ["train.max_steps=20"])
     with pytest.raises(PtlabError, match="train_data changed"):  # the weights are part of the data identity
         pretrain(changed, show_progress=False)
 

@@ -43,14 +43,14 @@ def is_hf_directory(path: Path) -> bool:
 
 def _imported(hf_dir: Path, run_dir: Path, create: bool) -> Path:
     """RUN_DIR/init/hf-<fingerprint>: the HF model imported once per distinct source."""
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise PtlabError(f"config key 'init': {hf_dir} has no tokenizer.json, and continued pre-training needs the "
+                         "model's tokenizer")
     target = run_dir / "init" / f"hf-{_hf_fingerprint(hf_dir)}"
     if not (target / "model.safetensors").is_file():
         if not create:
-            raise PtlabError(f"init: {target} is missing (rank 0 imports {hf_dir} there)")
+            raise PtlabError(f"config key 'init': {target} is missing (rank 0 imports {hf_dir} there)")
         import_hf(hf_dir, target)
-    if not (target / "tokenizer.json").is_file():
-        raise PtlabError(f"init: {hf_dir} has no tokenizer.json, and continued pre-training needs the model's "
-                         "tokenizer")
     return target
 
 
