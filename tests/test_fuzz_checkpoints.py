@@ -155,16 +155,27 @@ def test_any_flipped_bit_is_refused(originals, tmp_path_factory, family, name, p
         load_model(directory)
 
 
-@examples(6)
-@given(family=st.sampled_from(FAMILIES), name=st.sampled_from(FILES), corruption=CORRUPTIONS,
-       prompt=st.text(max_size=10), seed=st.one_of(ODD_INTS, st.just("x")))
-def test_generate_never_prints_a_traceback(originals, tmp_path_factory, family, name, corruption, prompt, seed):
+OPTIONS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["--max-new-tokens", "--num-beams", "--top-k", "--num-samples", "--seed"]),
+              st.sampled_from(["0", "-1", "1", "2", "3", "100", "x", "1e3"])),
+    st.tuples(st.sampled_from(["--temperature", "--top-p", "--length-penalty"]),
+              st.sampled_from(["nan", "inf", "-inf", "0", "-1", "1e-30", "0.5", "1", "2", "1e30"])),
+    st.tuples(st.sampled_from(["--sample", "--no-cache", "--show-special"]), st.none())), max_size=4)
+
+
+@examples(12)
+@given(family=st.sampled_from(FAMILIES), damage=st.one_of(st.none(), st.tuples(st.sampled_from(FILES), CORRUPTIONS)),
+       prompt=st.text(max_size=10), options=OPTIONS)
+def test_generate_never_prints_a_traceback(originals, tmp_path_factory, family, damage, prompt, options):
     checkpoint, _, _ = originals[family]
     directory = _copy(checkpoint, tmp_path_factory.mktemp("ckpt"))
-    _corrupt(directory / name, corruption)
-    with time_limit(30, "ptlab generate"):
-        code, _, stderr = run_cli(["generate", str(directory), "--prompt", prompt, "--max-new-tokens", "3",
-                                   "--sample", "--seed", str(seed)])
+    if damage is not None:
+        _corrupt(directory / damage[0], damage[1])
+    argv = ["generate", str(directory), "--prompt", prompt]
+    for flag, value in options:
+        argv += [flag] if value is None else [flag, value]
+    with time_limit(60, " ".join(argv)):
+        code, _, stderr = run_cli(argv)
     assert code in (0, 2), stderr
     assert_cli_error_is_one_line(code, stderr)
 
