@@ -68,18 +68,21 @@ def _hf_fingerprint(hf_dir: Path) -> str:
 
 
 def _weights_sha256(checkpoint: Path) -> str:
-    if is_sharded(checkpoint):  # weights in several files (dcp/): one digest of their recorded digests
-        recorded = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]
-        shards = {name: digest for name, digest in recorded.items() if name.startswith("dcp/")}
-        return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    """sha256 of the weights file, as the checkpoint's meta.json records it (a sharded checkpoint has several
+    files: then the sha256 of that record of all of them)."""
     try:
-        return json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]["model.safetensors"]
+        recorded = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["sha256"]
     except (OSError, ValueError, KeyError):
-        digest = hashlib.sha256()
-        with open(checkpoint / "model.safetensors", "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        recorded = None
+    if isinstance(recorded, dict) and "model.safetensors" in recorded:
+        return recorded["model.safetensors"]
+    if isinstance(recorded, dict):
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open(checkpoint / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def set_model_keys(mine: ModelConfig) -> dict:
