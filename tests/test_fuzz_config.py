@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fuzz_strategies import (BYTES, NON_FINITE, ODD_TEXT, VALUES, accepted_or_refused, assert_cli_error_is_one_line,
                              examples, run_cli)
-from ptlab.config import Config, load_config, save_config
+from ptlab.config import Config, FinetuneConfig, load_config, save_config
 from ptlab.errors import PtlabError
 from ptlab.objectives.registry import REGISTRY
 
@@ -37,6 +37,8 @@ def _field_types(cls: type, prefix: str) -> dict[str, typing.Any]:
 
 
 KEYS = _field_types(Config, "")
+FINETUNE_BASE = yaml.safe_load((ROOT / "configs" / "finetune-rt.yaml").read_text())
+FINETUNE_KEYS = _field_types(FinetuneConfig, "")
 FLOAT_KEYS = sorted(k for k, hint in KEYS.items() if float in (hint, *typing.get_args(hint)))
 # Objective parameters that are floats, as (objective, parameter)
 OBJECTIVE_FLOATS = sorted((name, f.name) for name, spec in REGISTRY.items() for f in dataclasses.fields(spec.params)
@@ -87,6 +89,22 @@ def test_one_corrupted_key_loads_or_fails_in_one_line(tmp_path_factory, base, ke
     ok, config = accepted_or_refused(load_config, _write(tmp_path, data))
     if ok:
         _check_loaded(config, tmp_path)
+
+
+@examples(60)
+@given(key=st.sampled_from(sorted(FINETUNE_KEYS)), value=VALUES, init_none=st.booleans())
+def test_one_corrupted_finetune_key_loads_or_fails_in_one_line(tmp_path_factory, key, value, init_none):
+    tmp_path = tmp_path_factory.mktemp("cfg")
+    data = yaml.safe_load(yaml.safe_dump(FINETUNE_BASE))
+    if init_none:  # the model section is validated only for a model trained from scratch
+        data["init"] = "none"
+    _set(data, key, value)
+    ok, config = accepted_or_refused(load_config, _write(tmp_path, data), None, FinetuneConfig)
+    if ok:
+        assert _finite_numbers(config.to_dict())
+        again = tmp_path / "again.yaml"
+        save_config(config, again)
+        assert load_config(again, None, FinetuneConfig).to_dict() == config.to_dict()
 
 
 @examples(60)
