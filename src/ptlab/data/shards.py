@@ -336,7 +336,7 @@ def open_shards(directories: list[str | Path], tokenizer_fingerprint: str | None
     if len(shards) == 1:
         return first
     parts = [p for s in shards for p in (s.tokens.parts if isinstance(s.tokens, ConcatTokens) else [s.tokens])]
-    digest = hashlib.sha256(",".join(s.index["data_fingerprint"] for s in shards).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(",".join(str(s.index.get("data_fingerprint")) for s in shards).encode()).hexdigest()[:16]
     index = {**first.index, "num_tokens": sum(s.num_tokens for s in shards),
              "num_documents": sum(int(s.index["num_documents"]) for s in shards), "data_fingerprint": digest,
              "files": [f for s in shards for f in s.index.get("files", [])],

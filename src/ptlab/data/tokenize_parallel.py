@@ -28,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -107,44 +107,35 @@ def _tokenize_chunk(index: int, texts: list[str]) -> dict:
     return write_piece(_WORKER["directory"], index, tokens, starts)
 
 
-def _in_order(submit: Callable[[int, list[str]], object], chunks: Iterator[list[str]], window: int,
-              result: Callable[[object], dict], bar: tqdm) -> list[dict]:
-    """Submit chunks keeping at most `window` in flight; manifest entries in chunk order."""
+def _run_local(chunks: Iterator[list[str]], spec: TokenizerSpec, separator: str, tmp: Path, workers: int,
+               bar: tqdm) -> list[dict]:
+    """Chunks to a process pool, at most `2 * workers` in flight; manifest entries in chunk order."""
+    # spawn: a forked child would inherit the parent's tokenizer thread pool and reader state
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(spec, separator, str(tmp)))
     pending: deque = deque()
     pieces: list[dict] = []
 
     def collect() -> None:
-        count, handle = pending.popleft()
-        pieces.append(result(handle))
-        bar.update(count)
-
-    for index, texts in enumerate(chunks):
-        pending.append((len(texts), submit(index, texts)))
-        if len(pending) >= window:
-            collect()
-    while pending:
-        collect()
-    return pieces
-
-
-def _run_local(chunks: Iterator[list[str]], spec: TokenizerSpec, separator: str, tmp: Path, workers: int,
-               bar: tqdm) -> list[dict]:
-    # spawn: a forked child would inherit the parent's tokenizer thread pool and reader state
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(spec, separator, str(tmp)))
-
-    def result(future) -> dict:
+        count, future = pending.popleft()
         try:
-            return future.result()
+            pieces.append(future.result())
         except BrokenProcessPool:
             raise PtlabError("a tokenizing worker died (out of memory?); try fewer --workers") from None
         except PtlabError:
             raise
         except Exception as err:  # a worker's own failure (disk full, ...), in one line
             raise PtlabError(f"a tokenizing worker failed: {type(err).__name__}: {err}") from None
+        bar.update(count)
 
     try:
-        return _in_order(lambda i, texts: pool.submit(_tokenize_chunk, i, texts), chunks, 2 * workers, result, bar)
+        for index, texts in enumerate(chunks):
+            pending.append((len(texts), pool.submit(_tokenize_chunk, index, texts)))
+            if len(pending) >= 2 * workers:
+                collect()
+        while pending:
+            collect()
+        return pieces
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
