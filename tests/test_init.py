@@ -4,6 +4,7 @@ Hugging Face model, continue pre-training on my text, fine-tune, export back".""
 
 import dataclasses
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,11 @@ def test_init_from_a_hugging_face_directory_starts_from_its_weights(tmp_path, sm
     start = next(r for r in read_metrics(result.run_dir) if r.get("event") == "start")
     assert start["init"]["path"] == str(hf_dir) and start["init"]["checkpoint"] == str(imported[0])
 
-    again = pretrain(load(config, "train.max_steps=2"), show_progress=False)  # resumes its own checkpoint
+    shutil.rmtree(hf_dir)  # init seeds step 0 only: a resumed run needs nothing but its own checkpoint
+    again = pretrain(load(config, "train.max_steps=2"), show_progress=False)
     assert again.resumed_from == 1
+    with pytest.raises(PtlabError, match="config key 'init': .* does not exist"):  # a fresh start does need it
+        pretrain(load(config, "train.max_steps=2"), show_progress=False, resume="never")
 
 
 def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_checkpoint, tokenizer_dir):
@@ -141,7 +145,8 @@ def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_
          r"config key 'model.family': 'gpt2' conflicts with the init model's 't5'"),
         (run_config(tmp_path, small_corpus, init=str(ptlab_checkpoint)), [f"data.tokenizer={tokenizer_dir}"],
          "config key 'data.tokenizer': the tokenizer comes from init"),
-        (run_config(tmp_path, small_corpus, init=str(tmp_path / "missing")), [], "config key 'init': .* does not exist"),
+        (run_config(tmp_path, small_corpus, init=str(tmp_path / "missing")), [],
+         "config key 'init': .* does not exist"),
         (run_config(tmp_path, small_corpus, init=str(tmp_path)), [], "no checkpoint at"),
         (run_config(tmp_path, small_corpus, init=str(tmp_path / "hf")), [], "has no tokenizer.json"),
     ]

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ptlab.config import Config, ModelConfig, config_from_dict
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
 from ptlab.interop import import_hf
-from ptlab.train.checkpoint import resolve_checkpoint
+from ptlab.train.checkpoint import latest_valid_checkpoint, load_trainer_state, resolve_checkpoint
 from ptlab.train.sharded import is_sharded
 
 
@@ -106,11 +107,28 @@ def adopt_model(cfg: Config, init_model: ModelConfig, source: str) -> None:
     cfg.model = copy.deepcopy(init_model)
 
 
-def prepare_init(cfg: Config, create: bool = True) -> InitSource:
+def _resumed_without_source(cfg: Config, run_dir: Path) -> InitSource:
+    """A run whose init has gone since it started resumes from its own checkpoint, which holds everything the
+    init gave it (the model's config, and the tokenizer copied into the run)."""
+    checkpoint = latest_valid_checkpoint(run_dir)
+    started = load_trainer_state(checkpoint)["data"].get("init") if checkpoint is not None else None
+    if started is None or started.get("path") != cfg.init or not (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        raise PtlabError(f"config key 'init': {cfg.init} does not exist")
+    own = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))
+    adopt_model(cfg, own.model, str(checkpoint))
+    cfg.data.tokenizer = str(run_dir / "tokenizer")
+    print(f"ptlab: note: init {cfg.init} is gone; {run_dir} resumes from its own checkpoint", file=sys.stderr)
+    return InitSource(started["path"], Path(started["checkpoint"]), started["sha256"])
+
+
+def prepare_init(cfg: Config, create: bool = True, resuming: bool = False) -> InitSource:
     """Resolve `cfg.init`, take its model into `cfg.model` and its tokenizer into RUN_DIR/tokenizer (pointing
-    `cfg.data.tokenizer` there). `create`: this process may write (rank 0); others only read what it wrote."""
+    `cfg.data.tokenizer` there). `create`: this process may write (rank 0); others only read what it wrote.
+    `resuming`: the run has checkpoints to resume from, which serve when the init itself has gone."""
     path, run_dir = Path(cfg.init), Path(cfg.run_dir)
     if not path.exists():
+        if resuming:
+            return _resumed_without_source(cfg, run_dir)
         raise PtlabError(f"config key 'init': {path} does not exist")
     checkpoint = _imported(path, run_dir, create) if is_hf_directory(path) else resolve_checkpoint(path)
     init_cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))

@@ -45,8 +45,8 @@ from ptlab.train.continued import InitSource, prepare_init
 from ptlab.train.batches import autocast, batch_logits, batch_tokens, model_inputs, to_tensors
 from ptlab.train.step import StopSignals
 from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoint, latest_valid_checkpoint,
-                                    load_trainer_state, load_weights, prune_checkpoints, save_checkpoint,
-                                    start_checkpoint, staging_dir, state_dict_for_saving)
+                                    list_checkpoints, load_trainer_state, load_weights, prune_checkpoints,
+                                    save_checkpoint, start_checkpoint, staging_dir, state_dict_for_saving)
 from ptlab.train.host import configure_host
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
@@ -270,22 +270,23 @@ class _Trainer:
             shards = ensure_shards(cfg.data, tokenizer, False)
         return tokenizer, shards
 
-    def _prepare_init(self) -> InitSource | None:
+    def _prepare_init(self, resume: str) -> InitSource | None:
         """Rank 0 imports the init model and copies its tokenizer into the run, then the others read them; a
         failure there stops every rank."""
         if self.cfg.init is None:
             return None
         runtime, error, init = self.runtime, None, None
+        resuming = resume != "never" and bool(list_checkpoints(self.run_dir))
         if runtime.is_main:
             try:
-                init = prepare_init(self.cfg)
+                init = prepare_init(self.cfg, resuming=resuming)
             except Exception as err:  # re-raised below, after telling the other ranks
                 error = err
         if runtime.any(error is not None):
             if error is not None:
                 raise error
             raise PtlabError("rank 0 failed while preparing init (see its error)")
-        return init if runtime.is_main else prepare_init(self.cfg, create=False)
+        return init if runtime.is_main else prepare_init(self.cfg, create=False, resuming=resuming)
 
     def _start_record(self, init: InitSource | None) -> dict:
         """The run's data and starting point, for the start event of metrics.jsonl."""
@@ -313,7 +314,7 @@ class _Trainer:
         cfg, runtime, train_cfg = self.cfg, self.runtime, self.cfg.train
         device = runtime.device
         configure_host(train_cfg.threads)
-        init = self._prepare_init()
+        init = self._prepare_init(resume)
         objective = resolve_objective(cfg.objective, quiet=not runtime.is_main)
         self._check_config(objective)
 
