@@ -194,6 +194,17 @@ def external_special_ids(tokenizer: Tokenizer, pad: int | None = None, eos: int 
     return {"pad": pad if pad is not None else eos, "eos": eos, "unk": unk if unk is not None else eos}
 
 
+def _train(tokenizer: Tokenizer, texts: Iterable[str], trainer) -> None:
+    try:
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+    except Exception as err:
+        if type(err) is not Exception:  # ours (a PtlabError from reading the texts) or a bug: as it is
+            raise
+        # the tokenizers library raises plain Exceptions, e.g. "The vocabulary is not large enough to contain all
+        # chars" when the text holds more distinct characters than the vocabulary has room for
+        raise PtlabError(f"tokenizer training failed: {err}") from None
+
+
 def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int = 8192, num_sentinels: int = 100,
                     show_progress: bool = True) -> PtlabTokenizer:
     """Train on an iterator of texts. `vocab_size` counts everything: specials, byte pieces and sentinels."""
@@ -213,7 +224,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
         trainer = trainers.UnigramTrainer(vocab_size=learned - len(BYTE_PIECES), special_tokens=[PAD, EOS, UNK],
                                           unk_token=UNK, show_progress=show_progress, max_piece_length=16)
-        tokenizer.train_from_iterator(texts, trainer=trainer)
+        _train(tokenizer, texts, trainer)
         tokenizer = _with_byte_fallback(tokenizer)
     elif kind == "bpe":
         tokenizer = Tokenizer(models.BPE())
@@ -221,7 +232,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "unigram", vocab_size: int
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=learned, special_tokens=[PAD, EOS, UNK], show_progress=show_progress,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tokenizer.train_from_iterator(texts, trainer=trainer)
+        _train(tokenizer, texts, trainer)
     else:
         raise PtlabError(f"unknown tokenizer kind {kind!r} (use unigram or bpe)")
     # Sentinels added in reverse so that <extra_id_0> gets the highest id, as in T5.
