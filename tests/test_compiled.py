@@ -134,12 +134,18 @@ def test_each_family_trains_compiled_in_bf16_like_eager_with_the_kernels_in_the_
     np.testing.assert_allclose(got, want, rtol=LOSS_RTOL, atol=0)
 
 
+@pytest.mark.parametrize("graph", ["forward", "backward"])
 def test_a_compiler_failure_falls_back_to_eager_for_that_run_only(tmp_path, small_corpus, tokenizer_dir,
-                                                                  monkeypatch, capsys):
-    def failing(graph, inputs):
+                                                                  monkeypatch, capsys, graph):
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def failing(_graph, _inputs):
         raise RuntimeError("no C++ compiler on this machine\nsecond line of the error")
 
-    monkeypatch.setattr(loop, "COMPILE_BACKEND", failing)
+    # a backward graph is compiled lazily by default: its failure would surface in loss.backward(), mid-step
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", failing if graph == "forward" else aot_autograd(
+        fw_compiler=lambda graph, _inputs: make_boxed_func(graph), bw_compiler=failing))
     cfg = family_config(tmp_path / "fallback", small_corpus, tokenizer_dir, "gpt2", "train.compile=true")
     result = pretrain(cfg, show_progress=False)
     records = read_metrics(tmp_path / "fallback" / "run")

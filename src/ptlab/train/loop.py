@@ -111,7 +111,9 @@ class _CompiledOrEager:
     def __call__(self, *args):
         if self.compiled is not None:
             try:
-                return self.compiled(*args)
+                # the backward graph is compiled here too, not at the first backward, so its failure lands here
+                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                    return self.compiled(*args)
             except torch._dynamo.exc.TorchDynamoException as error:  # compiler failures, inductor's included
                 self.compiled = None
                 self.on_fallback(_one_line(error))
