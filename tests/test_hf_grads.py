@@ -65,19 +65,7 @@ def ours_in_hf_names(model, cfg):
     return to_hf_state_dict(grads, cfg)
 
 
-@pytest.mark.parametrize("family,overrides", CASES)
-def test_train_mode_logits_loss_and_every_gradient_match_hf(tmp_path, family, overrides):
-    hf, ours = paired(tmp_path, family, overrides)
-    b = batch(family)
-    expected_loss, expected_logits = hf_loss(hf, family, b)
-    got_loss = summed_loss(ours, b)  # the trainer's own loss on the trainer's batch layout
-    got_logits = (ours(b["input_ids"], b["decoder_input_ids"], b["attention_mask"]) if family in ("t5", "bart")
-                  else ours(b["input_ids"]))
-    assert (got_logits - expected_logits).abs().max() <= 1e-4
-    assert got_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
-    expected_loss.backward()
-    got_loss.backward()
-
+def assert_every_gradient_matches(hf, ours):
     ours_grads = ours_in_hf_names(ours, ours.config)
     aliases = {}  # tied HF weights are one tensor under several names (shared/lm_head, wte/lm_head)
     for name, tensor in hf.state_dict(keep_vars=True).items():
@@ -95,6 +83,37 @@ def test_train_mode_logits_loss_and_every_gradient_match_hf(tmp_path, family, ov
         assert (got - param.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
         compared += 1
     assert compared == len(list(hf.parameters()))
+
+
+@pytest.mark.parametrize("family,overrides", CASES)
+def test_train_mode_logits_loss_and_every_gradient_match_hf(tmp_path, family, overrides):
+    hf, ours = paired(tmp_path, family, overrides)
+    b = batch(family)
+    expected_loss, expected_logits = hf_loss(hf, family, b)
+    got_loss = summed_loss(ours, b)  # the trainer's own loss on the trainer's batch layout
+    got_logits = (ours(b["input_ids"], b["decoder_input_ids"], b["attention_mask"]) if family in ("t5", "bart")
+                  else ours(b["input_ids"]))
+    assert (got_logits - expected_logits).abs().max() <= 1e-4
+    assert got_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    expected_loss.backward()
+    got_loss.backward()
+    assert_every_gradient_matches(hf, ours)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,overrides", CASES)
+def test_compiled_gradients_match_hf(tmp_path, family, overrides):
+    """Compiled on a CPU, the trainer's loss runs ptlab's own attention backward and cross-entropy gradient
+    (models/kernels.py); in fp32 they must give HF's gradients too. aot_eager: the same kernels, no code generation."""
+    hf, ours = paired(tmp_path, family, overrides)
+    b = batch(family)
+    expected_loss, _ = hf_loss(hf, family, b)
+    torch._dynamo.reset()
+    got_loss = torch.compile(lambda batch: summed_loss(ours, batch), backend="aot_eager")(b)
+    assert got_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    expected_loss.backward()
+    got_loss.backward()
+    assert_every_gradient_matches(hf, ours)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
