@@ -297,6 +297,12 @@ def test_probe_matches_logistic_regression_on_independently_pooled_states(tmp_pa
 
 # ---- demo ----------------------------------------------------------------------------------------------------------
 
+def test_demo_takes_overrides_and_names_a_bad_key_before_any_work(tmp_path):
+    result = run_cli("demo", f"run_dir={tmp_path / 'demo'}", "train.max_stpes=3")
+    assert result.returncode == 2 and "did you mean 'train.max_steps'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_when_shrunk(tmp_path, small_corpus, tokenizer_dir):
     result = run_cli_long("demo", "--quiet", f"run_dir={tmp_path / 'demo'}",

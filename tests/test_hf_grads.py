@@ -11,7 +11,7 @@ from ptlab.train.loop import summed_loss
 
 transformers = pytest.importorskip("transformers")
 
-from test_models import V, hf_model  # noqa: E402  (the parity tests' random HF models)
+from test_models import V, hf_model  # the parity tests' random HF models
 
 CASES = [("t5", {"tie_word_embeddings": True}),  # T5 v1.1 blocks with the original tied, scaled head
          ("t5", {"feed_forward_proj": "relu", "tie_word_embeddings": True}),
