@@ -240,18 +240,18 @@ def test_import_hf_gives_a_loadable_checkpoint_or_fails_leaving_nothing(original
 
 @examples(40)
 @given(family=st.sampled_from(FAMILIES), heads=st.integers(1, 4), head_size=st.integers(1, 8),
-       d_ff=st.integers(1, 64), layers=st.integers(1, 3), decoder_layers=st.one_of(st.none(), st.integers(1, 3)),
+       buckets=st.integers(1, 40), d_ff=st.integers(1, 64), layers=st.integers(1, 3), decoder_layers=st.one_of(st.none(), st.integers(1, 3)),
        vocab=st.integers(1, 500), positions=st.integers(1, 64), kv_divisor=st.sampled_from([1, 2, 4]),
        shared=st.booleans(), relu=st.booleans())
-def test_the_size_check_never_refuses_a_real_model(family, heads, head_size, d_ff, layers, decoder_layers, vocab,
-                                                   positions, kv_divisor, shared, relu):
+def test_the_size_check_never_refuses_a_real_model(family, heads, head_size, buckets, d_ff, layers, decoder_layers,
+                                                   vocab, positions, kv_divisor, shared, relu):
     """The bound the size check uses must stay below the real parameter count of every valid config (counted on
     the meta device, nothing allocated), or a genuine checkpoint would be refused."""
     from ptlab.models import count_parameters
     from ptlab.models.size import minimum_parameters
 
     cfg = ModelConfig(family=family, vocab_size=vocab, d_model=heads * head_size, d_ff=d_ff, num_heads=heads,
-                      num_layers=layers, max_position_embeddings=positions,
+                      num_layers=layers, max_position_embeddings=positions, relative_attention_num_buckets=buckets,
                       num_kv_heads=heads // kv_divisor if family == "llama" and heads % kv_divisor == 0 else None,
                       num_decoder_layers=decoder_layers if family in ("t5", "bart") and not shared else None,
                       shared_encoder_decoder=shared and family == "t5",

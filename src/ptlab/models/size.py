@@ -12,7 +12,7 @@ from ptlab.errors import PtlabError
 
 def minimum_parameters(cfg: ModelConfig) -> int:
     """A lower bound on the parameter count of `cfg` (exact Python integers, so absurd sizes do not overflow): one
-    embedding, learned positions (BART, GPT-2), and per layer the attention projections (plus cross-attention in a
+    embedding, learned positions (BART, GPT-2) or position buckets (T5), and per layer the attention projections (plus cross-attention in a
     decoder) and two feed-forward matrices."""
     d_kv = cfg.d_kv if cfg.d_kv is not None else cfg.d_model // max(cfg.num_heads, 1)
     kv_heads = cfg.num_kv_heads if cfg.num_kv_heads is not None else cfg.num_heads
@@ -21,6 +21,8 @@ def minimum_parameters(cfg: ModelConfig) -> int:
     total = (cfg.vocab_size or 0) * cfg.d_model + cfg.num_layers * (attention + feed_forward)
     if cfg.family in ("bart", "gpt2"):
         total += cfg.max_position_embeddings * cfg.d_model
+    if cfg.family == "t5":  # the encoder's relative position bias (the decoder has one more)
+        total += cfg.relative_attention_num_buckets * cfg.num_heads
     if cfg.family in ("t5", "bart") and not cfg.shared_encoder_decoder:
         decoder_layers = cfg.num_decoder_layers if cfg.num_decoder_layers is not None else cfg.num_layers
         total += decoder_layers * (2 * attention + feed_forward)
