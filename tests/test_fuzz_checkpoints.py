@@ -240,7 +240,8 @@ def test_import_hf_gives_a_loadable_checkpoint_or_fails_leaving_nothing(original
 
 @examples(40)
 @given(family=st.sampled_from(FAMILIES), heads=st.integers(1, 4), head_size=st.integers(1, 8),
-       buckets=st.integers(1, 40), d_ff=st.integers(1, 64), layers=st.integers(1, 3), decoder_layers=st.one_of(st.none(), st.integers(1, 3)),
+       buckets=st.integers(1, 40), d_ff=st.integers(1, 64), layers=st.integers(1, 3),
+       decoder_layers=st.one_of(st.none(), st.integers(1, 3)),
        vocab=st.integers(1, 500), positions=st.integers(1, 64), kv_divisor=st.sampled_from([1, 2, 4]),
        shared=st.booleans(), relu=st.booleans())
 def test_the_size_check_never_refuses_a_real_model(family, heads, head_size, buckets, d_ff, layers, decoder_layers,

@@ -12,8 +12,8 @@ from ptlab.errors import PtlabError
 
 def minimum_parameters(cfg: ModelConfig) -> int:
     """A lower bound on the parameter count of `cfg` (exact Python integers, so absurd sizes do not overflow): one
-    embedding, learned positions (BART, GPT-2) or position buckets (T5), and per layer the attention projections (plus cross-attention in a
-    decoder) and two feed-forward matrices."""
+    embedding, learned positions (BART, GPT-2) or position buckets (T5), and per layer the attention projections
+    (plus cross-attention in a decoder) and two feed-forward matrices."""
     d_kv = cfg.d_kv if cfg.d_kv is not None else cfg.d_model // max(cfg.num_heads, 1)
     kv_heads = cfg.num_kv_heads if cfg.num_kv_heads is not None else cfg.num_heads
     attention = 2 * cfg.d_model * d_kv * (cfg.num_heads + kv_heads)
