@@ -140,6 +140,19 @@ def test_a_non_finite_objective_parameter_is_refused(pair, value):
         load_config(None, [f"objective.name={objective}", f"objective.{key}={text}"])
 
 
+STRING_KEYS = sorted(k for k, hint in KEYS.items() if str in (hint, *typing.get_args(hint)) and k != "model.family")
+
+
+@examples(30)
+@given(key=st.sampled_from(STRING_KEYS), before=st.text(max_size=5), after=st.text(max_size=5),
+       bad=st.sampled_from(["\x00", "\ud800", "\udcff"]))
+def test_text_no_file_can_hold_is_refused_at_every_key(tmp_path_factory, key, before, after, bad):
+    """A NUL (no path holds one) or a lone surrogate (no UTF-8 file holds one: the saved config could not be read
+    back) in any text value."""
+    with pytest.raises(PtlabError, match=key.split(".")[-1]):
+        load_config(None, [f"{key}={before}{bad}{after}x"])
+
+
 @examples(30)
 @given(key=st.sampled_from(["model.d_model", "model.d_ff", "model.num_heads", "model.num_layers", "model.d_kv",
                             "model.vocab_size", "model.num_kv_heads", "train.batch_size", "train.eval_batches",

@@ -539,6 +539,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, str) and not _is_unicode(value):
             raise PtlabError(f"config key '{key}': {value!r} is not valid Unicode text (it holds a lone surrogate, "
                              "e.g. from a non-UTF-8 command-line argument)")
+        if isinstance(value, str) and "\x00" in value:  # no path can hold one; open() and mkdir() raise ValueError
+            raise PtlabError(f"config key '{key}': {value!r} holds a NUL character")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise PtlabError(f"config key '{key}': expected a string, got {value!r}")
