@@ -1,8 +1,8 @@
 #!/bin/bash
 # Multi-node pre-training under Slurm: one torchrun agent per node, one training process per GPU.
 #
-#   sbatch --nodes=4 scripts/slurm-pretrain.sh configs/llama-1b.yaml train.checkpoint_every=500
-#   GPUS=4 sbatch --nodes=2 --gpus-per-node=4 scripts/slurm-pretrain.sh configs/gpt2-124m.yaml train.distributed=ddp
+#   sbatch --nodes=4 scripts/slurm-pretrain.sh configs/llama-tiny.yaml train.checkpoint_every=500
+#   GPUS=4 sbatch --nodes=2 --gpus-per-node=4 scripts/slurm-pretrain.sh configs/gpt2-tiny.yaml train.distributed=ddp
 #
 # Arguments: the config file, then KEY=VALUE overrides (FSDP unless one says train.distributed=ddp). run_dir must
 # be on a filesystem every node sees: each rank writes its own shards of an FSDP checkpoint there. Submitting the

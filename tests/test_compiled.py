@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ptlab.train.loop as loop
+import ptlab.train.step as step
 from ptlab.config import load_config
 from ptlab.train.loop import pretrain
 from ptlab.train.metrics import read_metrics
@@ -70,7 +71,7 @@ def recording_inductor(graphs: dict):
 def first_step_gradients(monkeypatch) -> dict:
     """Fills in, during the next run, each parameter's gradient of the first step (before clipping)."""
     grads: dict = {}
-    real = loop.gradient_norm
+    real = step.gradient_norm
 
     def recording(model, clip):
         if not grads:
@@ -78,7 +79,7 @@ def first_step_gradients(monkeypatch) -> dict:
                           if p.grad is not None})
         return real(model, clip)
 
-    monkeypatch.setattr(loop, "gradient_norm", recording)
+    monkeypatch.setattr(step, "gradient_norm", recording)
     return grads
 
 

@@ -133,7 +133,7 @@ def test_non_finite_steps_are_skipped_and_stop_with_the_last_good_weights(tmp_pa
     monkeypatch.setattr(loop, "summed_loss", faulty)
     cfg = load_config(write_config(tmp_path / "a", tokenizer_dir, max_bad_steps=3, checkpoint_every=2), [],
                       cls=FinetuneConfig)
-    with pytest.raises(PtlabError, match=f"the {fault} was not finite for 3 steps"):
+    with pytest.raises(PtlabError, match="not finite for 3 steps in a row"):
         finetune(cfg, show_progress=False)
     run_dir = tmp_path / "a" / "run"
     skipped = [r for r in read_metrics(run_dir) if r.get("event") == "skipped_step"]

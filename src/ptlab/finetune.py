@@ -47,7 +47,7 @@ from ptlab.train.host import configure_host
 from ptlab.train.loop import compile_enabled, fill_model_ids, training_loss
 from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
-from ptlab.train.step import StopSignals, label_count, optimizer_step
+from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
 
 
 @dataclass
@@ -273,10 +273,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
                     record({"step": step, "event": "skipped_step", "reason": outcome.skipped,
                             "loss": outcome.loss, "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
                     if bad_in_row >= train_cfg.max_bad_steps:
-                        path = checkpoint_now(step)
-                        raise PtlabError(f"the {outcome.skipped} was not finite for {bad_in_row} steps in a row (up "
-                                         f"to step {step}); stopped with a checkpoint of the last good weights at "
-                                         f"{path}. Lower train.lr or use train.precision=fp32")
+                        raise too_many_bad_steps(outcome, bad_in_row, step, checkpoint_now(step))
                 else:
                     bad_in_row = 0
                     if step % train_cfg.log_every == 0:

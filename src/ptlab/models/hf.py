@@ -154,11 +154,6 @@ def hf_config_from_model(cfg: ModelConfig) -> tuple[dict, list[str]]:
               "relative_attention_max_distance": cfg.relative_attention_max_distance,
               "layer_norm_epsilon": cfg.layer_norm_eps, "initializer_factor": cfg.initializer_factor,
               "dropout_rate": 0.0, "is_encoder_decoder": True, "scale_decoder_outputs": cfg.tie_word_embeddings}
-        if not cfg.tie_word_embeddings:
-            notes.append("an untied T5 head (T5 v1.1) is written in the transformers 4.x layout "
-                         "(tie_word_embeddings=false plus lm_head.weight); transformers 5.x always ties T5's head "
-                         "to the embedding and would load a different model: use transformers 4.x, or export a "
-                         "model trained with model.tie_word_embeddings=true")
     elif cfg.family == "bart":
         hf = {"model_type": "bart", "d_model": cfg.d_model, "encoder_layers": cfg.num_layers,
               "decoder_layers": cfg.num_decoder_layers or cfg.num_layers, "encoder_attention_heads": cfg.num_heads,

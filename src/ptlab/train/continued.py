@@ -24,7 +24,6 @@ from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
 from ptlab.interop import import_hf
 from ptlab.train.checkpoint import latest_valid_checkpoint, load_trainer_state, resolve_checkpoint
-from ptlab.train.sharded import is_sharded
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import shutil
 import sys
 import time
@@ -26,7 +25,6 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
-from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ptlab.config import Config, TrainConfig, save_config
@@ -43,7 +41,7 @@ from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
 from ptlab.train.continued import InitSource, prepare_init
 from ptlab.train.batches import autocast, batch_logits, batch_tokens, model_inputs, to_tensors
-from ptlab.train.step import StopSignals
+from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
 from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoint, latest_valid_checkpoint,
                                     list_checkpoints, load_trainer_state, load_weights, prune_checkpoints,
                                     save_checkpoint, start_checkpoint, staging_dir, state_dict_for_saving)
@@ -174,20 +172,6 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     forward is wrapped in place, so parameter names do not change."""
     for block in distributed.blocks(model):
         block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
-
-
-def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
-    """The gradients' total norm (before clipping), on the device; clipped to `clip` unless it is 0. A non-finite
-    norm is returned as it is, and the gradients it scaled are then discarded with the step."""
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-
-
-def read_back(*scalars: torch.Tensor) -> list[float]:
-    """Device scalars as Python floats in one transfer (a sharded model's norm is gathered first)."""
-    full = [s.full_tensor() if isinstance(s, DTensor) else s for s in scalars]
-    return torch.stack([s.to(full[0].device, torch.float64) for s in full]).tolist()
 
 
 class _Prefetcher:
@@ -433,44 +417,21 @@ class _Trainer:
             for step in range(start_step, train_cfg.max_steps):
                 started = time.perf_counter()
                 lr = train_cfg.lr * lr_factor(step, train_cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 batch = batches.get(step)
-                local_labels = int((batch["labels"] != IGNORE_INDEX).sum())
                 total_labels, step_tokens, step_flops = runtime.sum(
-                    local_labels, batch_tokens(batch), self._flops(batch))
-                loss_total = torch.zeros((), dtype=torch.float64, device=device)
-                parts = np.array_split(np.arange(len(batch["labels"])), min(train_cfg.grad_accum,
-                                                                             len(batch["labels"])))
-                for i, rows in enumerate(parts):
-                    part = to_tensors(model_inputs({k: v[rows] for k, v in batch.items()}), device)
-                    sync = i == len(parts) - 1 or not hasattr(trained, "no_sync")
-                    with (contextlib.nullcontext() if sync else trained.no_sync()), \
-                            autocast(train_cfg.precision, device):
-                        part_loss = loss_fn(part)
-                    # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
-                    (part_loss * runtime.world_size / max(total_labels, 1)).backward()
-                    loss_total += part_loss.detach()
-                # the loss and the gradient norm come back to the host together: one device sync per step
-                local_loss, grad_norm = read_back(loss_total, gradient_norm(trained, train_cfg.grad_clip))
-                loss = runtime.sum(local_loss)[0] / max(total_labels, 1)
-                skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                    label_count(batch), batch_tokens(batch), self._flops(batch))
+                outcome = optimizer_step(trained, optimizer, loss_fn, batch, lr, total_labels, train_cfg, runtime)
+                loss, grad_norm, skipped = outcome.loss, outcome.grad_norm, not outcome.applied
                 if skipped:  # no optimizer step: the weights and the optimizer's moments stay the last good ones
-                    optimizer.zero_grad(set_to_none=True)
                     bad_in_row += 1
                     bad_total += 1
-                    record({"step": step + 1, "event": "skipped_step", "loss": loss, "grad_norm": grad_norm,
-                            "in_a_row": bad_in_row})
+                    record({"step": step + 1, "event": "skipped_step", "reason": outcome.skipped, "loss": loss,
+                            "grad_norm": grad_norm, "in_a_row": bad_in_row})
                     if bad_in_row >= train_cfg.max_bad_steps:
                         path = checkpoint_now(step + 1, {"loss": loss})
-                        raise PtlabError(f"loss or gradient norm was not finite for {bad_in_row} steps in a row (up "
-                                         f"to step {step + 1}: loss {loss}, gradient norm {grad_norm}); stopped "
-                                         f"with a checkpoint of the last good weights at {path}. Lower train.lr, "
-                                         "raise train.warmup_steps or use train.precision=fp32")
+                        raise too_many_bad_steps(outcome, bad_in_row, step + 1, path)
                 else:
                     bad_in_row = 0
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 train_seconds += time.perf_counter() - started

@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 
 from ptlab.config import TrainConfig
 from ptlab.data.pipeline import IGNORE_INDEX
+from ptlab.errors import PtlabError
 from ptlab.train.batches import autocast, model_inputs, to_tensors
 from ptlab.train.distributed import Runtime
 
@@ -82,6 +83,14 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(loss, grad_norm)
+
+
+def too_many_bad_steps(outcome: StepOutcome, in_a_row: int, step: int, checkpoint) -> PtlabError:
+    """The error that stops a run after `train.max_bad_steps` skipped steps in a row."""
+    return PtlabError(f"loss or gradient norm was not finite for {in_a_row} steps in a row (up to step {step}: loss "
+                      f"{outcome.loss}, gradient norm {outcome.grad_norm}); stopped with a checkpoint of the last "
+                      f"good weights at {checkpoint}. Lower train.lr, raise train.warmup_steps or use "
+                      "train.precision=fp32")
 
 
 class StopSignals:
