@@ -308,15 +308,14 @@ class _Trainer:
             for stale in (self.run_dir / CHECKPOINTS, self.run_dir / "tensorboard"):
                 shutil.rmtree(stale, ignore_errors=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        checkpoint = None if resume == "never" else latest_valid_checkpoint(
+            self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
+        if resume == "always" and checkpoint is None:  # before the data is prepared, which may take long
+            raise PtlabError(f"nothing to resume: no valid checkpoint in {self.run_dir / CHECKPOINTS}")
         tokenizer, (train_shard, val_shard) = self._prepare_data()
         specials = tokenizer.specials
         fill_model_ids(cfg, tokenizer.vocab_size, specials)
         identity = data_identity(cfg, train_shard, tokenizer.fingerprint(), init)
-
-        checkpoint = None if resume == "never" else latest_valid_checkpoint(
-            self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
-        if resume == "always" and checkpoint is None:
-            raise PtlabError(f"nothing to resume: no valid checkpoint in {self.run_dir / CHECKPOINTS}")
 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model)
