@@ -24,6 +24,7 @@ from ptlab.errors import PtlabError
 
 
 FAMILIES = ("t5", "bart", "gpt2", "llama")
+MAX_LAYERS = 2048  # per stack; the deepest published models (DeepNet) have 1,000
 ENCODER_DECODER_FAMILIES = ("t5", "bart")
 # Family defaults for keys left at None: (tie_word_embeddings, layer_norm_eps)
 _FAMILY_DEFAULTS = {"t5": (False, 1e-6), "bart": (True, 1e-5), "gpt2": (True, 1e-5), "llama": (False, 1e-6)}
@@ -72,6 +73,9 @@ class ModelConfig:
                f"must be 'gated-gelu' or 'relu', got {self.feed_forward!r}")
         for key in ("d_model", "d_ff", "num_heads", "num_layers", "max_position_embeddings"):
             _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
+        # Building even an empty (meta-device) model costs memory per layer: a typo of 10**6 layers exhausts the host
+        for key in ("num_layers", "num_decoder_layers"):
+            _check((getattr(self, key) or 0) <= MAX_LAYERS, f"model.{key}", f"must be at most {MAX_LAYERS:,}")
         for key in ("vocab_size", "d_kv", "num_kv_heads", "num_decoder_layers", "relative_attention_num_buckets",
                     "relative_attention_max_distance"):
             _check(getattr(self, key) is None or getattr(self, key) > 0, f"model.{key}", "must be positive")
@@ -233,7 +237,13 @@ class TrainConfig:
     async_checkpoint: bool = False  # FSDP on several ranks: write periodic checkpoints while training goes on
     max_bad_steps: int = 5  # a non-finite loss skips the step; this many in a row stops the run
     log_every: int = 10
-    tensorboard: bool = True  # also write TensorBoard event files to RUN_DIR/tensorboard
+    # Experiment trackers beside metrics.jsonl: tensorboard (RUN_DIR/tensorboard) | mlflow | wandb (offline)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tensorboard: bool | None = None  # deprecated: true/false adds/removes "tensorboard" in loggers
+    experiment: str = ""  # MLflow experiment / W&B project; "": the name of run_dir's parent directory
+    run_name: str = ""  # the tracked run's name; "": the name of run_dir
+    tracking_uri: str = ""  # MLflow; "": $MLFLOW_TRACKING_URI, else the local file store RUN_DIR/../mlruns
+    tags: list[str] = field(default_factory=list)  # tags of the tracked run: "key=value" or a bare word
     peak_tflops: float | None = None  # for MFU; None: the GPU's datasheet bf16 peak, or this CPU's measured one
     threads: int = 0  # torch intra-op threads per process; 0: leave torch's default
 
@@ -265,6 +275,22 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        from ptlab.train.loggers import LOGGERS, check_installed
+
+        for name in self.loggers:
+            _check(name in LOGGERS, "train.loggers", f"unknown logger {name!r} (known: {', '.join(LOGGERS)})")
+        _check(len(set(self.loggers)) == len(self.loggers), "train.loggers", "names a logger twice")
+        for name in self.logger_names():
+            check_installed(name)
+        for tag in self.tags:
+            _check(bool(tag.split("=", 1)[0].strip()), "train.tags", f"{tag!r} needs a name before '='")
+
+    def logger_names(self) -> list[str]:
+        """`loggers` with the deprecated `tensorboard` switch applied."""
+        names = [name for name in self.loggers if name != "tensorboard" or self.tensorboard is not False]
+        if self.tensorboard and "tensorboard" not in names:
+            names.insert(0, "tensorboard")
+        return names
 
 
 @dataclass
@@ -305,7 +331,7 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3, warmup_steps=50,
-                                                                   eval_every=100, tensorboard=False))
+                                                                   eval_every=100, loggers=[]))
     epochs: float = 3.0
     max_steps: int = 0  # optimizer steps; 0: as many as `epochs` take (train.max_steps is not used here)
     patience: int = 3  # stop after this many evaluations without a better validation score
