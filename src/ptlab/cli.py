@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ptlab.errors import PtlabError, one_line
+from ptlab.train.host import prefer_passive_waiting
 
 OVERRIDES_HELP = ("config overrides as dotted key=value pairs, e.g. train.max_steps=200 model.d_model=128 "
                   "'data.train_files=[a.jsonl.gz,b.jsonl.gz]'")
@@ -256,7 +257,10 @@ def _cmd_cost(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptlab",
-        description="ptlab: pre-train T5-style Transformer models on your own text, from a laptop CPU up.",
+        description="ptlab: a pre-training lab for T5, BART, GPT-2 and Llama-style Transformer language models, "
+                    "from a laptop CPU up. End to end: clean raw text (C4's rules) -> train a tokenizer and tokenize "
+                    "-> pre-train (T5, BART, UL2 or LM objectives) -> fine-tune and evaluate on downstream tasks -> "
+                    "compare pre-training strategies in a study -> export to Hugging Face transformers.",
         epilog="Run `ptlab COMMAND --help` for each command's options. Configs are YAML files (see configs/); any "
                "key can be overridden on the command line as section.key=value.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -525,6 +529,8 @@ def _seed(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any command imports torch: the OpenMP runtime reads its waiting policy once, when torch loads it.
+    prefer_passive_waiting()
     parser = build_parser()
     # KEY=VALUE overrides may come after options (`study CONFIG --jobs 2 size=small`); argparse stops collecting a
     # positional list at the first option, so the stragglers are gathered here.

@@ -24,9 +24,7 @@ import re
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, apply
                           read_yaml)
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
+from ptlab.train.host import job_pool, thread_share
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
 
@@ -413,9 +412,9 @@ def run_study(plan: Plan, jobs: int = 1, show_progress: bool = True, out=sys.std
             print(f"[{i}/{len(todo)}] {cell.name}", file=out, flush=True)
             run_cell(plan.study, cell, cfg, finished, results_path, show_progress=show_progress)
     else:
-        threads = max(1, (os.cpu_count() or 2) // jobs)
+        threads = thread_share(jobs)
         work = [(plan.study, cell, cfg, finished, results_path, threads) for cell, cfg in todo]
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        with job_pool(jobs) as pool:
             for (cell, _), rows in zip(todo, pool.map(_run_cell_job, work)):
                 print(f"done: {cell.name} ({len(rows)} fine-tunes)", file=out, flush=True)
     if todo:
