@@ -218,8 +218,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])
     metric = task.metrics[0]
-    log = MetricsLog(run_dir, resume_step=start_step if checkpoint is not None else None,
-                     tensorboard=train_cfg.tensorboard)
+    log = MetricsLog(run_dir, resume_step=start_step if checkpoint is not None else None, config=cfg)
     history: list[dict] = read_metrics(run_dir) if checkpoint is not None else []
 
     def record(entry: dict) -> None:
@@ -314,7 +313,8 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
             test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision, device=device)
             progress["seconds"] += time.perf_counter() - started
             _write_predictions(run_dir / "test_predictions.jsonl", rows)
-        record({"event": "end", "step": best_step, **{f"test_{k}": v for k, v in (test_scores or {}).items()}})
+        record({"event": "end", "step": best_step, "checkpoint": str(run_dir / "best"),
+                **{f"test_{k}": v for k, v in (test_scores or {}).items()}})
     finally:
         log.close()
     summary = {"task": task.name, "init": cfg.init, "parameters": count_parameters(model), "best_step": best_step,

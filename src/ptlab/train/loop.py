@@ -362,8 +362,7 @@ class _Trainer:
         if runtime.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-            log = MetricsLog(self.run_dir, resume_step=start_step if state is not None else None,
-                             tensorboard=train_cfg.tensorboard)
+            log = MetricsLog(self.run_dir, resume_step=start_step if state is not None else None, config=cfg)
             log.write({"event": "resume" if state is not None else "start", "step": start_step,
                        "parameters": parameters, "raw_length": train_data.raw_length,
                        "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,

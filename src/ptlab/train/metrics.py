@@ -1,18 +1,34 @@
-"""Run metrics: one JSON object per line in RUN_DIR/metrics.jsonl (flushed as written, so a crash loses nothing)
-and, optionally, TensorBoard event files in RUN_DIR/tensorboard."""
+"""Run metrics: one JSON object per line in RUN_DIR/metrics.jsonl (flushed as written, so a crash loses nothing),
+passed on to the experiment trackers of `train.loggers` (TensorBoard, MLflow, W&B; see `ptlab.train.loggers`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from ptlab.train.loggers import RunLogger, Tracking, build_loggers, numbers, warn
+
+# Event records that end a run: the status the trackers record
+_ENDINGS = {"end": "FINISHED", "interrupted": "KILLED"}
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = False):
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, config: Any = None):
         """A new run starts the file afresh; a run resumed at `resume_step` keeps the records up to that step and
-        drops later ones (they belong to the interrupted attempt and are about to be recomputed)."""
+        drops later ones (they belong to the interrupted attempt and are about to be recomputed). `config` (a
+        `Config` or `FinetuneConfig`) names the trackers in `config.train.loggers`; without it only the file is
+        written."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loggers: dict[str, RunLogger] = {}
+        if config is not None:
+            train = config.train
+            tracking = Tracking(Path(run_dir), train.experiment, train.run_name, train.tracking_uri, list(train.tags))
+            names = train.logger_names()
+            self._loggers = dict(zip(names, build_loggers(names, tracking, resume_step)))
+            for logger in self._loggers.values():  # a bad tracking URI fails here, before training starts
+                logger.start(config.to_dict(), tracking.name)
         if resume_step is not None:
             kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step and r.get("event") != "end"]
             text = "".join(json.dumps(r) + "\n" for r in kept)
@@ -20,24 +36,32 @@ class MetricsLog:
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tensorboard = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+        self._status, self._checkpoint = "FAILED", None  # until an end or interrupted record says otherwise
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tensorboard is not None and "step" in record and "event" not in record:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(key, value, record["step"])
+        if "event" in record:
+            name = record["event"]
+            if name in _ENDINGS:
+                self._status, self._checkpoint = _ENDINGS[name], record.get("checkpoint")
+            self._each(lambda logger: logger.event(record.get("step", 0), name, record))
+        elif "step" in record:
+            self._each(lambda logger: logger.log(record["step"], numbers(record)))
 
     def close(self) -> None:
         self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        self._each(lambda logger: logger.finish(self._checkpoint, self._status))
+        self._loggers = {}
+
+    def _each(self, call) -> None:
+        """A tracker that fails mid-run (a server gone) is dropped with a warning; training goes on."""
+        for name, logger in list(self._loggers.items()):
+            try:
+                call(logger)
+            except Exception as err:  # noqa: BLE001 - trackers are best-effort; metrics.jsonl is the record
+                warn(name, err)
+                del self._loggers[name]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

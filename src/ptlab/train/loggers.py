@@ -1,0 +1,251 @@
+"""Experiment trackers behind `train.loggers`: TensorBoard, MLflow and Weights & Biases.
+
+Every tracker has the same four calls, made by `MetricsLog` (which also writes metrics.jsonl, the record of truth):
+`start(config, run_name)` once, `log(step, metrics)` per metrics record, `event(step, name, fields)` per event
+record (start, resume, skipped_step, interrupted, end, ...), and `finish(checkpoint, status)` once.
+
+MLflow writes to `train.tracking_uri`, else $MLFLOW_TRACKING_URI, else a local file store `mlruns/` beside the
+run directory; W&B runs offline unless $WANDB_MODE says otherwise. Neither needs a network by default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptlab.errors import PtlabError
+from ptlab.files import write_text_atomic
+
+LOGGERS = ("tensorboard", "mlflow", "wandb")
+_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+_EXTRAS = {"mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]", "tensorboard": "tensorboard"}
+MLFLOW_RUN_FILE = "mlflow-run.json"  # the run id, so that a resumed run continues its MLflow run
+
+
+def check_installed(name: str) -> None:
+    """A one-line error when a configured tracker's package is missing (checked when the config is validated, before
+    any work is done)."""
+    try:
+        found = importlib.util.find_spec(_PACKAGES[name]) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise PtlabError(f"config key 'train.loggers': {name} is not installed; pip install '{_EXTRAS[name]}'")
+
+
+@dataclass
+class Tracking:
+    """Where and under which names a run is tracked."""
+
+    run_dir: Path
+    experiment: str = ""  # "": the name of run_dir's parent directory
+    run_name: str = ""  # "": the name of run_dir
+    tracking_uri: str = ""  # MLflow; "": $MLFLOW_TRACKING_URI, else file store RUN_DIR/../mlruns
+    tags: list[str] = field(default_factory=list)  # "key=value" or bare
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.run_dir.resolve().parent.name or "ptlab"
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.run_dir.resolve().name
+
+    def tag_map(self) -> dict[str, str]:
+        pairs = (tag.split("=", 1) if "=" in tag else (tag, "true") for tag in self.tags)
+        return {key: value for key, value in pairs}
+
+    def mlflow_uri(self) -> str:
+        return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or (self.run_dir.resolve().parent / "mlruns").as_uri())
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> {"a.b": value}; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric fields of a record (nested ones flattened: a mixture's source_tokens), without the step."""
+    return {key: float(value) for key, value in flatten(record).items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+class RunLogger:
+    """One experiment tracker. The defaults do nothing, so a tracker implements only what it records."""
+
+    def start(self, config: dict[str, Any], run_name: str) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def event(self, step: int, name: str, fields: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, checkpoint: str | None, status: str) -> None:
+        pass
+
+
+class TensorBoardLogger(RunLogger):
+    """Scalars to RUN_DIR/tensorboard; a resumed run purges the events after its resume step."""
+
+    def __init__(self, tracking: Tracking, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(tracking.run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, step)
+
+    def finish(self, checkpoint: str | None, status: str) -> None:
+        self._writer.close()
+
+
+class MlflowLogger(RunLogger):
+    """Flattened config keys as params, metrics per step, config.yaml as an artifact (never the weights), the
+    final checkpoint's path as the `checkpoint` tag. A resumed run continues the MLflow run it started."""
+
+    def __init__(self, tracking: Tracking, resume_step: int | None):
+        self.tracking = tracking
+        self.uri = tracking.mlflow_uri()
+        self.resuming = resume_step is not None
+        if self.uri.startswith("file:") or "://" not in self.uri:
+            # MLflow 3 refuses its file store unless asked; the local store is the offline default chosen here
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id: str | None = None
+
+    def start(self, config: dict[str, Any], run_name: str) -> None:
+        from mlflow.entities import Param
+
+        try:
+            self.run_id = self._resumed_run() if self.resuming else None
+            if self.run_id is None:
+                tags = {**self.tracking.tag_map(), "ptlab.run_dir": str(self.tracking.run_dir.resolve())}
+                run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
+                self.run_id = run.info.run_id
+                limit = _param_value_limit()
+                params = [Param(key, str(value)[:limit]) for key, value in flatten(config).items()]
+                for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                    self.client.log_batch(self.run_id, params=params[i:i + 100])
+            config_file = self.tracking.run_dir / "config.yaml"
+            if config_file.is_file():
+                self.client.log_artifact(self.run_id, str(config_file))
+        except Exception as err:  # noqa: BLE001 - any MLflow failure at start is one line for the user
+            raise PtlabError(f"train.loggers: mlflow at {self.uri}: {_first_line(err)}") from None
+        write_text_atomic(self.tracking.run_dir / MLFLOW_RUN_FILE,
+                          json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}) + "\n")
+
+    def _experiment_id(self) -> str:
+        name = self.tracking.experiment_name
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another process of a study created it in the meantime
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _resumed_run(self) -> str | None:
+        try:
+            saved = json.loads((self.tracking.run_dir / MLFLOW_RUN_FILE).read_text(encoding="utf-8"))
+            if saved.get("tracking_uri") != self.uri:
+                return None
+            self.client.update_run(saved["run_id"], status="RUNNING")
+            return saved["run_id"]
+        except Exception:  # no file, another store, or a deleted run: a new run
+            return None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step) for key, value in metrics.items()])
+
+    def event(self, step: int, name: str, fields: dict[str, Any]) -> None:
+        if name == "end":  # the final scores: test_* of a fine-tune, val_loss and speed of a pre-training
+            self.log(step, numbers(fields))
+        elif name in ("start", "resume"):
+            for key, value in fields.items():
+                if key not in ("event", "step") and isinstance(value, (str, int, float, bool)):
+                    self.client.set_tag(self.run_id, f"ptlab.{key}", str(value)[:5000])
+        else:
+            self.client.set_tag(self.run_id, f"ptlab.event.{name}", json.dumps(fields)[:5000])
+
+    def finish(self, checkpoint: str | None, status: str) -> None:
+        if checkpoint:
+            self.client.set_tag(self.run_id, "checkpoint", checkpoint)
+        self.client.set_terminated(self.run_id, status)
+
+
+class WandbLogger(RunLogger):
+    """A W&B run in RUN_DIR/wandb; offline unless $WANDB_MODE is set (then `wandb sync` uploads it)."""
+
+    def __init__(self, tracking: Tracking, resume_step: int | None):
+        self.tracking = tracking
+        self.run = None
+
+    def start(self, config: dict[str, Any], run_name: str) -> None:
+        import wandb
+
+        self.run = wandb.init(project=self.tracking.experiment_name, name=run_name, config=config,
+                              dir=str(self.tracking.run_dir), tags=list(self.tracking.tags),
+                              mode=os.environ.get("WANDB_MODE", "offline"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def event(self, step: int, name: str, fields: dict[str, Any]) -> None:
+        if name == "end":
+            self.run.summary.update(numbers(fields))
+
+    def finish(self, checkpoint: str | None, status: str) -> None:
+        if checkpoint:
+            self.run.summary["checkpoint"] = checkpoint
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+_CLASSES = {"tensorboard": TensorBoardLogger, "mlflow": MlflowLogger, "wandb": WandbLogger}
+
+
+def build_loggers(names: list[str], tracking: Tracking, resume_step: int | None) -> list[RunLogger]:
+    for name in names:
+        check_installed(name)
+    return [_CLASSES[name](tracking, resume_step) for name in names]
+
+
+def _param_value_limit() -> int:
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+        return MAX_PARAM_VAL_LENGTH
+    except ImportError:
+        return 500  # MLflow 1.x's limit
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def warn(name: str, err: BaseException) -> None:
+    print(f"ptlab: warning: {name} logging stopped ({_first_line(err)}); metrics.jsonl has every record",
+          file=sys.stderr)
