@@ -64,7 +64,7 @@ class StudyFinetune:
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=32, optimizer="adamw_scale", lr=1e-2, schedule="linear", min_lr_ratio=0.0, warmup_steps=50,
-        eval_every=100, tensorboard=False))
+        eval_every=100, loggers=[]))
     epochs: float = 2.0
     max_steps: int = 0
     patience: int = 3
@@ -166,8 +166,20 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
         cfg.model.d_kv = None if cfg.model.d_model == cfg.model.num_heads * (cfg.model.d_kv or 0) else cfg.model.d_kv
         cfg.model.tie_word_embeddings = None
         cfg.model.layer_norm_eps = None
+    track_as_study_run(cfg.train, study, f"{cell_slug(cell)}/pretrain", [f"cell={cell.name}"])
     cfg.validate()
     return cfg
+
+
+def track_as_study_run(train: TrainConfig, study: StudyConfig, run_name: str, tags: list[str]) -> None:
+    """Every pre-training and fine-tune of a study is a run of one experiment named after the study, in one MLflow
+    store (RUN_DIR/mlruns unless train.tracking_uri or $MLFLOW_TRACKING_URI names another); keys set by the user
+    win."""
+    train.experiment = train.experiment or Path(study.run_dir).resolve().name
+    train.run_name = train.run_name or run_name
+    train.tags = [*tags, *train.tags]
+    if not train.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        train.tracking_uri = (Path(study.run_dir).resolve() / "mlruns").as_uri()
 
 
 def data_key(cfg: Config) -> str:
@@ -289,6 +301,8 @@ def finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: Task
                     checkpoint: str | None) -> FinetuneConfig:
     ft = study.finetune
     train = dataclasses.replace(ft.train, device=cfg.train.device, threads=cfg.train.threads)
+    track_as_study_run(train, study, f"{cell_slug(cell)}/{task_label(task)}-seed{seed}",
+                       [f"cell={cell.name}", f"task={task_label(task)}", f"seed={seed}"])
     return FinetuneConfig(run_dir=str(Path(study.run_dir) / "cells" / cell_slug(cell) / f"{task_label(task)}-seed{seed}"),
                           seed=seed, init=checkpoint or "none", tokenizer=cfg.data.tokenizer,
                           model=copy.deepcopy(cfg.model), task=copy.deepcopy(task), train=train, epochs=ft.epochs,
