@@ -184,3 +184,15 @@ def test_the_mlflow_run_file_is_valid_json_beside_the_metrics(tmp_path):
     saved = json.loads((run_dir / MLFLOW_RUN_FILE).read_text())
     assert saved["tracking_uri"] == (tmp_path / "exp" / "mlruns").as_uri()
     assert client_for(tmp_path / "exp" / "mlruns").get_run(saved["run_id"]).info.status == "FAILED"
+
+
+def test_a_run_that_dies_of_an_exception_ends_as_failed_in_mlflow(tmp_path):
+    script = ("import sys\nfrom ptlab.config import Config\nfrom ptlab.train.metrics import MetricsLog\n"
+              "cfg = Config(run_dir=sys.argv[1])\ncfg.train.loggers = ['mlflow']\n"
+              "log = MetricsLog(cfg.run_dir, config=cfg)\nlog.write({'step': 1, 'loss': 2.5})\n"
+              "raise RuntimeError('the loop died')\n")
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path / "exp" / "r1")], capture_output=True,
+                          text=True, timeout=120)
+    assert died.returncode == 1 and "the loop died" in died.stderr
+    run = only_run(client_for(tmp_path / "exp" / "mlruns"), "exp")
+    assert run.info.status == "FAILED" and run.data.metrics == {"loss": 2.5}

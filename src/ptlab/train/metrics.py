@@ -3,6 +3,7 @@ passed on to the experiment trackers of `train.loggers` (TensorBoard, MLflow, W&
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class MetricsLog:
             tmp.replace(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
         self._status, self._checkpoint = "FAILED", None  # until an end or interrupted record says otherwise
+        if self._loggers:  # a run that dies of an exception is closed at exit: its tracked run ends as FAILED
+            atexit.register(self.close)
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -50,6 +53,7 @@ class MetricsLog:
             self._each(lambda logger: logger.log(record["step"], numbers(record)))
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         self._file.close()
         self._each(lambda logger: logger.finish(self._checkpoint, self._status))
         self._loggers = {}
