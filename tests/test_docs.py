@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 README_MAX_LINES = 200
-FENCE = re.compile(r"^(`{3,}|~{3,})\s*(.*)$")
+FENCE = re.compile(r"^(`{3,}(?=[^`]*$)|~{3,})\s*(.*)$")  # a backtick fence's info has no backtick
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"(?<!!)\[(?:[^\]]|\][^(])*?\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+).*?\1")
@@ -144,7 +144,8 @@ def test_runnable_blocks_are_found_by_their_info_string(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("```sh\nnot run\n```\n\n"
                     "```sh runnable\nptlab a \\\n    --b c  # note\n# a comment\n\nptlab d\n```\n"
-                    "````md\n```sh runnable\nnested, not a block of its own\n```\n````\n", encoding="utf-8")
+                    "````md\n```sh runnable\nnested, not a block of its own\n```\n````\n"
+                    "```` ```sh runnable ```` in a sentence is code, not a fence\n", encoding="utf-8")
     blocks = runnable_blocks(page)
     assert [start for start, _ in blocks] == [5]
     assert commands(blocks[0][1]) == ["ptlab a      --b c  # note", "ptlab d"]
