@@ -198,7 +198,10 @@ def tokenize_to_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str 
                       chunk_chars: int = DEFAULT_CHUNK_CHARS, show_progress: bool = True,
                       **reader_options) -> TokenShard:
     """Tokenize `paths` into the shard directory `out_dir`: one process (`build_shard`'s single tokens.bin) when
-    `workers` is 1 with the local engine, else pieces plus a manifest. Same token stream either way."""
+    `workers` is 1 with the local engine, else pieces plus a manifest. Same token stream either way.
+
+    The local workers are spawned processes: a script that calls this must do so under `if __name__ == "__main__":`.
+    """
     if engine not in ENGINES:
         raise PtlabError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if workers < 1:
