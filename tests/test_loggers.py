@@ -1,6 +1,7 @@
 """`train.loggers`: a pre-training and a fine-tune tracked in MLflow's local store (read back with MlflowClient),
 a study's runs in one experiment, W&B offline by default, and one-line errors for unknown or missing trackers."""
 
+import io
 import json
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from ptlab.train.loggers import Tracking, WandbLogger
 from ptlab.train.metrics import read_metrics
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
-from test_finetune import custom_config  # noqa: E402
-from test_trainer import write_config  # noqa: E402
+from test_finetune import custom_config
+from test_trainer import write_config
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +108,7 @@ def test_a_study_tracks_its_cells_as_runs_of_one_experiment(tmp_path, small_corp
     study, base_dir = load_study(path, ["seeds=[3]", "common.train.loggers=[mlflow]",
                                         "finetune.train.loggers=[mlflow]", "finetune.max_steps=3",
                                         "common.train.max_steps=3"])
-    run_study(plan_study(study, base_dir), show_progress=False, out=open("/dev/null", "w"))
+    run_study(plan_study(study, base_dir), show_progress=False, out=io.StringIO())
     client = client_for(tmp_path / "study" / "mlruns")
     experiment = client.get_experiment_by_name("study")  # named after the study's directory
     runs = {r.info.run_name: r.data.tags for r in client.search_runs([experiment.experiment_id])}

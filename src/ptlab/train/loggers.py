@@ -23,7 +23,6 @@ from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
 
 LOGGERS = ("tensorboard", "mlflow", "wandb")
-_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 _EXTRAS = {"mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]", "tensorboard": "tensorboard"}
 MLFLOW_RUN_FILE = "mlflow-run.json"  # the run id, so that a resumed run continues its MLflow run
 
@@ -32,7 +31,7 @@ def check_installed(name: str) -> None:
     """A one-line error when a configured tracker's package is missing (checked when the config is validated, before
     any work is done)."""
     try:
-        found = importlib.util.find_spec(_PACKAGES[name]) is not None
+        found = importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         found = False
     if not found:
