@@ -14,16 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptlab.errors import PtlabError
+from ptlab.flops import GPU_PEAK_TFLOPS, flops_per_token, training_flops
 
 # bf16/fp16 dense tensor peak (TFLOP/s, datasheets) and an on-demand cloud price per GPU-hour (USD; AWS list prices
 # of p3 / p4d / p5 instances divided by their 8 GPUs, 2024; pass --price-per-hour for your own).
-GPUS: dict[str, tuple[float, float]] = {
-    "v100": (125.0, 3.06),
-    "a100": (312.0, 4.10),
-    "h100": (989.0, 6.88),
-    "h200": (989.0, 7.91),
-    "b200": (2250.0, 14.24),
-}
+GPUS: dict[str, tuple[float, float]] = {name.lower(): (GPU_PEAK_TFLOPS[name], price) for name, price in (
+    ("V100", 3.06), ("A100", 4.10), ("H100", 6.88), ("H200", 7.91), ("B200", 14.24))}
 
 
 @dataclass(frozen=True)
@@ -112,10 +108,7 @@ def estimate(target: str, tokens: float | None = None, gpu: str | None = None, m
     key = target.lower()
     if key in PRESETS:
         p = PRESETS[key]
-        if p.targets_per_input:  # each token passes through one half (encoder or decoder) of the parameters
-            per_token = (3 * p.parameters + 12 * p.layers * p.d_model * p.sequence) * (1 + p.targets_per_input)
-        else:
-            per_token = 6 * p.parameters + 12 * p.layers * p.d_model * p.sequence
+        per_token = flops_per_token(p.parameters, p.layers, p.d_model, p.sequence, p.targets_per_input)
         chosen = _check_gpu(gpu or p.gpu)
         return Estimate(p.description, p.parameters, tokens or p.tokens,
                         "given" if tokens else p.tokens_source, per_token, chosen, mfu,
@@ -131,7 +124,6 @@ def _config_estimate(path: Path, tokens: float | None, gpu: str, mfu: float, pri
     import torch
 
     from ptlab.config import load_config
-    from ptlab.flops import training_flops
     from ptlab.models import build_model, count_parameters
     from ptlab.study import example_lengths
 

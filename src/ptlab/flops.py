@@ -66,6 +66,16 @@ def forward_flops(cfg: ModelConfig, inputs: int, targets: int) -> float:
                                     + 4 * length * stack.attn_inner) + length * head
 
 
+def flops_per_token(parameters: float, layers: int, d_attn: int, sequence: int, targets_per_input: float = 0.0
+                    ) -> float:
+    """Training FLOPs per token from a published size, where the exact shapes are unknown: 6N plus attention's
+    12 * layers * d_attn * sequence. In an encoder-decoder (`targets_per_input` decoder tokens per encoder token)
+    each token passes through one of the two stacks (3N), and the decoder's tokens are counted on top."""
+    if targets_per_input:
+        return (3 * parameters + 12 * layers * d_attn * sequence) * (1 + targets_per_input)
+    return 6 * parameters + 12 * layers * d_attn * sequence
+
+
 def training_flops(cfg: ModelConfig, inputs: int, targets: int) -> float:
     """Forward plus backward (twice the forward) FLOPs of one training example."""
     return 3.0 * forward_flops(cfg, inputs, targets)
