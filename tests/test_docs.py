@@ -5,6 +5,7 @@ A file's runnable blocks run in order in one scratch directory that holds links 
 `data/` and an empty `runs/`, with `ptlab` (and `python`) resolved to this interpreter. Blocks that need minutes (the
 demo, full studies, benchmarks, torchrun, Slurm, GPUs) are plain ```sh and are not run here."""
 
+import importlib
 import os
 import re
 import shlex
@@ -107,6 +108,51 @@ def broken_links(path: Path) -> list[str]:
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             problems.append(f"{where}: no heading with anchor #{anchor} in {linked.name}")
     return problems
+
+
+REPO_PATH = re.compile(r"`((?:src|configs|benchmarks|scripts|studies|tests|data|docs|ptlab)/[^`\s{}*]*)`")
+WRITTEN_BY_COMMANDS = {"benchmarks/results/bench.json"}  # `make bench` writes it; not in the repository
+PYTHON_NAME = re.compile(r"`(ptlab(?:\.\w+)+)`|^from (ptlab(?:\.\w+)*) import (\w+)", re.MULTILINE)
+
+
+def missing_repo_paths(path: Path) -> list[str]:
+    """Repository paths the text names in backticks (`src/ptlab/config.py`) that do not exist."""
+    named = set(REPO_PATH.findall(path.read_text(encoding="utf-8"))) - WRITTEN_BY_COMMANDS
+    return sorted(name for name in named if not (ROOT / name).exists() and not (ROOT / "src" / name).exists())
+
+
+def unresolvable_python_names(path: Path) -> list[str]:
+    """Dotted names (`ptlab.train.loop.pretrain`, `from ptlab.x import y`) that do not import."""
+    problems = []
+    for dotted, module, name in PYTHON_NAME.findall(path.read_text(encoding="utf-8")):
+        parts = (dotted or f"{module}.{name}").split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                found = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute, None)
+            if found is None:
+                problems.append(".".join(parts))
+            break
+    return problems
+
+
+@pytest.mark.parametrize("path", DOCS, ids=rel)
+def test_the_code_the_docs_name_exists(path):
+    assert missing_repo_paths(path) == []
+    assert unresolvable_python_names(path) == []
+
+
+def test_moved_paths_and_python_names_are_reported(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("`src/ptlab/config.py` `ptlab/models/kernels.py` `ptlab.train.loop.pretrain` `ptlab.flops`\n"
+                    "`src/ptlab/gone.py` `ptlab/gone.py` `ptlab.train.loop.gone` `ptlab.gone`\n"
+                    "```python\nfrom ptlab.models.generate import generate\nfrom ptlab.models import gone\n```\n",
+                    encoding="utf-8")
+    assert missing_repo_paths(page) == ["ptlab/gone.py", "src/ptlab/gone.py"]
+    assert unresolvable_python_names(page) == ["ptlab.train.loop.gone", "ptlab.gone", "ptlab.models.gone"]
 
 
 def test_the_readme_is_short_and_keeps_the_two_setup_commands():
