@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import types
@@ -210,6 +211,19 @@ SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "wsd")
 OPTIMIZERS = ("adamw", "adamw_scale", "adafactor")
 
 
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # train.loggers, implemented in ptlab.train.loggers
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]"}
+
+
+def check_logger_installed(name: str) -> None:
+    """A one-line error when a configured tracker's package is missing, before any work is done."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    _check(found, "train.loggers", f"{name} is not installed; pip install '{_LOGGER_PACKAGES[name]}'")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
@@ -275,13 +289,11 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
-        from ptlab.train.loggers import LOGGERS, check_installed
-
         for name in self.loggers:
             _check(name in LOGGERS, "train.loggers", f"unknown logger {name!r} (known: {', '.join(LOGGERS)})")
         _check(len(set(self.loggers)) == len(self.loggers), "train.loggers", "names a logger twice")
         for name in self.logger_names():
-            check_installed(name)
+            check_logger_installed(name)
         for tag in self.tags:
             _check(bool(tag.split("=", 1)[0].strip()), "train.tags", f"{tag!r} needs a name before '='")
 

@@ -10,7 +10,6 @@ run directory; W&B runs offline unless $WANDB_MODE says otherwise. Neither needs
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -19,23 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptlab.config import check_logger_installed
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
 
-LOGGERS = ("tensorboard", "mlflow", "wandb")
-_EXTRAS = {"mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]", "tensorboard": "tensorboard"}
 MLFLOW_RUN_FILE = "mlflow-run.json"  # the run id, so that a resumed run continues its MLflow run
-
-
-def check_installed(name: str) -> None:
-    """A one-line error when a configured tracker's package is missing (checked when the config is validated, before
-    any work is done)."""
-    try:
-        found = importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise PtlabError(f"config key 'train.loggers': {name} is not installed; pip install '{_EXTRAS[name]}'")
 
 
 @dataclass
@@ -228,7 +215,7 @@ _CLASSES = {"tensorboard": TensorBoardLogger, "mlflow": MlflowLogger, "wandb": W
 
 def build_loggers(names: list[str], tracking: Tracking, resume_step: int | None) -> list[RunLogger]:
     for name in names:
-        check_installed(name)
+        check_logger_installed(name)
     return [_CLASSES[name](tracking, resume_step) for name in names]
 
 
