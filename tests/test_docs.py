@@ -1,9 +1,11 @@
 """The docs keep their promises: every ```sh runnable block in README.md and docs/**/*.md runs as written on the
-bundled data, every relative link and #anchor resolves, and the README stays short.
+bundled data, every relative link and #anchor resolves, the files and Python names they mention exist, and the
+README stays short.
 
 A file's runnable blocks run in order in one scratch directory that holds links to the repository's `configs/` and
-`data/` and an empty `runs/`, with `ptlab` (and `python`) resolved to this interpreter. Blocks that need minutes (the
-demo, full studies, benchmarks, torchrun, Slurm, GPUs) are plain ```sh and are not run here."""
+`data/` and an empty `runs/`, with `ptlab` (and `python`) resolved to this interpreter. In a transcript (`$ ` before
+each command) the lines shown after a command must appear in its output, in that order. Blocks that need minutes
+(the demo, full studies, benchmarks, torchrun, Slurm, GPUs) are plain ```sh and are not run here."""
 
 import importlib
 import os
@@ -11,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -54,10 +57,34 @@ def runnable_blocks(path: Path) -> list[tuple[int, str]]:
     return [(start, body) for info, start, body in blocks if info.split()[:1] == ["sh"] and "runnable" in info.split()]
 
 
-def commands(block: str) -> list[str]:
-    """One shell command per logical line: continuation lines joined, blank lines and comment lines left out."""
-    joined = re.sub(r"\\\n", " ", block)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+def commands(block: str) -> list[tuple[str, list[str]]]:
+    """(command, the output lines it must print) per logical line: continuation lines joined, blank and comment lines
+    left out. In a transcript (commands after a `$ ` prompt), the lines up to the next prompt are the output."""
+    if not any(line.startswith("$ ") for line in block.splitlines()):
+        lines = re.sub(r"\\\n", " ", block).splitlines()
+        return [(line.strip(), []) for line in lines if line.strip() and not line.strip().startswith("#")]
+    steps: list[tuple[str, list[str]]] = []
+    lines = iter(block.splitlines())
+    for line in lines:
+        if line.startswith("$ "):
+            command = line[2:].rstrip()
+            while command.endswith("\\"):  # continuation lines belong to commands; output keeps its backslashes
+                command = command[:-1] + " " + next(lines, "").rstrip()
+            steps.append((command.strip(), []))
+        elif steps and line.strip():
+            steps[-1][1].append(line.rstrip())
+    return steps
+
+
+def visible(line: str) -> str:
+    """The line as a page shows it: control characters (a stray U+0092 in an email) dropped, trailing space cut."""
+    return "".join(c for c in line if unicodedata.category(c) != "Cc").rstrip()
+
+
+def printed_in_order(expected: list[str], output: str) -> bool:
+    """Whether the expected lines appear in the output in that order (other lines, such as progress, may be between)."""
+    remaining = iter(visible(line) for line in output.splitlines())
+    return all(visible(line) in remaining for line in expected)
 
 
 def github_slug(heading: str) -> str:
@@ -164,7 +191,7 @@ def test_the_readme_is_short_and_keeps_the_two_setup_commands():
 
 
 def test_the_readme_tour_runs_every_stage():
-    tour = " ".join(" ".join(commands(body)) for _, body in runnable_blocks(README))
+    tour = " ".join(command for _, body in runnable_blocks(README) for command, _ in commands(body))
     for stage in ["ptlab clean", "ptlab tokenizer train", "ptlab tokenize", "ptlab pretrain", "ptlab finetune",
                   "ptlab study", "ptlab export-hf"]:
         assert stage + " " in tour, f"the README's runnable tour has no `{stage}`"
@@ -194,7 +221,16 @@ def test_runnable_blocks_are_found_by_their_info_string(tmp_path):
                     "```` ```sh runnable ```` in a sentence is code, not a fence\n", encoding="utf-8")
     blocks = runnable_blocks(page)
     assert [start for start, _ in blocks] == [5]
-    assert commands(blocks[0][1]) == ["ptlab a      --b c  # note", "ptlab d"]
+    assert commands(blocks[0][1]) == [("ptlab a      --b c  # note", []), ("ptlab d", [])]
+
+
+def test_a_transcript_pairs_each_command_with_its_output():
+    steps = commands("$ ptlab a \\\n      --b\nfirst line ends in \\\n  second line\n\n$ ptlab c\n")
+    assert steps == [("ptlab a        --b", ["first line ends in \\", "  second line"]), ("ptlab c", [])]
+    assert printed_in_order(["first line", "  second line"], "first line\nprogress\n  second line  \nwrote it\n")
+    assert not printed_in_order(["first line", "  second line"], "  second line\nfirst line\n")
+    assert not printed_in_order(["first line"], "first line, changed\n")
+    assert printed_in_order(["you cant"], "you can\u0092t\n")  # an invisible control character is not shown
 
 
 def scratch_directory(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -219,7 +255,9 @@ def scratch_directory(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_runnable_commands_run_as_written(path, tmp_path):
     work, env = scratch_directory(tmp_path)
     for start, body in runnable_blocks(path):
-        for command in commands(body):
+        for command, expected in commands(body):
             run = subprocess.run(["bash", "-c", command], check=False, cwd=work, env=env, capture_output=True,
                                  text=True, timeout=600)
-            assert run.returncode == 0, f"{rel(path)} block at line {start}: `{command}` failed:\n{run.stderr[-3000:]}"
+            where = f"{rel(path)} block at line {start}: `{command}`"
+            assert run.returncode == 0, f"{where} failed:\n{run.stderr[-3000:]}"
+            assert printed_in_order(expected, run.stdout), f"{where} printed something else:\n{run.stdout[-3000:]}"
