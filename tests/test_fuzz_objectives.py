@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fuzz_strategies import (ODD_FLOATS, ODD_INTS, ODD_TEXT, VALUES, accepted_or_refused,
                              assert_cli_error_is_one_line, examples, run_cli, time_limit)
 from ptlab.objectives.registry import REGISTRY, build_objective, parameter_defaults
+from ptlab.objectives.t5 import num_noise_spans, random_spans_helper
 from ptlab.preview import SPECIAL_WORDS, WordVocabulary
 
 NAMES = sorted(REGISTRY)
@@ -84,3 +85,40 @@ def test_objectives_show_never_prints_a_traceback(name, text, setting, seed):
 def test_a_tiny_poisson_lambda_is_refused_not_drawn_for_minutes(poisson_lambda, seed):
     ok, _ = accepted_or_refused(build_objective, "bart", {"poisson_lambda": poisson_lambda})
     assert not ok
+
+
+def _walked_spans_helper(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """T5's `random_spans_helper` as T5 writes it: grow the chunk one token at a time while its inputs fit."""
+    def lengths(tokens_length):
+        num_noise = min(max(int(round(tokens_length * noise_density)), 1), tokens_length - 1)
+        num_spans = num_noise_spans(tokens_length, noise_density, mean_span_length)
+        return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+    tokens_length = inputs_length
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    _, targets_length = lengths(tokens_length)
+    if noise_density == 0.5 and targets_length > inputs_length:
+        tokens_length, targets_length = tokens_length - 1, targets_length - 1
+    return tokens_length, targets_length
+
+
+@examples(100)
+@given(inputs_length=st.integers(4, 400), noise_density=st.one_of(st.floats(0.001, 0.99), st.just(0.5)),
+       mean_span_length=st.one_of(st.floats(1, 40), st.sampled_from([1.0, 3.0, 64.0])))
+def test_the_span_length_search_matches_t5s_walk(inputs_length, noise_density, mean_span_length):
+    assert random_spans_helper(inputs_length, noise_density, mean_span_length) == _walked_spans_helper(
+        inputs_length, noise_density, mean_span_length)
+
+
+@examples(20)
+@given(name=st.sampled_from(NAMES), inputs_length=st.integers(10**6, 10**12),
+       noise_density=st.floats(0.001, 0.99), mean_span_length=st.floats(1, 1e6))
+def test_long_inputs_cost_no_time_to_plan(name, inputs_length, noise_density, mean_span_length):
+    """Planning lengths (what `ptlab cost` and the trainer's checks do) for a million or a trillion inputs."""
+    params = {k: v for k, v in (("noise_density", noise_density), ("mean_span_length", mean_span_length))
+              if k in parameter_defaults(REGISTRY[name])}
+    objective, _ = build_objective(name, params)
+    with time_limit(5, f"{name} lengths at {inputs_length}"):
+        accepted_or_refused(objective.check, inputs_length, _vocabulary(100).specials)
+        objective.lengths(inputs_length, _vocabulary(100).specials)

@@ -32,9 +32,17 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_span_leng
         num_spans = num_noise_spans(tokens_length, noise_density, mean_span_length)
         return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
-    tokens_length = inputs_length
-    while lengths(tokens_length + 1)[0] <= inputs_length:
-        tokens_length += 1
+    # The longest chunk whose inputs fit. T5 walks up one token at a time; the inputs length never shrinks as the
+    # chunk grows, so a doubling then bisecting search finds the same chunk in O(log n) steps (a walk takes minutes
+    # for long inputs or rare long spans, where the chunk is many times the inputs).
+    low, step = inputs_length, 1  # lengths(low) fits
+    while lengths(low + step)[0] <= inputs_length:
+        low, step = low + step, step * 2
+    high = low + step  # lengths(high) does not fit
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if lengths(middle)[0] <= inputs_length else (low, middle)
+    tokens_length = low
     _, targets_length = lengths(tokens_length)
     # T5's own adjustment so that at 50% noise the targets are not longer than the (round-numbered) inputs.
     if noise_density == 0.5 and targets_length > inputs_length:
