@@ -1,5 +1,5 @@
 """`ptlab cost` against published figures (GPT-3's FLOPs, Meta's LLaMA GPU-hours, the lecture's dollars) and the
-README's table; the formula itself is checked against counted FLOPs in test_flops.py."""
+docs/cost.md's table; the formula itself is checked against counted FLOPs in test_flops.py."""
 
 import re
 import subprocess
