@@ -231,6 +231,8 @@ class _Trainer:
         self.cfg, self.runtime = cfg, runtime
         self.show = show_progress and runtime.is_main
         self.run_dir = Path(cfg.run_dir)
+        self.log: MetricsLog | None = None
+        self.history: list[dict] = []
 
     def note(self, message: str) -> None:
         if self.runtime.is_main:
@@ -297,13 +299,26 @@ class _Trainer:
                              "twice; use ddp")
 
     def run(self, resume: str, allow_data_change: bool) -> PretrainResult:
+        configure_host(self.cfg.train.threads)
+        self._prepare(resume, allow_data_change)
+        self._open_log()
+        try:
+            return self._train()
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def record(self, entry: dict) -> None:
+        if self.log is not None:
+            self.log.write(entry)
+        self.history.append(entry)
+
+    def _prepare(self, resume: str, allow_data_change: bool) -> None:
+        """Data, model, optimizer and the batches, restored from the newest checkpoint when resuming."""
         cfg, runtime, train_cfg = self.cfg, self.runtime, self.cfg.train
-        device = runtime.device
-        configure_host(train_cfg.threads)
         init = self._prepare_init(resume)
         objective = resolve_objective(cfg.objective, quiet=not runtime.is_main)
         self._check_config(objective)
-
         if resume == "never" and runtime.is_main:
             for stale in (self.run_dir / CHECKPOINTS, self.run_dir / "tensorboard"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -312,17 +327,34 @@ class _Trainer:
             self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
         if resume == "always" and checkpoint is None:  # before the data is prepared, which may take long
             raise PtlabError(f"nothing to resume: no valid checkpoint in {self.run_dir / CHECKPOINTS}")
-        tokenizer, (train_shard, val_shard) = self._prepare_data()
-        specials = tokenizer.specials
-        fill_model_ids(cfg, tokenizer.vocab_size, specials)
-        identity = data_identity(cfg, train_shard, tokenizer.fingerprint(), init)
+        self.tokenizer, (self.train_shard, val_shard) = self._prepare_data()
+        specials = self.tokenizer.specials
+        fill_model_ids(cfg, self.tokenizer.vocab_size, specials)
+        self.identity = data_identity(cfg, self.train_shard, self.tokenizer.fingerprint(), init)
+        self.init, self.checkpoint = init, checkpoint
+        self.state = load_trainer_state(checkpoint) if checkpoint is not None else None
+        if self.state is not None:
+            self._check_identity(self.state["data"], self.identity, checkpoint, allow_data_change)
+        self._build_model()
+        progress = self.state["progress"] if self.state is not None else {}
+        self.progress = {"tokens": progress.get("tokens", 0.0), "flops": progress.get("flops", 0.0),
+                         "seconds": progress.get("seconds", 0.0), "skipped_steps": progress.get("skipped_steps", 0)}
+        self.start_step = self.state["step"] if self.state is not None else 0
+        if self.state is not None:
+            self.note(f"resuming {self.run_dir} from step {self.start_step} ({checkpoint.name})")
+        self.train_data = pretrain_batches(cfg, objective, self.train_shard, specials)
+        check_mixture_capacity(self.train_data, train_cfg)
+        self.eval_set = ([to_tensors(model_inputs(b), runtime.device) for b in validation_batches(
+            pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
 
+    def _build_model(self) -> None:
+        """The model with its starting weights (the checkpoint's, the init's or fresh), wrapped for the rank
+        layout, and its optimizer; a resumed run also gets its optimizer state and RNG back."""
+        cfg, runtime, train_cfg, device = self.cfg, self.runtime, self.cfg.train, self.runtime.device
+        checkpoint, init = self.checkpoint, self.init
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model)
-        state = None
         if checkpoint is not None:
-            state = load_trainer_state(checkpoint)
-            self._check_identity(state["data"], identity, checkpoint, allow_data_change)
             if not is_sharded(checkpoint):  # a sharded one is loaded once the model has its final layout
                 load_weights(model, load_file(str(checkpoint / "model.safetensors")),
                              f"{checkpoint}/model.safetensors")
@@ -334,149 +366,144 @@ class _Trainer:
         model.to(device)
         if train_cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
-        trained = distributed.wrap(model, runtime, train_cfg.distributed)
-        compiled = compile_enabled(train_cfg, device)
-        optimizer = build_optimizer(trained, train_cfg)
-        start_step, bad_total = 0, 0
-        if state is not None:
+        self.model = model
+        self.trained = distributed.wrap(model, runtime, train_cfg.distributed)
+        self.compiled = compile_enabled(train_cfg, device)
+        self.optimizer = build_optimizer(self.trained, train_cfg)
+        if self.state is not None:
             if is_sharded(checkpoint):  # resharded to this run's layout: any rank count, FSDP, DDP or one process
-                load_sharded(checkpoint, trained, optimizer)
+                load_sharded(checkpoint, self.trained, self.optimizer)
             else:
-                set_optimizer_state_dict(trained, optimizer, optim_state_dict=state["optimizer"],
+                set_optimizer_state_dict(self.trained, self.optimizer, optim_state_dict=self.state["optimizer"],
                                          options=StateDictOptions(full_state_dict=True))
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-            start_step, bad_total = state["step"], state["progress"]["skipped_steps"]
-            self.note(f"resuming {self.run_dir} from step {start_step} ({checkpoint.name})")
+            torch.set_rng_state(self.state["rng"]["torch"])
+            if device.type == "cuda" and self.state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(self.state["rng"]["cuda"], device)
         model.train()
 
-        train_data = pretrain_batches(cfg, objective, train_shard, specials)
-        check_mixture_capacity(train_data, train_cfg)
-        eval_set = ([to_tensors(model_inputs(b), device) for b in validation_batches(
-            pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
-        parameters = count_parameters(model)
-        peak, peak_source = peak_tflops(device, train_cfg.precision, train_cfg.peak_tflops)
+    def _open_log(self) -> None:
+        """metrics.jsonl (and the trackers) on the main process, opened with a start or resume record."""
+        cfg, runtime, device = self.cfg, self.runtime, self.runtime.device
+        self.parameters = count_parameters(self.model)
+        self.peak, peak_source = peak_tflops(device, cfg.train.precision, cfg.train.peak_tflops)
+        if not runtime.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        resumed = self.state is not None
+        self.log = MetricsLog(self.run_dir, resume_step=self.start_step if resumed else None, config=cfg)
+        data = self.train_data
+        self.log.write({"event": "resume" if resumed else "start", "step": self.start_step,
+                        "parameters": self.parameters, "raw_length": data.raw_length,
+                        "inputs_length": data.inputs_length, "targets_length": data.targets_length,
+                        "train_tokens": self.train_shard.num_tokens, "vocab_size": self.tokenizer.vocab_size,
+                        "world_size": runtime.world_size, "device": str(device), "compiled": self.compiled,
+                        "peak_tflops": self.peak, "peak_source": peak_source, **self._start_record(self.init)})
 
-        log = None
-        if runtime.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            log = MetricsLog(self.run_dir, resume_step=start_step if state is not None else None, config=cfg)
-            log.write({"event": "resume" if state is not None else "start", "step": start_step,
-                       "parameters": parameters, "raw_length": train_data.raw_length,
-                       "inputs_length": train_data.inputs_length, "targets_length": train_data.targets_length,
-                       "train_tokens": train_shard.num_tokens, "vocab_size": tokenizer.vocab_size,
-                       "world_size": runtime.world_size, "device": str(device), "compiled": compiled,
-                       "peak_tflops": peak,
-                       "peak_source": peak_source, **self._start_record(init)})
-        history: list[dict] = []
+    def _evaluate(self, step: int) -> float | None:
+        if not self.eval_set:
+            return None
+        val_loss = evaluate_loss(self.trained, self.eval_set, self.cfg.train.precision, self.runtime.device)  # eager
+        self.record({"step": step, "val_loss": val_loss})
+        return val_loss
 
-        def record(entry: dict) -> None:
-            if log is not None:
-                log.write(entry)
-            history.append(entry)
+    def _checkpoint(self, step: int, metrics: dict) -> Path | None:
+        return self._save(step, self.model, self.trained, self.optimizer, self.tokenizer, self.identity,
+                          dict(self.progress), metrics)
 
-        def source_tokens(done: int) -> dict:
-            """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""
-            tokens = train_data.source_tokens(done * train_cfg.batch_size)
-            return {"source_tokens": tokens} if tokens else {}
+    def _mfu(self) -> float | None:
+        progress = self.progress
+        if not progress["flops"]:
+            return None
+        return progress["flops"] / max(progress["seconds"], 1e-9) / 1e12 / (self.peak * self.runtime.world_size)
 
-        def run_eval(step: int) -> float | None:
-            if not eval_set:
-                return None
-            val_loss = evaluate_loss(trained, eval_set, train_cfg.precision, device)  # eager: no second compile
-            record({"step": step, "val_loss": val_loss})
-            return val_loss
+    def _result(self, steps: int, checkpoint: Path | None, initial_val, final_val, interrupted=None) -> PretrainResult:
+        progress = self.progress
+        return PretrainResult(self.run_dir, checkpoint, steps, initial_val, final_val,
+                              progress["tokens"] / max(progress["seconds"], 1e-9), progress["seconds"],
+                              self.parameters, self.history, self.start_step if self.state is not None else None,
+                              interrupted, progress["skipped_steps"], self._mfu())
 
-        def checkpoint_now(step: int, metrics: dict) -> Path:
-            progress = {"tokens": tokens_done, "flops": flops_done, "seconds": train_seconds,
-                        "skipped_steps": bad_total}
-            return self._save(step, model, trained, optimizer, tokenizer, identity, progress, metrics)
-
-        initial_val = run_eval(0) if state is None else next(
+    def _train(self) -> PretrainResult:
+        """The steps from the start (or the checkpoint) to train.max_steps, then the final evaluation and
+        checkpoint; SIGINT/SIGTERM stop it after a step with a checkpoint."""
+        runtime, train_cfg, progress = self.runtime, self.cfg.train, self.progress
+        initial_val = self._evaluate(0) if self.state is None else next(
             (r["val_loss"] for r in read_metrics(self.run_dir) if r.get("step") == 0 and "val_loss" in r), None)
-        val_loss = initial_val
+        val_loss, bad_in_row, last_checkpoint, step = initial_val, 0, None, self.start_step
         share = train_cfg.batch_size // runtime.world_size
-        progress = state.get("progress", {}) if state is not None else {}
-        tokens_done, flops_done = progress.get("tokens", 0.0), progress.get("flops", 0.0)
-        train_seconds, bad_in_row, loss = progress.get("seconds", 0.0), 0, float("nan")
-        last_checkpoint = None
-        bar = tqdm(total=train_cfg.max_steps, initial=start_step, desc="pre-training", unit="step",
+        bar = tqdm(total=train_cfg.max_steps, initial=self.start_step, desc="pre-training", unit="step",
                    disable=not self.show, dynamic_ncols=True)
-        batches = _Prefetcher(lambda step: train_data.batch(step * train_cfg.batch_size + runtime.rank * share, share))
+        batches = _Prefetcher(lambda n: self.train_data.batch(n * train_cfg.batch_size + runtime.rank * share, share))
 
         def compile_fallback(error: str) -> None:
             self.note(f"warning: torch.compile failed, this run continues eagerly ({error})")
-            record({"step": step + 1, "event": "compile_fallback", "error": error})
+            self.record({"step": step + 1, "event": "compile_fallback", "error": error})
 
-        loss_fn = training_loss(trained, compiled, compile_fallback)
-        with StopSignals() as signals, contextlib.closing(batches):
-            for step in range(start_step, train_cfg.max_steps):
+        loss_fn = training_loss(self.trained, self.compiled, compile_fallback)
+        with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
+            for step in range(self.start_step, train_cfg.max_steps):
                 started = time.perf_counter()
                 lr = train_cfg.lr * lr_factor(step, train_cfg)
                 batch = batches.get(step)
                 total_labels, step_tokens, step_flops = runtime.sum(
                     label_count(batch), batch_tokens(batch), self._flops(batch))
-                outcome = optimizer_step(trained, optimizer, loss_fn, batch, lr, total_labels, train_cfg, runtime)
-                loss, grad_norm, skipped = outcome.loss, outcome.grad_norm, not outcome.applied
-                if skipped:  # no optimizer step: the weights and the optimizer's moments stay the last good ones
-                    bad_in_row += 1
-                    bad_total += 1
-                    record({"step": step + 1, "event": "skipped_step", "reason": outcome.skipped, "loss": loss,
-                            "grad_norm": grad_norm, "in_a_row": bad_in_row})
-                    if bad_in_row >= train_cfg.max_bad_steps:
-                        path = checkpoint_now(step + 1, {"loss": loss})
-                        raise too_many_bad_steps(outcome, bad_in_row, step + 1, path)
-                else:
-                    bad_in_row = 0
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                train_seconds += time.perf_counter() - started
-                tokens_done += step_tokens
-                flops_done += step_flops
+                outcome = optimizer_step(self.trained, self.optimizer, loss_fn, batch, lr, total_labels, train_cfg,
+                                         runtime)
                 done = step + 1
-                tokens_per_second = tokens_done / train_seconds
-                tflops = flops_done / train_seconds / 1e12
-                mfu = tflops / (peak * runtime.world_size)
-                if not skipped and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
-                    record({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                            "tokens": tokens_done, "tokens_per_second": tokens_per_second, "tflops": tflops,
-                            "mfu": mfu, "seconds": train_seconds, **source_tokens(done)})
+                if outcome.applied:
+                    bad_in_row = 0
+                else:  # no optimizer step: the weights and the optimizer's moments stay the last good ones
+                    bad_in_row += 1
+                    progress["skipped_steps"] += 1
+                    self.record({"step": done, "event": "skipped_step", "reason": outcome.skipped,
+                                 "loss": outcome.loss, "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
+                    if bad_in_row >= train_cfg.max_bad_steps:
+                        path = self._checkpoint(done, {"loss": outcome.loss})
+                        raise too_many_bad_steps(outcome, bad_in_row, done, path)
+                if runtime.device.type == "cuda":
+                    torch.cuda.synchronize()
+                progress["seconds"] += time.perf_counter() - started
+                progress["tokens"] += step_tokens
+                progress["flops"] += step_flops
+                tokens_per_second = progress["tokens"] / progress["seconds"]
+                mfu = self._mfu()
+                if outcome.applied and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
+                    self.record({"step": done, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
+                                 "tokens": progress["tokens"], "tokens_per_second": tokens_per_second,
+                                 "tflops": progress["flops"] / progress["seconds"] / 1e12, "mfu": mfu,
+                                 "seconds": progress["seconds"], **self._source_tokens(done)})
                 if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
-                    val_loss = run_eval(done)
+                    val_loss = self._evaluate(done)
                 stop = runtime.any(signals.received is not None)
                 if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
                         and done != train_cfg.max_steps) or stop:
-                    last_checkpoint = checkpoint_now(done, {"loss": loss})
+                    last_checkpoint = self._checkpoint(done, {"loss": outcome.loss})
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                bar.set_postfix(loss=f"{outcome.loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
                                 tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
                 if stop:
-                    bar.close()
                     name = signals.received or "SIGTERM"
-                    record({"step": done, "event": "interrupted", "signal": name, "checkpoint": str(last_checkpoint)})
-                    if log is not None:
-                        log.close()
-                    return PretrainResult(self.run_dir, last_checkpoint, done, initial_val, val_loss,
-                                          tokens_done / max(train_seconds, 1e-9), train_seconds, parameters, history,
-                                          start_step if state is not None else None, name, bad_total, mfu)
-        bar.close()
-        if start_step >= train_cfg.max_steps and checkpoint is not None:
-            self.note(f"{self.run_dir} already finished {start_step} steps (train.max_steps={train_cfg.max_steps})")
-            final_val, final = val_loss, checkpoint
+                    self.record({"step": done, "event": "interrupted", "signal": name,
+                                 "checkpoint": str(last_checkpoint)})
+                    return self._result(done, last_checkpoint, initial_val, val_loss, name)
+        if self.start_step >= train_cfg.max_steps and self.checkpoint is not None:
+            self.note(f"{self.run_dir} already finished {self.start_step} steps "
+                      f"(train.max_steps={train_cfg.max_steps})")
+            final_val, final = val_loss, self.checkpoint
         else:
-            final_val = run_eval(train_cfg.max_steps)
-            final = checkpoint_now(train_cfg.max_steps, {"val_loss": final_val})
-        speed = tokens_done / max(train_seconds, 1e-9)
-        mfu = flops_done / max(train_seconds, 1e-9) / 1e12 / (peak * runtime.world_size) if flops_done else None
-        record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val, "tokens_per_second": speed,
-                "mfu": mfu, "skipped_steps": bad_total, "checkpoint": str(final)})
-        if log is not None:
-            log.close()
-        return PretrainResult(self.run_dir, final, train_cfg.max_steps, initial_val, final_val, speed,
-                              train_seconds, parameters, history, start_step if state is not None else None, None,
-                              bad_total, mfu)
+            final_val = self._evaluate(train_cfg.max_steps)
+            final = self._checkpoint(train_cfg.max_steps, {"val_loss": final_val})
+        result = self._result(train_cfg.max_steps, final, initial_val, final_val)
+        self.record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val,
+                     "tokens_per_second": result.tokens_per_second, "mfu": result.mfu,
+                     "skipped_steps": progress["skipped_steps"], "checkpoint": str(final)})
+        return result
+
+    def _source_tokens(self, done: int) -> dict:
+        """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""
+        tokens = self.train_data.source_tokens(done * self.cfg.train.batch_size)
+        return {"source_tokens": tokens} if tokens else {}
 
     @functools.cache
     def _flops_per_example(self, inputs: int, targets: int) -> float:
