@@ -11,6 +11,7 @@ alone, then two copies started together. Settings:
   spinning          GOMP_SPINCOUNT=300000: libgomp's own default, i.e. every ptlab run before the fix
   passive           nothing set: the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (ptlab's default now)
   passive-share     passive plus train.threads=cores//2, each run's share of the cores
+  spinning-share    spinning waiters with each run's share of the cores
 Measure on an otherwise idle machine: anything else running shows up as a slowdown of every setting.
 """
 
@@ -34,7 +35,8 @@ def settings() -> dict[str, tuple[dict[str, str], list[str]]]:
 
     return {"spinning": ({"GOMP_SPINCOUNT": "300000"}, []),
             "passive": ({}, []),
-            "passive-share": ({}, [f"train.threads={thread_share(2)}"])}
+            "passive-share": ({}, [f"train.threads={thread_share(2)}"]),
+            "spinning-share": ({"GOMP_SPINCOUNT": "300000"}, [f"train.threads={thread_share(2)}"])}
 
 
 def _command(run_dir: Path, steps: int, overrides: list[str]) -> list[str]:
