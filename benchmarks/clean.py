@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ptlab.cleaning import clean_files
-from ptlab.data.clean import CleanConfig, Report, clean_page
+from ptlab.clean.engine import clean_files
+from ptlab.clean.rules import CleanConfig, Report, clean_page
 
 
 def main() -> None:

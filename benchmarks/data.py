@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from objectives import rate  # benchmarks/objectives.py
 
-from ptlab.cleaning import clean_files
+from ptlab.clean.engine import clean_files
 from ptlab.data.corpus import sample_texts
 from ptlab.data.tokenizer import train_tokenizer
 from ptlab.objectives import build_objective
-
-from objectives import rate  # benchmarks/objectives.py
 
 INPUTS_LENGTH = 512
 OBJECTIVES = ("span_corruption", "iid_replace_spans", "bert_style", "deshuffle", "prefix_lm", "bart", "ul2",

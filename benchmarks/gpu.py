@@ -5,7 +5,7 @@ Synthetic tokens, so only the model and optimizer are measured.
     python benchmarks/gpu.py [--steps 20] [--only gpt2,llama,t5]
 
 Fits in about 5 minutes on one H100/H200 (most of it compiling). MFU is against the datasheet bf16 dense peak
-(ptlab.flops.GPU_PEAK_TFLOPS). Prints a markdown table, appending each row to $OUT/gpu.md (when $OUT is set) as
+(ptlab.models.flops.GPU_PEAK_TFLOPS). Prints a markdown table, appending each row to $OUT/gpu.md (when $OUT is set) as
 soon as it is measured, so a run cut short keeps what it measured. `--device cpu --tiny` checks the script itself.
 """
 
@@ -18,8 +18,8 @@ import time
 import torch
 
 from ptlab.config import ModelConfig, TrainConfig
-from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
+from ptlab.models.flops import peak_tflops, training_flops
 from ptlab.train.loop import training_loss
 from ptlab.train.optim import build_optimizer
 

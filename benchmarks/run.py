@@ -15,9 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data  # noqa: E402
 import tokenization  # noqa: E402
 import train  # noqa: E402
+
+import data  # noqa: E402
 
 
 def main() -> int:

@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ptlab.config import ModelConfig, TrainConfig
-from ptlab.flops import measure_matmul_tflops, training_flops
 from ptlab.models import build_model
+from ptlab.models.flops import measure_matmul_tflops, training_flops
 from ptlab.models.hf import hf_config_from_model, to_hf_state_dict
 from ptlab.train.host import configure_host
 from ptlab.train.loop import autocast, compile_enabled, model_inputs, training_loss

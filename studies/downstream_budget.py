@@ -25,9 +25,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ptlab.config import TaskConfig
-from ptlab.study import StudyCell, finetune_config, load_study, read_results, task_label
+from ptlab.lab.study import StudyCell, finetune_config, load_study, read_results, task_label
 from ptlab.train.checkpoint import list_checkpoints, load_checkpoint_config
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # The probe is a fixed diagnostic, independent of the fine-tuning recipe: logistic regression on frozen states.
@@ -53,8 +53,9 @@ def run_label(run_dir: Path, checkpoint: Path) -> str:
 
 
 def run_cell(job: dict) -> dict:
-    from ptlab.finetune import _initial_model, finetune, linear_probe
-    from ptlab.tasks import resolve_task
+    from ptlab.data.tasks import resolve_task
+    from ptlab.downstream.finetune import _initial_model, finetune
+    from ptlab.downstream.probe import linear_probe
 
     cfg = finetune_config(job["study"], StudyCell(name=job["label"]), job["run_cfg"], job["task"], job["seed"],
                           None if job["init"] == "none" else job["init"])

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from ptlab.config import load_config
-from ptlab.data.pipeline import (IGNORE_INDEX, PretrainBatches, decoder_batch, encoder_decoder_batch,
-                                 resolve_objective)
+from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, decoder_batch, encoder_decoder_batch, resolve_objective
 from ptlab.data.shards import build_shard
 from ptlab.errors import PtlabError
 from ptlab.objectives import Example

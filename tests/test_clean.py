@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from ptlab.cleaning import clean_files
-from ptlab.data.clean import CleanConfig, Report, bad_words, clean_page, count_sentences
-from ptlab.data.dedup import normalize_url
+from ptlab.clean.dedup import normalize_url
+from ptlab.clean.engine import clean_files
+from ptlab.clean.rules import CleanConfig, Report, bad_words, clean_page, count_sentences
 from ptlab.errors import PtlabError
 
 GOOD = ["The quick brown fox jumps over the lazy dog near the river bank.",
@@ -237,7 +237,7 @@ def test_cli_prints_the_table_and_rejects_unknown_rules(tmp_path):
 
 
 def test_bad_words_match_whole_entries_only():
-    from ptlab.data.clean import bad_word_in
+    from ptlab.clean.rules import bad_word_in
 
     assert bad_word_in("He called the captain a bastard in public.") == "bastard"
     assert bad_word_in("A classic assessment of the assets.") is None  # "ass" inside words does not count
@@ -266,7 +266,7 @@ def test_ray_engine_equals_the_local_engine_on_the_messy_corpus(tmp_path):
 
 
 def test_gopher_rules():
-    from ptlab.data.gopher import gopher_failure
+    from ptlab.clean.gopher import gopher_failure
 
     prose = ("The history of the town is long and full of stories that have been told to the children of each "
              "generation, and with every telling the tale of the old mill and the river grows a little richer. ")

@@ -285,8 +285,9 @@ def test_probe_matches_logistic_regression_on_independently_pooled_states(tmp_pa
     assert printed == pytest.approx(expected, abs=100 / len(y_eval) + 1e-6)  # at most one review apart
     # the features themselves: ptlab's batched, padded pooling against the one-at-a-time means
     from ptlab.config import TaskConfig
-    from ptlab.finetune import encode_pairs, pooled_states
-    from ptlab.tasks import resolve_task
+    from ptlab.data.tasks import resolve_task
+    from ptlab.downstream.evaluate import encode_pairs
+    from ptlab.downstream.probe import pooled_states
 
     task = resolve_task(TaskConfig(train=str(files["train"]), input_template="review: {review}",
                                    target_field="verdict", metrics=["accuracy"]))

@@ -12,7 +12,7 @@ import ptlab.train.loop as loop
 import ptlab.train.step as step
 from ptlab.config import load_config
 from ptlab.train.loop import pretrain
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 FAMILIES = ["t5", "bart", "gpt2", "llama"]
 STEPS = 4

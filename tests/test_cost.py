@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ptlab.config import load_config
-from ptlab.cost import PRESETS, estimate
+from ptlab.lab.cost import PRESETS, estimate
 from ptlab.models import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_estimates_scale_with_tokens_mfu_gpu_and_price():
 
 
 def test_a_config_file_is_costed_from_its_own_model():
-    from ptlab.study import example_lengths
+    from ptlab.lab.study import example_lengths
 
     path = ROOT / "configs" / "t5-tiny.yaml"
     e = estimate(str(path))

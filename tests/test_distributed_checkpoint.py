@@ -17,12 +17,17 @@ import yaml
 
 from ptlab.config import load_config
 from ptlab.errors import PtlabError
-from ptlab.interop import export_hf
 from ptlab.models import build_model
-from ptlab.train.checkpoint import (list_checkpoints, load_checkpoint_config, load_model, load_trainer_state,
-                                    verify_checkpoint)
+from ptlab.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint_config,
+    load_model,
+    load_trainer_state,
+    verify_checkpoint,
+)
+from ptlab.train.interop import export_hf
 from ptlab.train.loop import pretrain
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 from ptlab.train.sharded import load_sharded_weights
 
 TOLERANCE = 1e-5

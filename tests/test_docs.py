@@ -174,7 +174,7 @@ def test_the_code_the_docs_name_exists(path):
 
 def test_moved_paths_and_python_names_are_reported(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("`src/ptlab/config.py` `ptlab/models/kernels.py` `ptlab.train.loop.pretrain` `ptlab.flops`\n"
+    page.write_text("`src/ptlab/config.py` `ptlab/models/kernels.py` `ptlab.train.loop.pretrain` `ptlab.models.flops`\n"
                     "`src/ptlab/gone.py` `ptlab/gone.py` `ptlab.train.loop.gone` `ptlab.gone`\n"
                     "```python\nfrom ptlab.models.generate import generate\nfrom ptlab.models import gone\n```\n",
                     encoding="utf-8")

@@ -12,9 +12,10 @@ import torch
 import yaml
 
 from ptlab.config import FinetuneConfig, ModelConfig, TaskConfig, load_config
-from ptlab.finetune import encode_pairs, finetune, predict
+from ptlab.data.tasks import resolve_task
+from ptlab.downstream.evaluate import encode_pairs, predict
+from ptlab.downstream.finetune import finetune
 from ptlab.models import build_model
-from ptlab.tasks import resolve_task
 
 GOOD = ["great", "wonderful", "delightful", "superb", "moving", "brilliant", "charming", "excellent"]
 BAD = ["awful", "boring", "dreadful", "tedious", "clumsy", "terrible", "dull", "lifeless"]
@@ -111,7 +112,7 @@ def test_label_ranking_picks_the_label_with_the_highest_summed_log_likelihood(tm
                       d_ff=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     model = build_model(cfg)
     # a few steps of training, so that the model's choice depends on the review but is not yet always right
-    from ptlab.finetune import make_batch
+    from ptlab.downstream.evaluate import make_batch
     from ptlab.train.batches import to_tensors
     from ptlab.train.loop import summed_loss
 
@@ -129,7 +130,7 @@ def test_label_ranking_picks_the_label_with_the_highest_summed_log_likelihood(tm
     oracle = np.array([[label_log_likelihood(model, example.inputs.tolist(), label) for label in label_ids]
                        for example in examples])
     # the scores behind the ranking, batched and padded, are the summed log-likelihoods (not, say, per token)
-    from ptlab.finetune import _label_log_likelihoods
+    from ptlab.downstream.evaluate import _label_log_likelihoods
 
     scores = _label_log_likelihoods(model, examples, [np.array(ids) for ids in label_ids], 0, "fp32", "cpu")
     np.testing.assert_allclose(scores, oracle, rtol=1e-4, atol=1e-4)

@@ -16,10 +16,10 @@ import yaml
 from safetensors.torch import load_file
 
 from ptlab.config import FinetuneConfig, load_config
+from ptlab.downstream.finetune import finetune
 from ptlab.errors import PtlabError
-from ptlab.finetune import finetune
 from ptlab.train.checkpoint import list_checkpoints
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 WORDS = {"liked": ["great", "superb", "moving", "charming"], "disliked": ["awful", "boring", "dull", "clumsy"]}
 

@@ -1,4 +1,4 @@
-"""`ptlab.flops` against FLOPs counted by PyTorch on real forward and backward passes."""
+"""`ptlab.models.flops` against FLOPs counted by PyTorch on real forward and backward passes."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ptlab.config import ModelConfig
-from ptlab.flops import gpu_peak_tflops, training_flops
 from ptlab.models import build_model
+from ptlab.models.flops import gpu_peak_tflops, training_flops
 
 
 def counted_training_flops(cfg: ModelConfig, inputs: int, targets: int, batch: int = 2) -> float:

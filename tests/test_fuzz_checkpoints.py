@@ -13,17 +13,26 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fuzz_strategies import (
+    BYTES,
+    ODD_INTS,
+    VALUES,
+    accepted_or_refused,
+    assert_cli_error_is_one_line,
+    examples,
+    leftovers,
+    run_cli,
+    time_limit,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (BYTES, ODD_INTS, VALUES, accepted_or_refused, assert_cli_error_is_one_line, examples,
-                             leftovers, run_cli, time_limit)
 from ptlab.config import Config, ModelConfig
 from ptlab.data.tokenizer import train_tokenizer
 from ptlab.errors import PtlabError
-from ptlab.interop import export_hf, import_hf
 from ptlab.models import build_model
 from ptlab.train.checkpoint import load_model, write_checkpoint
+from ptlab.train.interop import export_hf, import_hf
 
 FAMILIES = ("t5", "bart", "gpt2", "llama")
 FILES = ("model.safetensors", "config.yaml", "tokenizer.json", "ptlab_tokenizer.json", "meta.json")

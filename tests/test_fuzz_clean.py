@@ -8,10 +8,9 @@ import gzip
 import json
 from pathlib import Path
 
+from fuzz_strategies import assert_cli_error_is_one_line, examples, leftovers, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fuzz_strategies import assert_cli_error_is_one_line, examples, leftovers, run_cli
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank today."
 # Text that survives C4's rules (three sentences of five words) with an odd piece inside, or odd text alone.

@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fuzz_strategies import (
+    BYTES,
+    NON_FINITE,
+    ODD_TEXT,
+    VALUES,
+    accepted_or_refused,
+    assert_cli_error_is_one_line,
+    examples,
+    run_cli,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (BYTES, NON_FINITE, ODD_TEXT, VALUES, accepted_or_refused, assert_cli_error_is_one_line,
-                             examples, run_cli)
 from ptlab.config import Config, FinetuneConfig, load_config, save_config
 from ptlab.errors import PtlabError
 from ptlab.objectives.registry import REGISTRY

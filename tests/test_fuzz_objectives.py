@@ -7,14 +7,23 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from fuzz_strategies import (
+    ODD_FLOATS,
+    ODD_INTS,
+    ODD_TEXT,
+    VALUES,
+    accepted_or_refused,
+    assert_cli_error_is_one_line,
+    examples,
+    run_cli,
+    time_limit,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (ODD_FLOATS, ODD_INTS, ODD_TEXT, VALUES, accepted_or_refused,
-                             assert_cli_error_is_one_line, examples, run_cli, time_limit)
+from ptlab.lab.preview import SPECIAL_WORDS, WordVocabulary
 from ptlab.objectives.registry import REGISTRY, build_objective, parameter_defaults
 from ptlab.objectives.t5 import num_noise_spans, random_spans_helper
-from ptlab.preview import SPECIAL_WORDS, WordVocabulary
 
 NAMES = sorted(REGISTRY)
 PARAMETERS = sorted({f.name for spec in REGISTRY.values() for f in dataclasses.fields(spec.params)})

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from fuzz_strategies import BYTES, ODD_TEXT, accepted_or_refused, examples
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import BYTES, ODD_TEXT, accepted_or_refused, examples
 from ptlab.config import TaskConfig
+from ptlab.data.tasks import SPLITS, resolve_task
 from ptlab.errors import PtlabError
-from ptlab.tasks import SPLITS, resolve_task
 
 LABELS = ["negative", "positive"]
 TEMPLATE = "review: {text}"

@@ -7,11 +7,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from fuzz_strategies import (
+    BYTES,
+    ODD_INTS,
+    ODD_TEXT,
+    VALUES,
+    accepted_or_refused,
+    assert_cli_error_is_one_line,
+    examples,
+    leftovers,
+    run_cli,
+    time_limit,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (BYTES, ODD_INTS, ODD_TEXT, VALUES, accepted_or_refused, assert_cli_error_is_one_line,
-                             examples, leftovers, run_cli, time_limit)
 from ptlab.data.shards import build_shard
 from ptlab.data.tokenizer import BYTE_PIECES, load_tokenizer, train_tokenizer, without_surrogates
 from ptlab.errors import PtlabError

@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-from ptlab.interop import import_hf
 from ptlab.models.hf import to_hf_state_dict
 from ptlab.train.checkpoint import load_model
+from ptlab.train.interop import import_hf
 from ptlab.train.loop import summed_loss
 
 transformers = pytest.importorskip("transformers")

@@ -15,13 +15,13 @@ from ptlab.config import Config, FinetuneConfig, ModelConfig, TaskConfig, load_c
 from ptlab.data import ensure_shards
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective
 from ptlab.data.tokenizer import load_tokenizer
+from ptlab.downstream.finetune import finetune
 from ptlab.errors import PtlabError
-from ptlab.finetune import finetune
-from ptlab.interop import export_hf
 from ptlab.models import build_model
 from ptlab.train.checkpoint import load_model, load_trainer_state, write_checkpoint
+from ptlab.train.interop import export_hf
 from ptlab.train.loop import fill_model_ids, loss_sum, model_inputs, pretrain, to_tensors
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 transformers = pytest.importorskip("transformers")
 

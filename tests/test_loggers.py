@@ -14,11 +14,10 @@ import yaml
 from ptlab.config import FinetuneConfig, TrainConfig, load_config
 from ptlab.errors import PtlabError
 from ptlab.train.loggers import Tracking, WandbLogger
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient
-
 from test_finetune import custom_config
 from test_trainer import write_config
 
@@ -81,7 +80,7 @@ def test_a_20_step_pretraining_is_an_mlflow_run_with_config_metrics_and_checkpoi
 
 
 def test_a_finetune_logs_its_scores_and_best_checkpoint(tmp_path, tokenizer_dir):
-    from ptlab.finetune import finetune
+    from ptlab.downstream.finetune import finetune
 
     store = tmp_path / "store"
     cfg = load_config(custom_config(tmp_path, tokenizer_dir), [
@@ -102,7 +101,7 @@ def test_a_finetune_logs_its_scores_and_best_checkpoint(tmp_path, tokenizer_dir)
 def test_a_study_tracks_its_cells_as_runs_of_one_experiment(tmp_path, small_corpus, tokenizer_dir):
     from test_study import micro_study
 
-    from ptlab.study import load_study, plan_study, run_study
+    from ptlab.lab.study import load_study, plan_study, run_study
 
     path = micro_study(tmp_path, small_corpus, tokenizer_dir, cells=[{"name": "span corruption"}])
     study, base_dir = load_study(path, ["seeds=[3]", "common.train.loggers=[mlflow]",
@@ -188,7 +187,7 @@ def test_the_mlflow_run_file_is_valid_json_beside_the_metrics(tmp_path):
 
 
 def test_a_run_that_dies_of_an_exception_ends_as_failed_in_mlflow(tmp_path):
-    script = ("import sys\nfrom ptlab.config import Config\nfrom ptlab.train.metrics import MetricsLog\n"
+    script = ("import sys\nfrom ptlab.config import Config\nfrom ptlab.train.runlog import MetricsLog\n"
               "cfg = Config(run_dir=sys.argv[1])\ncfg.train.loggers = ['mlflow']\n"
               "log = MetricsLog(cfg.run_dir, config=cfg)\nlog.write({'step': 1, 'loss': 2.5})\n"
               "raise RuntimeError('the loop died')\n")

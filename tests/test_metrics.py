@@ -4,8 +4,8 @@ import math
 
 import pytest
 
+from ptlab.downstream.metrics import compute_metrics
 from ptlab.errors import PtlabError
-from ptlab.metrics import compute_metrics
 
 
 def test_accuracy_f1_and_mcc_by_hand():
@@ -58,3 +58,10 @@ def test_exact_match_and_unknown_metric():
     assert compute_metrics(["exact_match"], ["a ", "b"], ["a", "c"])["exact_match"] == pytest.approx(50.0)
     with pytest.raises(PtlabError, match="unknown metric"):
         compute_metrics(["blue"], ["a"], ["a"])
+
+
+def test_tasks_may_name_exactly_the_metrics_there_are():
+    from ptlab.data.tasks import METRIC_NAMES
+    from ptlab.downstream.metrics import METRICS
+
+    assert tuple(METRICS) == METRIC_NAMES

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,15 +19,13 @@ from ptlab.config import load_config
 from ptlab.data import ensure_shards
 from ptlab.data.mixture import MixtureSchedule, tokenizer_texts
 from ptlab.data.pipeline import pretrain_batches, resolve_objective
+from ptlab.data.tasks import task_input_texts
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
-from ptlab.study import estimate_seconds, format_plan, load_study, plan_study
-from ptlab.tasks import task_input_texts
+from ptlab.lab.study import estimate_seconds, format_plan, load_study, plan_study
 from ptlab.train.checkpoint import list_checkpoints
 from ptlab.train.loop import pretrain
-from ptlab.train.metrics import read_metrics
-
-from conftest import write_jsonl
+from ptlab.train.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

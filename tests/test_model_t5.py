@@ -3,8 +3,9 @@ import torch
 
 from ptlab.config import ModelConfig
 from ptlab.models import build_model
+from ptlab.models.hf import from_hf_state_dict as t5_from_hf_state_dict
+from ptlab.models.hf import to_hf_state_dict as t5_to_hf_state_dict
 from ptlab.models.t5 import shift_right
-from ptlab.models.hf import from_hf_state_dict as t5_from_hf_state_dict, to_hf_state_dict as t5_to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,10 +7,10 @@ import torch
 
 from ptlab.config import ModelConfig
 from ptlab.errors import PtlabError
-from ptlab.interop import export_hf, import_hf
 from ptlab.models import build_model, count_parameters
 from ptlab.models.generate import filter_logits, generate
 from ptlab.train.checkpoint import load_model
+from ptlab.train.interop import export_hf, import_hf
 
 transformers = pytest.importorskip("transformers")
 

@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 
 from ptlab.errors import PtlabError
-from ptlab.objectives.t5 import (num_noise_spans, random_spans_helper, random_spans_noise_mask, span_corruption,
-                                 splice_spans)
+from ptlab.objectives.t5 import (
+    num_noise_spans,
+    random_spans_helper,
+    random_spans_noise_mask,
+    span_corruption,
+    splice_spans,
+)
 
 VOCAB = 1000
 SENTINELS = np.arange(VOCAB - 1, VOCAB - 101, -1)  # <extra_id_0> is the highest id, as in T5

@@ -17,8 +17,15 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptlab.data.readers import (BadRecord, ReadStats, expand_inputs, iter_located, iter_records, iter_texts,
-                                reader_options)
+from ptlab.data.readers import (
+    BadRecord,
+    ReadStats,
+    expand_inputs,
+    iter_located,
+    iter_records,
+    iter_texts,
+    reader_options,
+)
 from ptlab.data.shards import build_shard, ensure_shard, files_fingerprint
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
@@ -374,8 +381,8 @@ def test_cli_tokenizes_parquet_and_refuses_corrupt_input_in_one_line(tmp_path, t
 
 
 def test_clean_reads_parquet_and_datasets_like_jsonl(tmp_path):
-    from ptlab.cleaning import clean_files
-    from ptlab.data.clean import CleanConfig
+    from ptlab.clean.engine import clean_files
+    from ptlab.clean.rules import CleanConfig
 
     sentences = ["The committee met on Tuesday to review the budget for the coming year.",
                  "Several members asked for more detail about the planned repairs to the bridge.",

@@ -6,8 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_train import TINY
 
 from ptlab.cli import main
 from ptlab.config import load_config
@@ -15,9 +17,6 @@ from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.shards import ChunkSampler, ConcatTokens, PieceFile, lists_shards, open_shard, open_shards
 from ptlab.data.tokenize_parallel import iter_chunks, tokenize_to_shard
 from ptlab.errors import PtlabError
-
-from conftest import write_jsonl
-from test_train import TINY
 
 CHUNK = 20_000  # characters: the small corpus becomes a dozen pieces, so workers interleave
 

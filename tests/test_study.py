@@ -1,7 +1,6 @@
 """`ptlab study`: plans, architectures matched the way T5's Table 2 does, tables, and restart after a kill."""
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import ptlab.finetune
+import ptlab.downstream.finetune
 import ptlab.train.loop
 from ptlab.errors import PtlabError
-from ptlab.study import example_lengths, cell_figures, load_study, plan_study, read_results, run_study
+from ptlab.lab.study import cell_figures, example_lengths, load_study, plan_study, read_results, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +63,7 @@ def test_architecture_cells_match_parameters_and_flops_as_t5_table_2(tmp_path, s
 
 def test_a_killed_study_restarts_without_redoing_finished_work(tmp_path, small_corpus, tokenizer_dir, monkeypatch):
     study, base_dir = load_study(micro_study(tmp_path, small_corpus, tokenizer_dir))
-    real_finetune, real_pretrain = ptlab.finetune.finetune, ptlab.train.loop.pretrain
+    real_finetune, real_pretrain = ptlab.downstream.finetune.finetune, ptlab.train.loop.pretrain
     calls = {"finetune": [], "pretrain": []}
 
     def finetune(cfg, show_progress=True):
@@ -77,7 +76,7 @@ def test_a_killed_study_restarts_without_redoing_finished_work(tmp_path, small_c
         calls["pretrain"].append(cfg.run_dir)
         return real_pretrain(cfg, **kwargs)
 
-    monkeypatch.setattr(ptlab.finetune, "finetune", finetune)
+    monkeypatch.setattr(ptlab.downstream.finetune, "finetune", finetune)
     monkeypatch.setattr(ptlab.train.loop, "pretrain", pretrain)
     with pytest.raises(KeyboardInterrupt):
         run_study(plan_study(study, base_dir), show_progress=False)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ptlab.baselines import unigram_target_baseline
 from ptlab.config import load_config
 from ptlab.data.pipeline import PretrainBatches, resolve_objective
 from ptlab.data.shards import build_shard, open_shard
+from ptlab.lab.baselines import unigram_target_baseline
 from ptlab.objectives import SpecialIds
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 from ptlab.train.loop import pretrain

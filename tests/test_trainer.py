@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from ptlab.config import load_config
 from ptlab.errors import PtlabError
 from ptlab.train.checkpoint import list_checkpoints, load_model
 from ptlab.train.loop import pretrain
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,3 +277,14 @@ def test_a_data_error_on_rank_0_stops_every_rank(tmp_path, small_corpus, tokeniz
     result = torchrun(config, 2, f"data.train_files=[{tmp_path / 'missing.jsonl'}]")
     assert result.returncode != 0 and time.time() - started < 120
     assert "corpus file not found" in result.stderr
+
+
+def test_training_leaves_the_callers_subnormal_floats_alone(tmp_path, small_corpus, tokenizer_dir):
+    """The trainer flushes subnormals to zero (a process-wide flag) for speed, and restores the caller's setting."""
+    def flushed() -> bool:
+        return torch.tensor([1e-38]).div(1e4).item() == 0.0
+
+    assert not flushed()
+    pretrain(in_process(tmp_path, small_corpus, tokenizer_dir, "train.max_steps=2", "train.eval_every=0"),
+             show_progress=False)
+    assert not flushed()

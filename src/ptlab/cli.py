@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ OVERRIDES_HELP = ("config overrides as dotted key=value pairs, e.g. train.max_st
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ptlab.demo import run_demo
+    from ptlab.lab.demo import run_demo
 
     run_demo(args.config, args.overrides, show_progress=not args.quiet)
 
@@ -91,7 +92,7 @@ def _cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def _cmd_objectives_list(args: argparse.Namespace) -> None:
-    from ptlab.preview import format_list
+    from ptlab.lab.preview import format_list
 
     print(format_list())
 
@@ -99,7 +100,7 @@ def _cmd_objectives_list(args: argparse.Namespace) -> None:
 def _cmd_objectives_show(args: argparse.Namespace) -> None:
     import json
 
-    from ptlab.preview import format_shown, show_objective
+    from ptlab.lab.preview import format_shown, show_objective
 
     if args.text_file:
         path = Path(args.text_file)
@@ -120,14 +121,14 @@ def _cmd_objectives_show(args: argparse.Namespace) -> None:
 
 
 def _cmd_import_hf(args: argparse.Namespace) -> None:
-    from ptlab.interop import import_hf
+    from ptlab.train.interop import import_hf
 
     out = import_hf(args.hf_dir, args.out_dir)
     print(f"imported {args.hf_dir} into the ptlab checkpoint {out}")
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
-    from ptlab.interop import export_hf
+    from ptlab.train.interop import export_hf
 
     out, notes = export_hf(args.checkpoint, args.out_dir)
     for note in notes:
@@ -166,15 +167,15 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    from ptlab.plot import plot_runs
+    from ptlab.lab.plot import plot_runs
 
     out = plot_runs(args.run_dirs, args.output, args.x, args.log)
     print(f"wrote {out}")
 
 
 def _cmd_clean(args: argparse.Namespace) -> None:
-    from ptlab.cleaning import clean_files, print_report
-    from ptlab.data.clean import CleanConfig
+    from ptlab.clean.engine import clean_files, print_report
+    from ptlab.clean.rules import CleanConfig
 
     cfg = CleanConfig(skip=frozenset(args.skip or ()), language=args.language,
                       min_language_probability=args.min_language_probability, rules=args.rules)
@@ -201,7 +202,8 @@ def _task_config(args: argparse.Namespace):
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from ptlab.config import FinetuneConfig, load_config
-    from ptlab.finetune import finetune, print_scores
+    from ptlab.downstream.evaluate import print_scores
+    from ptlab.downstream.finetune import finetune
 
     cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
     resume = "always" if args.resume else "never" if args.restart else "auto"
@@ -217,7 +219,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from ptlab.finetune import evaluate_checkpoint, print_scores
+    from ptlab.downstream.evaluate import evaluate_checkpoint, print_scores
 
     scores = evaluate_checkpoint(args.checkpoint, _task_config(args), args.split, args.output,
                                  show_progress=not args.quiet)
@@ -227,14 +229,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> None:
-    from ptlab.finetune import linear_probe
+    from ptlab.downstream.probe import linear_probe
 
     accuracy = linear_probe(args.checkpoint, _task_config(args), split=args.split)
     print(f"linear probe on mean-pooled states, {args.task or 'task'} {args.split}: accuracy {accuracy:.2f}")
 
 
 def _cmd_study(args: argparse.Namespace) -> None:
-    from ptlab.study import estimate_seconds, format_plan, load_study, plan_study, run_study
+    from ptlab.lab.study import estimate_seconds, format_plan, load_study, plan_study, run_study
 
     if args.jobs < 1:
         raise PtlabError(f"--jobs must be at least 1, got {args.jobs}")
@@ -247,7 +249,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
 
 def _cmd_cost(args: argparse.Namespace) -> None:
-    from ptlab.cost import PRESETS, estimate, format_estimate
+    from ptlab.lab.cost import PRESETS, estimate, format_estimate
 
     targets = list(PRESETS) if args.target == "all" else [args.target]
     print("\n\n".join(format_estimate(estimate(t, args.tokens, args.gpu, args.mfu, args.price_per_hour))
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_tokenizer_train)
 
-    from ptlab.data.clean import ALL_RULES, RULES
+    from ptlab.clean.rules import ALL_RULES, RULES
 
     clean = sub.add_parser(
         "clean", help="clean raw web-like text the way C4 was cleaned, with a report of what each rule removed",
@@ -551,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ptlab objectives list | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        return 141
     return 0
 
 

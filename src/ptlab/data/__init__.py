@@ -6,8 +6,14 @@ import sys
 from pathlib import Path
 
 from ptlab.config import DataConfig
-from ptlab.data.mixture import Mixture, ensure_mixture, materialise_tasks, shards_root, tokenizer_texts, \
-    validation_files
+from ptlab.data.mixture import (
+    Mixture,
+    ensure_mixture,
+    materialise_tasks,
+    shards_root,
+    tokenizer_texts,
+    validation_files,
+)
 from ptlab.data.readers import ReadStats, reader_options
 from ptlab.data.shards import TokenShard, ensure_shard, lists_shards, open_shards
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer

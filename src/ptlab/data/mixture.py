@@ -31,10 +31,10 @@ from ptlab.config import DataConfig, MixtureSource
 from ptlab.data.corpus import sample_texts
 from ptlab.data.readers import reader_options
 from ptlab.data.shards import ChunkSampler, TokenShard, ensure_shard, is_shard_directory, open_shards
+from ptlab.data.tasks import TASK_PREFIX, task_input_texts
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
-from ptlab.tasks import TASK_PREFIX, task_input_texts
 
 BLOCK = 16384  # examples per repeat of the source pattern: shares are exact to 1/BLOCK
 

@@ -35,8 +35,18 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 # The reader and fingerprint shards.py uses, so that switching the reader there switches it here too.
-from ptlab.data.shards import (MANIFEST, MANIFEST_VERSION, TokenShard, build_shard, encode_piece, iter_texts,
-                               no_text_error, open_shard, replace_directory, shard_index)
+from ptlab.data.shards import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    TokenShard,
+    build_shard,
+    encode_piece,
+    iter_texts,
+    no_text_error,
+    open_shard,
+    replace_directory,
+    shard_index,
+)
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
 

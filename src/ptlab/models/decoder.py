@@ -15,8 +15,15 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
-from ptlab.models.layers import (Attention, GeluFeedForward, KVCache, RMSNorm, RotaryEmbedding,
-                                 SwiGLUFeedForward, init_gpt_style)
+from ptlab.models.layers import (
+    Attention,
+    GeluFeedForward,
+    KVCache,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLUFeedForward,
+    init_gpt_style,
+)
 from ptlab.models.masks import decoder_bias
 
 

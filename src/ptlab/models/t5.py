@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
-from ptlab.models.layers import (Attention, GatedGeluFeedForward, KVCache, RelativePositionBias, ReluFeedForward,
-                                 RMSNorm)
+from ptlab.models.layers import Attention, GatedGeluFeedForward, KVCache, RelativePositionBias, ReluFeedForward, RMSNorm
 from ptlab.models.masks import add_biases, causal_bias, padding_bias
 
 

@@ -8,8 +8,14 @@ special-token ids and per-id facts come in `SpecialIds`.
 from __future__ import annotations
 
 from ptlab.objectives.base import MODE_TOKENS, Example, SpecialIds
-from ptlab.objectives.registry import (REGISTRY, BoundObjective, ObjectiveSpec, build_objective, get_objective_spec,
-                                       parameter_defaults)
+from ptlab.objectives.registry import (
+                                       REGISTRY,
+                                       BoundObjective,
+                                       ObjectiveSpec,
+                                       build_objective,
+                                       get_objective_spec,
+                                       parameter_defaults,
+)
 from ptlab.objectives.t5 import random_spans_helper, span_corruption
 
 __all__ = ["MODE_TOKENS", "REGISTRY", "BoundObjective", "Example", "ObjectiveSpec", "SpecialIds", "build_objective",

@@ -15,11 +15,10 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ptlab.config import from_dict
 from ptlab.errors import PtlabError
 from ptlab.objectives import bart, lm, t5, ul2
 from ptlab.objectives.base import Example, SpecialIds
-
+from ptlab.schema import from_dict
 
 # ---- parameters ---------------------------------------------------------------------------------------------------
 

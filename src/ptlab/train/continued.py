@@ -22,8 +22,8 @@ import yaml
 from ptlab.config import Config, ModelConfig, config_from_dict
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
-from ptlab.interop import import_hf
 from ptlab.train.checkpoint import latest_valid_checkpoint, load_trainer_state, resolve_checkpoint
+from ptlab.train.interop import import_hf
 
 
 @dataclass

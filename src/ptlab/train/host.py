@@ -6,12 +6,14 @@ with it the OpenMP runtime) loads, which reads them once. See docs/cpu-sharing.m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from typing import Iterator
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
@@ -75,6 +77,19 @@ def configure_host(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()
+
+
+@contextlib.contextmanager
+def denormals_restored() -> Iterator[None]:
+    """Whatever `configure_host` does to the process-wide flush-to-zero flag inside, the caller's setting is back
+    afterwards (a Python session that trains, then computes with tiny floats, must not find them flushed)."""
+    import torch
+
+    before = torch.tensor([1e-38], dtype=torch.float32).div(1e4).item() == 0.0  # a subnormal result, flushed?
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 @functools.cache

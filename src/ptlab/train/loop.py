@@ -23,32 +23,41 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm import tqdm
 
 from ptlab.config import Config, TrainConfig, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.mixture import Mixture
-from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, pretrain_batches, resolve_objective, \
-    validation_batches
+from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, pretrain_batches, resolve_objective, validation_batches
 from ptlab.data.shards import TokenShard
 from ptlab.errors import PtlabError
-from ptlab.flops import peak_tflops, training_flops
 from ptlab.models import build_model, count_parameters
+from ptlab.models.flops import peak_tflops, training_flops
 from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
-from ptlab.train.continued import InitSource, prepare_init
 from ptlab.train.batches import autocast, batch_logits, batch_tokens, model_inputs, to_tensors
-from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
-from ptlab.train.checkpoint import (CHECKPOINTS, checkpoint_dir, finish_checkpoint, latest_valid_checkpoint,
-                                    list_checkpoints, load_trainer_state, load_weights, prune_checkpoints,
-                                    save_checkpoint, start_checkpoint, staging_dir, state_dict_for_saving)
-from ptlab.train.host import configure_host
-from ptlab.train.metrics import MetricsLog, read_metrics
+from ptlab.train.checkpoint import (
+    CHECKPOINTS,
+    checkpoint_dir,
+    finish_checkpoint,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+    staging_dir,
+    start_checkpoint,
+    state_dict_for_saving,
+)
+from ptlab.train.continued import InitSource, prepare_init
+from ptlab.train.host import configure_host, denormals_restored
 from ptlab.train.optim import build_optimizer, lr_factor
+from ptlab.train.runlog import MetricsLog, read_metrics
 from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, load_sharded_weights, save_sharded
+from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
 
 
 @dataclass
@@ -221,7 +230,8 @@ def pretrain(cfg: Config, show_progress: bool = True, resume: str = "auto",
     """
     runtime = distributed.setup(cfg.train.device)
     try:
-        return _Trainer(cfg, runtime, show_progress).run(resume, allow_data_change)
+        with denormals_restored():
+            return _Trainer(cfg, runtime, show_progress).run(resume, allow_data_change)
     finally:
         distributed.teardown()
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ptlab.data.clean import CleanConfig, Report, count_sentences
+from ptlab.clean.rules import CleanConfig, Report, count_sentences
 
 _SCHEME = re.compile(r"https?:\/\/(www\.)?")
 _TRACKING_TAIL = re.compile(r"\?(utm_|ref|feed).*")

@@ -22,8 +22,14 @@ from ptlab.errors import PtlabError
 from ptlab.models import build_model
 from ptlab.models.hf import from_hf_state_dict, hf_config_from_model, model_config_from_hf, to_hf_state_dict
 from ptlab.models.size import check_fits_weights
-from ptlab.train.checkpoint import load_checkpoint_config, load_model, load_weights, read_safetensors, \
-    resolve_checkpoint, write_checkpoint
+from ptlab.train.checkpoint import (
+    load_checkpoint_config,
+    load_model,
+    load_weights,
+    read_safetensors,
+    resolve_checkpoint,
+    write_checkpoint,
+)
 
 
 def _read_json(path: Path) -> dict:

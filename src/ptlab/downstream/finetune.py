@@ -1,11 +1,10 @@
-"""Text-to-text fine-tuning and evaluation, for encoder-decoders and decoder-only models.
+"""Text-to-text fine-tuning, for encoder-decoders and decoder-only models, with early stopping on the validation
+score (see `ptlab.downstream.evaluate` for the scoring).
 
 An encoder-decoder reads the input and produces the target. A decoder-only model reads `input </s> target </s>` with
-the loss on the target only. Classification tasks are scored by ranking the likelihood of each label string (a
-prediction is always a valid label); generation tasks by greedy decoding.
+the loss on the target only.
 
     result = finetune(load_config("configs/finetune-rt.yaml", [], cls=FinetuneConfig))
-    scores = evaluate_checkpoint("runs/ft/best", TaskConfig(name="rt_polarity"), split="test")
 """
 
 from __future__ import annotations
@@ -22,31 +21,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm import tqdm
 
-from ptlab.config import Config, FinetuneConfig, TaskConfig, save_config
-from ptlab.data.pipeline import IGNORE_INDEX, decoder_batch, encoder_decoder_batch
+from ptlab.config import Config, FinetuneConfig, save_config
+from ptlab.data.tasks import Task, resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
+from ptlab.downstream.evaluate import _write_predictions, encode_pairs, make_batch, score
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
-from ptlab.metrics import compute_metrics
 from ptlab.models import build_model, count_parameters
-from ptlab.models.generate import generate
-from ptlab.objectives import Example
-from ptlab.tasks import Task, resolve_task
-from ptlab.train.batches import autocast, batch_logits, model_inputs, to_tensors
-from ptlab.train.checkpoint import (CHECKPOINTS, latest_valid_checkpoint, load_checkpoint_tokenizer, load_model,
-                                    load_trainer_state, load_weights, save_checkpoint, write_checkpoint)
+from ptlab.train.checkpoint import (
+    CHECKPOINTS,
+    latest_valid_checkpoint,
+    load_checkpoint_tokenizer,
+    load_model,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+    write_checkpoint,
+)
 from ptlab.train.distributed import Runtime, pick_device
-from ptlab.train.host import configure_host
+from ptlab.train.host import configure_host, denormals_restored
 from ptlab.train.loop import compile_enabled, fill_model_ids, training_loss
-from ptlab.train.metrics import MetricsLog, read_metrics
 from ptlab.train.optim import build_optimizer, lr_factor
+from ptlab.train.runlog import MetricsLog, read_metrics
 from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
 
 
@@ -61,82 +62,6 @@ class FinetuneResult:
     seconds: float  # training, validation and test scoring, summed over resumptions
     history: list[dict] = field(default_factory=list)
     interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
-
-
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PtlabTokenizer, task: Task) -> list[Example]:
-    """Token ids of (input, target) pairs: each side cut to its length limit and ended with EOS."""
-    eos = tokenizer.specials.eos
-    sources = tokenizer.encode_batch([s for s, _ in pairs])
-    targets = tokenizer.encode_batch([t for _, t in pairs])
-    return [Example(np.array(s[:task.max_input_length - 1] + [eos], dtype=np.int64),
-                    np.array(t[:task.max_target_length - 1] + [eos], dtype=np.int64))
-            for s, t in zip(sources, targets)]
-
-
-def make_batch(model: nn.Module, examples: list[Example], pad: int) -> dict[str, np.ndarray]:
-    if model.is_encoder_decoder:
-        return encoder_decoder_batch(examples, 0, 0, pad, model.config.decoder_start_token_id)
-    return decoder_batch(examples, 0, pad)
-
-
-def _label_log_likelihoods(model: nn.Module, examples: list[Example], label_ids: list[np.ndarray], pad: int,
-                           precision: str, device) -> np.ndarray:
-    """[examples, labels] summed log-probability of each label's tokens (EOS included) given each input."""
-    rows = [Example(e.inputs, label) for e in examples for label in label_ids]
-    batch = to_tensors(model_inputs(make_batch(model, rows, pad)), device)
-    with torch.no_grad(), autocast(precision, device):
-        logits = batch_logits(model, batch).float()
-    labels = batch["labels"]
-    log_probs = F.log_softmax(logits, dim=-1)
-    mask = labels != IGNORE_INDEX
-    picked = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
-    return picked.sum(dim=1).view(len(examples), len(label_ids)).cpu().numpy()
-
-
-def predict(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, examples: list[Example], precision: str = "fp32",
-            batch_size: int = 32, device="cpu", show_progress: bool = False) -> list[str]:
-    """Predicted target strings: the most likely label (classification) or the greedy decoding."""
-    model.eval()
-    pad = tokenizer.specials.pad
-    predictions: list[str] = []
-    label_ids = [np.array(ids + [tokenizer.specials.eos], dtype=np.int64) for ids in
-                 tokenizer.encode_batch(task.labels)] if task.is_classification else []
-    step = max(1, batch_size // max(1, len(label_ids))) if label_ids else batch_size
-    for start in tqdm(range(0, len(examples), step), desc=f"evaluating {task.name}", unit="batch",
-                      disable=not show_progress):
-        chunk = examples[start:start + step]
-        if label_ids:
-            scores = _label_log_likelihoods(model, chunk, label_ids, pad, precision, device)
-            predictions.extend(task.labels[i] for i in scores.argmax(axis=1))
-            continue
-        if model.is_encoder_decoder:
-            batch = encoder_decoder_batch(chunk, 0, 0, pad, model.config.decoder_start_token_id)
-            inputs, mask = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
-        else:  # left-pad the prompts (input and separator) so that generation continues them
-            width = max(len(e.inputs) for e in chunk)
-            inputs = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, e in enumerate(chunk):
-                inputs[i, width - len(e.inputs):] = torch.from_numpy(e.inputs)
-                mask[i, width - len(e.inputs):] = 1
-        with torch.no_grad(), autocast(precision, device):
-            out = generate(model, inputs.to(device), mask.to(device), max_new_tokens=task.max_target_length)
-        for row in out.tolist():
-            eos = tokenizer.specials.eos
-            predictions.append(tokenizer.decode(row[:row.index(eos)] if eos in row else row).strip())
-    return predictions
-
-
-def score(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, split: str, precision: str = "fp32",
-          device="cpu", show_progress: bool = False) -> tuple[dict[str, float], list[dict]]:
-    """The task's metrics on a split, and the predictions (input, target, prediction per example)."""
-    pairs = task.examples(split)
-    predictions = predict(model, tokenizer, task, encode_pairs(pairs, tokenizer, task), precision, device=device,
-                          show_progress=show_progress)
-    references = [t for _, t in pairs]
-    scores = compute_metrics(task.metrics, predictions, references, task.labels)
-    rows = [{"input": s, "target": t, "prediction": p} for (s, t), p in zip(pairs, predictions)]
-    return scores, rows
 
 
 def _initial_model(cfg: FinetuneConfig) -> tuple[nn.Module, PtlabTokenizer]:
@@ -166,6 +91,11 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
     on SIGINT/SIGTERM; `resume` as for `pretrain` ("auto" continues the run directory's newest valid checkpoint,
     "always" requires one, "never" starts afresh), and a resumed run ends with the scores of an uninterrupted one.
     """
+    with denormals_restored():
+        return _finetune(cfg, show_progress, resume)
+
+
+def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> FinetuneResult:
     train_cfg = cfg.train
     configure_host(train_cfg.threads)
     task = resolve_task(cfg.task)
@@ -323,66 +253,3 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
     write_text_atomic(run_dir / "scores.json", json.dumps(summary, indent=2) + "\n")
     return FinetuneResult(run_dir, run_dir / "best", best_step, validation_scores, test_scores, step,
                           progress["seconds"], history)
-
-
-def _write_predictions(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def evaluate_checkpoint(checkpoint: str | Path, task_cfg: TaskConfig, split: str = "test",
-                        output: str | Path | None = None, show_progress: bool = True) -> dict[str, float]:
-    """Scores of a checkpoint on a task split; predictions are written to `output` (JSONL) when given."""
-    model, tokenizer = load_model(checkpoint), load_checkpoint_tokenizer(checkpoint)
-    task = resolve_task(task_cfg)
-    scores, rows = score(model, tokenizer, task, split, show_progress=show_progress)
-    if output is not None:
-        _write_predictions(Path(output), rows)
-    return scores
-
-
-@torch.no_grad()
-def pooled_states(model: nn.Module, examples: list[Example], pad: int, batch_size: int = 64) -> np.ndarray:
-    """Mean of the final hidden states over the input tokens (encoder output, or the decoder's last layer)."""
-    model.eval()
-    out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        width = max(len(e.inputs) for e in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width))
-        for i, e in enumerate(chunk):
-            ids[i, :len(e.inputs)] = torch.from_numpy(e.inputs)
-            mask[i, :len(e.inputs)] = 1
-        states = model.encode(ids, mask.long()) if model.is_encoder_decoder else model.hidden_states(ids)
-        out.append(((states.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).numpy())
-    return np.concatenate(out)
-
-
-def linear_probe(checkpoint: str | Path | None, task_cfg: TaskConfig, model: nn.Module | None = None,
-                 tokenizer: PtlabTokenizer | None = None, split: str = "validation", seed: int = 0) -> float:
-    """Accuracy of a logistic regression on mean-pooled frozen states (train split -> `split`): does the model's
-    representation carry the task's signal? A random model gives the floor to compare with."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    if model is None:
-        model, tokenizer = load_model(checkpoint), load_checkpoint_tokenizer(checkpoint)
-    task = resolve_task(task_cfg)
-    if not task.is_classification:
-        raise PtlabError(f"the linear probe needs a classification task; {task.name} has no labels")
-    pad = tokenizer.specials.pad
-    train_pairs, eval_pairs = task.examples("train"), task.examples(split)
-    x_train = pooled_states(model, encode_pairs(train_pairs, tokenizer, task), pad)
-    x_eval = pooled_states(model, encode_pairs(eval_pairs, tokenizer, task), pad)
-    scaler = StandardScaler().fit(x_train)
-    probe = LogisticRegression(max_iter=2000, random_state=seed).fit(scaler.transform(x_train),
-                                                                     [t for _, t in train_pairs])
-    return 100.0 * probe.score(scaler.transform(x_eval), [t for _, t in eval_pairs])
-
-
-def print_scores(name: str, scores: dict[str, float], out=sys.stdout) -> None:
-    print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), file=out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ptlab.config import parse_value
 from ptlab.errors import PtlabError
 from ptlab.objectives import MODE_TOKENS, REGISTRY, BoundObjective, SpecialIds, build_objective, parameter_defaults

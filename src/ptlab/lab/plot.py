@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ptlab.errors import PtlabError
-from ptlab.train.metrics import read_metrics
+from ptlab.train.runlog import read_metrics
 
 
 def plot_runs(run_dirs: list[str | Path], output: str | Path, x: str = "step", log_y: bool = False) -> Path:

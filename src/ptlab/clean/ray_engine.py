@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from ptlab.cleaning import Page, first_stage, keep_url, read_pages, second_stage, url_winners
-from ptlab.data.clean import CleanConfig, Report
-from ptlab.data.dedup import LineOwners, digest_words, line_hash, page_key
+from ptlab.clean.dedup import LineOwners, digest_words, line_hash, page_key
+from ptlab.clean.rules import CleanConfig, Report
+from ptlab.clean.stages import Page, first_stage, keep_url, read_pages, second_stage, url_winners
 from ptlab.errors import PtlabError
 
 

@@ -1,7 +1,7 @@
 """`ptlab cost`: what a pre-training run costs in FLOPs, GPU-hours and money.
 
 FLOPs per token are 6N (N = parameters, forward 2N and backward 4N) plus attention's 12 * layers * d_model *
-sequence length (see ptlab.flops); in an encoder-decoder each token passes through one of the two stacks (3N), and
+sequence length (see ptlab.models.flops); in an encoder-decoder each token passes through one of the two stacks (3N), and
 the decoder's tokens are counted on top of the encoder's. GPU-hours = FLOPs / (MFU * peak); money = GPU-hours * hourly price. Published
 models come as presets with the sizes and token counts their papers state, and the hardware generation they were
 trained on, so the estimate answers "what did it cost then"; `--gpu h100` answers "what would it cost now".
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptlab.errors import PtlabError
-from ptlab.flops import GPU_PEAK_TFLOPS, flops_per_token, training_flops
+from ptlab.models.flops import GPU_PEAK_TFLOPS, flops_per_token, training_flops
 
 # bf16/fp16 dense tensor peak (TFLOP/s, datasheets) and an on-demand cloud price per GPU-hour (USD; AWS list prices
 # of p3 / p4d / p5 instances divided by their 8 GPUs, 2024; pass --price-per-hour for your own).
@@ -124,8 +124,8 @@ def _config_estimate(path: Path, tokens: float | None, gpu: str, mfu: float, pri
     import torch
 
     from ptlab.config import load_config
+    from ptlab.lab.study import example_lengths
     from ptlab.models import build_model, count_parameters
-    from ptlab.study import example_lengths
 
     cfg = load_config(path)
     model_cfg = copy.deepcopy(cfg.model)

@@ -12,7 +12,7 @@ Words are whitespace-separated tokens. Gopher's repetition rules are not include
 
 from __future__ import annotations
 
-from ptlab.data.clean import GOPHER_RULES, CleanConfig, Report
+from ptlab.clean.rules import GOPHER_RULES, CleanConfig, Report
 
 __all__ = ["GOPHER_RULES", "gopher_failure", "gopher_page"]
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})

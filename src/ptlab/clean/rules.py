@@ -2,7 +2,7 @@
 
 Per page, in C4's order:
   page_length    drop pages longer than 190,000 characters                              (page)
-  url_dedup      keep the newest page per normalised URL              (ptlab.data.dedup, page)
+  url_dedup      keep the newest page per normalised URL              (ptlab.clean.dedup, page)
   clean_page     each stripped line, in order:
     long_word      drop a line with a "word" longer than 1,000 characters               (line)
     citations      remove [1], [edit], [citation needed] markers                        (edits lines)
@@ -13,7 +13,7 @@ Per page, in C4's order:
     curly_brace    drop the PAGE if a line that got this far contains "{"               (page)
     policy         drop a line with "terms of use", "privacy policy", cookie notices    (line)
     min_sentences  drop the page if the kept lines hold fewer than 3 sentences          (page)
-  dedup_lines    each line kept on one page only, then >= 3 sentences again (ptlab.data.dedup)
+  dedup_lines    each line kept on one page only, then >= 3 sentences again (ptlab.clean.dedup)
   language       langdetect: keep pages in `language` with probability >= 0.99        (page)
   bad_words      drop pages matching the LDNOOBW list                                   (page)
 
@@ -33,7 +33,7 @@ from importlib import resources
 RULES = ("page_length", "url_dedup", "long_word", "citations", "terminal_punct", "min_words", "lorem_ipsum",
          "javascript", "curly_brace", "policy", "min_sentences", "dedup_lines", "language", "bad_words")
 GOPHER_RULES = ("gopher_words", "gopher_word_length", "gopher_symbols", "gopher_bullets", "gopher_ellipsis",
-                "gopher_alphabetic", "gopher_stop_words")  # see ptlab.data.gopher
+                "gopher_alphabetic", "gopher_stop_words")  # see ptlab.clean.gopher
 ALL_RULES = RULES + GOPHER_RULES
 EXAMPLES_PER_RULE = 3
 EXAMPLE_CHARS = 120

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from ptlab.config import TaskConfig, from_dict, read_yaml
 from ptlab.errors import PtlabError
-from ptlab.metrics import METRICS
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "data" / "tasks"
+# The metrics a task may name; their implementations are ptlab.downstream.metrics.METRICS, in this order.
+METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "bleu", "exact_match")
+
+TASKS_DIR = Path(__file__).resolve().parents[3] / "data" / "tasks"
 SPLITS = ("train", "validation", "test")
 
 
@@ -195,9 +197,9 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
         if not value:
             raise PtlabError(f"config key 'task.{key}' is needed for a custom task")
     check_template(template)
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
-        raise PtlabError(f"config key 'task.metrics': unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        raise PtlabError(f"config key 'task.metrics': unknown {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}")
     labels = list(cfg.labels) or (list(spec.labels) if spec else [])
     task = Task(cfg.name or custom_task_name(Path(cfg.train)), files, template, target, metrics, labels, cfg.max_input_length,
                 cfg.max_target_length if (cfg.max_target_length != 64 or not spec) else spec.max_target_length,

@@ -16,17 +16,15 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from ptlab.data.clean import ALL_RULES, CleanConfig, Report, clean_page, final_filters
-from ptlab.data.dedup import LineOwners, UrlWinners, dedupe_page, page_key, page_line_hashes
-from ptlab.data.gopher import gopher_page
-from ptlab.data.readers import BadRecord, ReadStats, iter_located
+from ptlab.clean.dedup import LineOwners, page_key, page_line_hashes
+from ptlab.clean.rules import ALL_RULES, CleanConfig, Report
+from ptlab.clean.stages import Page, first_stage, init_worker, keep_url, read_pages, second_stage, url_winners
 from ptlab.data.tokenizer import batched
 from ptlab.errors import PtlabError
 from ptlab.files import json_text, prepare_output, write_text_atomic
@@ -34,84 +32,14 @@ from ptlab.files import json_text, prepare_output, write_text_atomic
 BATCH = 256
 
 
-@dataclass(frozen=True)
-class Page:
-    index: int  # position among the valid input records
-    origin: str  # "file:line", for messages and as the page's identity when it has no url or id
-    record: dict
-
-
-# ---- input ---------------------------------------------------------------------------------------------------------
-
-def _origin(path: Path, number: int | None) -> str:
-    return f"{path}:{number}" if number is not None else str(path)
-
-
-def read_pages(paths: Iterable[str | Path], report: Report, strict: bool = False, text_field: str = "text",
-               text_mode: str = "file") -> Iterator[Page]:
-    """Valid records of the inputs, any format `ptlab.data.readers` reads (other fields kept; plain-text documents
-    get their file, or file:line for blocks, as `id`). Bad input is counted in `report` and skipped, or fatal with
-    `strict`."""
-    def bad(err: BadRecord) -> None:
-        report.bad(f"{_origin(err.path, err.number)}: {err.reason}")
-
-    stats = ReadStats(on_skip=bad)
-    located = iter_located(paths, text_field, text_mode, skip_bad=not strict, stats=stats)
-    try:
-        for index, (path, _, number, record) in enumerate(located):
-            yield Page(index, _origin(path, number), record)
-    except BadRecord as err:
-        raise PtlabError(f"{_origin(err.path, err.number)}: {err.reason} (drop --strict to skip bad input)") from None
-
-
-# ---- per-page work (runs in worker processes) -----------------------------------------------------------------------
-
-_WORKER: dict = {}
-
-
-def _init_worker(cfg: CleanConfig, owners: LineOwners | None = None) -> None:
-    _WORKER["cfg"], _WORKER["owners"] = cfg, owners
-
-
-def first_stage(pages: list[Page], cfg: CleanConfig | None = None) -> tuple[list[tuple[Page, str]], Report]:
-    """page_length (url_dedup is decided before) and clean_page; returns the kept pages with their cleaned text."""
-    cfg = cfg or _WORKER["cfg"]
-    report, kept = Report(), []
-    for page in pages:
-        text = page.record["text"]
-        if cfg.on("page_length") and len(text) > cfg.max_page_length:
-            report.page("page_length", text, len(text.splitlines()))
-            continue
-        cleaned = gopher_page(text, cfg, report) if cfg.rules == "gopher" else clean_page(text, cfg, report)
-        if cleaned is not None:
-            kept.append((page, cleaned))
-    return kept, report
-
-
-def second_stage(items: list[tuple[Page, str, int]], cfg: CleanConfig | None = None,
-                 owners: LineOwners | None = None) -> tuple[list[tuple[int, dict]], Report]:
-    """dedup_lines, language, bad words; returns (index, output record) for the kept pages."""
-    cfg = cfg or _WORKER["cfg"]
-    owners = owners if owners is not None else _WORKER["owners"]
-    report, out = Report(), []
-    for page, text, key in items:
-        if owners is not None:
-            text = dedupe_page(text, key, owners, cfg, report)
-            if text is None:
-                continue
-        if final_filters(text, cfg, report):
-            out.append((page.index, {**page.record, "text": text}))
-    return out, report
-
-
 def _ordered_map(fn: Callable, batches: Iterable, workers: int, initargs: tuple) -> Iterator:
     """fn over batches in order, on `workers` processes with a bounded number in flight."""
     if workers <= 1:
-        _init_worker(*initargs)
+        init_worker(*initargs)
         for batch in batches:
             yield fn(batch)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+    with ProcessPoolExecutor(workers, initializer=init_worker, initargs=initargs) as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.submit(fn, batch))
@@ -144,7 +72,7 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
         raise PtlabError(f"--output {output} is also an input; write the cleaned text elsewhere")
     read = {"text_field": text_field, "text_mode": text_mode}
     if engine == "ray":
-        from ptlab.cleaning_ray import clean_on_ray
+        from ptlab.clean.ray_engine import clean_on_ray
 
         report, records = clean_on_ray(inputs, cfg, strict, show_progress, **read)
         _write_jsonl(output, records, report)
@@ -159,31 +87,6 @@ def clean_files(inputs: list[str | Path], output: str | Path, report_path: str |
             output.unlink(missing_ok=True)
             raise
     return report
-
-
-def url_winners(inputs: list, strict: bool, report: Report, cfg: CleanConfig, **read) -> UrlWinners:
-    """Pass 1: validate everything once and find the newest page per URL among those page_length keeps."""
-    winners = UrlWinners()
-    for page in read_pages(inputs, report, strict, **read):
-        report.docs_in += 1
-        report.lines_in += len(page.record["text"].splitlines())
-        if isinstance(page.record.get("url"), str) and not _too_long(page, cfg):
-            winners.add(page.record["url"], page.record.get("timestamp"), page.index)
-    return winners
-
-
-def _too_long(page: Page, cfg: CleanConfig) -> bool:
-    # C4 drops these before de-duplicating URLs, so an over-long copy never displaces a shorter, older one
-    return cfg.on("page_length") and len(page.record["text"]) > cfg.max_page_length
-
-
-def keep_url(page: Page, winners: UrlWinners, cfg: CleanConfig, report: Report) -> bool:
-    url = page.record.get("url")
-    if (cfg.on("url_dedup") and isinstance(url, str) and not _too_long(page, cfg)
-            and not winners.keeps(url, page.index)):
-        report.page("url_dedup", f"[{url}] {page.record['text']}", len(page.record["text"].splitlines()))
-        return False
-    return True
 
 
 def _clean_local(inputs: list, output: Path, cfg: CleanConfig, workers: int, strict: bool,

@@ -1,40 +1,30 @@
-"""`ptlab study`: the T5 paper's controlled comparisons in miniature.
-
-A study is a grid of cells. Each cell is one pre-training setting (an objective, an architecture, a corruption
-rate, a data mix, or no pre-training at all) derived from one base pre-training config, so every cell sees the same
-steps, batch and input length (the same token budget), and is then fine-tuned with one shared recipe on every
-task, once per seed. Results land in RUN_DIR/results.jsonl as each fine-tune finishes, so a killed study
-restarts at the first unfinished piece of work; the table is written from that file.
-
-    RUN_DIR/cells/<cell>/pretrain/         the cell's pre-training run (checkpoints, metrics)
-    RUN_DIR/cells/<cell>/<task>-seed<N>/   each fine-tune (best weights, predictions, scores)
-    RUN_DIR/results.jsonl, table.md, table.csv, chart.png
-"""
+"""Planning a study: the study file, its cells as pre-training configs, and what they will cost."""
 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
-import statistics
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ptlab.config import (Config, FinetuneConfig, TaskConfig, TrainConfig, apply_overrides, from_dict, load_config,
-                          read_yaml)
+from ptlab.config import (
+    Config,
+    FinetuneConfig,
+    TaskConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    read_yaml,
+)
+from ptlab.data.tasks import custom_task_name
 from ptlab.errors import PtlabError
-from ptlab.files import write_text_atomic
-from ptlab.train.host import job_pool, thread_share
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
 
@@ -228,8 +218,8 @@ def cell_figures(cfg: Config) -> dict[str, float]:
     """Parameters and FLOPs of a cell's model (the table's P and M columns) and its pre-training FLOPs."""
     import torch
 
-    from ptlab.flops import training_flops
     from ptlab.models import build_model, count_parameters
+    from ptlab.models.flops import training_flops
 
     model_cfg = _with_vocab(cfg)
     with torch.device("meta"):
@@ -246,8 +236,8 @@ def estimate_seconds(plan: Plan, efficiency: float = 0.25) -> dict[str, float]:
     counted at their maximum length). The first finished study gives real times in its table."""
     import torch
 
-    from ptlab.flops import measure_matmul_tflops, training_flops
-    from ptlab.tasks import resolve_task
+    from ptlab.data.tasks import resolve_task
+    from ptlab.models.flops import measure_matmul_tflops, training_flops
 
     cuda = plan.cells[0][1].train.device == "cuda" or (plan.cells[0][1].train.device == "auto"
                                                        and torch.cuda.is_available())
@@ -310,221 +300,7 @@ def finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: Task
 
 
 def task_label(task: TaskConfig) -> str:
-    return task.name or Path(task.train or "custom").stem.split(".")[0]
-
-
-def _done_marker(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / "pretrain-done.json"
-
-
-def run_cell(study: StudyConfig, cell: StudyCell, cfg: Config, finished: set[tuple[str, str, int]],
-             results_path: Path, threads: int = 0, show_progress: bool = False) -> list[dict]:
-    """Pre-train a cell (unless done or `pretrain: false`), then run its unfinished fine-tunes; each result is
-    appended to `results_path` the moment it exists."""
-    import torch
-
-    from ptlab.finetune import finetune
-    from ptlab.tasks import resolve_task
-    from ptlab.train.loop import pretrain
-
-    if threads:
-        torch.set_num_threads(threads)
-        cfg.train.threads = threads
-    checkpoint, summary = None, {}
-    if cell.pretrain:
-        marker = _done_marker(cfg)
-        if marker.is_file():
-            summary = json.loads(marker.read_text(encoding="utf-8"))
-        else:
-            result = pretrain(cfg, show_progress=show_progress, resume="auto")
-            if result.interrupted:
-                raise KeyboardInterrupt(f"pre-training of {cell.name!r} interrupted ({result.interrupted})")
-            summary = {"checkpoint": str(result.checkpoint), "final_val_loss": result.final_val_loss,
-                       "seconds": result.train_seconds, "tokens_per_second": result.tokens_per_second,
-                       "parameters": result.parameters}
-            write_text_atomic(marker, json.dumps(summary, indent=2) + "\n")
-        checkpoint = summary["checkpoint"]
-    rows = []
-    for task in study.tasks:
-        for seed in study.seeds:
-            if (cell.name, task_label(task), seed) in finished:
-                continue
-            ft_cfg = finetune_config(study, cell, cfg, task, seed, checkpoint)  # prepare_data made the tokenizer
-            ft_cfg.validate()
-            result = finetune(ft_cfg, show_progress=show_progress)
-            metric = resolve_task(task).metrics[0]  # the task's headline metric, as fine-tuning early-stops on
-            scores = result.test or result.validation
-            row = {"cell": cell.name, "task": task_label(task), "seed": seed, "metric": metric,
-                   "score": scores[metric], "scores": scores, "split": "test" if result.test else "validation",
-                   "finetune_seconds": result.seconds, "pretrain_seconds": summary.get("seconds", 0.0),
-                   "pretrain_val_loss": summary.get("final_val_loss")}
-            with open(results_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            rows.append(row)
-    return rows
-
-
-def _run_cell_job(args: tuple) -> list[dict]:
-    study, cell, cfg, finished, results_path, threads = args
-    return run_cell(study, cell, cfg, finished, results_path, threads)
-
-
-def read_results(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a kill: that fine-tune runs again
-                    continue
-    return rows
-
-
-def prepare_data(plan: Plan, show_progress: bool = True) -> None:
-    """Clean (for `clean: true` cells), train the tokenizer and build every distinct shard set once, before cells run
-    side by side."""
-    from ptlab.cleaning import clean_files
-    from ptlab.data import ensure_shards, ensure_tokenizer
-
-    built = set()
-    for cell, cfg in plan.cells:
-        if cell.clean:
-            raw = list(cfg.data.train_files)
-            digest = hashlib.sha256(json.dumps(raw).encode()).hexdigest()[:12]
-            cleaned = plan.run_dir / "data" / f"cleaned-{digest}.jsonl.gz"
-            if not cleaned.is_file():
-                report = clean_files(raw, cleaned, cleaned.with_suffix(".report.json"), show_progress=show_progress)
-                if show_progress:
-                    print(f"cleaned {', '.join(raw)}: kept {report.docs_out:,} of {report.docs_in:,} documents", file=sys.stderr)
-            cfg.data.train_files = [str(cleaned)]
-            cfg.data.shards_dir = str(plan.run_dir / "shards" / data_key(cfg))
-        tokenizer = ensure_tokenizer(cfg.data, show_progress)
-        if cell.pretrain and cfg.data.shards_dir not in built:
-            ensure_shards(cfg.data, tokenizer, show_progress)
-            built.add(cfg.data.shards_dir)
-
-
-def run_study(plan: Plan, jobs: int = 1, show_progress: bool = True, out=sys.stdout) -> Path:
-    """Run every unfinished cell (`jobs` side by side), then write the table; returns the table's path."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(plan.study), sort_keys=False),
-                                             encoding="utf-8")
-    results_path = plan.run_dir / "results.jsonl"
-    finished = {(r["cell"], r["task"], r["seed"]) for r in read_results(results_path)}
-    expected = {(cell.name, task_label(t), s) for cell, _ in plan.cells for t in plan.study.tasks
-                for s in plan.study.seeds}
-    todo = [(cell, cfg) for cell, cfg in plan.cells
-            if any((cell.name, task_label(t), s) not in finished for t in plan.study.tasks for s in plan.study.seeds)]
-    print(f"study {plan.run_dir}: {len(expected & finished)}/{len(expected)} fine-tunes done; "
-          f"{len(todo)} of {len(plan.cells)} cells to run", file=out, flush=True)
-    if todo:
-        prepare_data(plan, show_progress)
-    started = time.perf_counter()
-    if jobs <= 1:
-        for i, (cell, cfg) in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {cell.name}", file=out, flush=True)
-            run_cell(plan.study, cell, cfg, finished, results_path, show_progress=show_progress)
-    else:
-        threads = thread_share(jobs)
-        work = [(plan.study, cell, cfg, finished, results_path, threads) for cell, cfg in todo]
-        with job_pool(jobs) as pool:
-            for (cell, _), rows in zip(todo, pool.map(_run_cell_job, work)):
-                print(f"done: {cell.name} ({len(rows)} fine-tunes)", file=out, flush=True)
-    if todo:
-        print(f"ran {len(todo)} cells in {(time.perf_counter() - started) / 60:.1f} minutes", file=out, flush=True)
-    return write_tables(plan, read_results(results_path), out)
+    return task.name or (custom_task_name(Path(task.train)) if task.train else "custom")
 
 
 # ---------------------------------------------------------------- tables
-
-
-def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
-    """Per cell: mean and std over seeds per task, and the average over tasks of the task means."""
-    tasks = [task_label(t) for t in plan.study.tasks]
-    summary = []
-    for cell, cfg in plan.cells:
-        figures = cell_figures(cfg)
-        entry = {"cell": cell.name, "architecture": cell.architecture,
-                 "objective": cfg.objective.name if cell.pretrain else "none",
-                 "parameters": figures["parameters"], "flops_per_example": figures["flops_per_example"],
-                 "pretrain_tokens": figures["pretrain_tokens"] if cell.pretrain else 0, "tasks": {}}
-        mine = [r for r in rows if r["cell"] == cell.name]
-        for task in tasks:
-            seen = [r for r in mine if r["task"] == task]
-            scores = [r["score"] for r in seen]
-            if seen:
-                entry["metric_" + task] = seen[0]["metric"]
-            entry["tasks"][task] = (statistics.mean(scores) if scores else None,
-                                    statistics.stdev(scores) if len(scores) > 1 else 0.0, len(scores))
-        entry["pretrain_val_loss"] = mine[0].get("pretrain_val_loss") if mine else None
-        means = [m for m, _, n in entry["tasks"].values() if n]
-        entry["average"] = statistics.mean(means) if len(means) == len(tasks) else None
-        entry["minutes"] = (sum(r["finetune_seconds"] for r in mine) + (mine[0]["pretrain_seconds"] if mine else 0)) / 60
-        summary.append(entry)
-    return summary
-
-
-def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
-    summary = summarize(plan, rows)
-    tasks = [task_label(t) for t in plan.study.tasks]
-    metric_of = {task: next((e["metric_" + task] for e in summary if "metric_" + task in e), "") for task in tasks}
-    header = ["cell", "architecture", "objective", "params", "FLOPs/ex", "pre-train val loss"] + [
-        f"{t} ({metric_of[t]})" for t in tasks] + ["average", "minutes"]
-    md = [f"Study `{plan.run_dir}` (size {plan.study.size}; fine-tuning seeds {plan.study.seeds}; mean ± std over "
-          "seeds; average = mean of the task means)", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
-    csv_rows = []
-    for e in summary:
-        cells = [e["cell"], e["architecture"], e["objective"], f"{e['parameters'] / 1e6:.1f}M",
-                 f"{e['flops_per_example'] / 1e9:.2f}G",
-                 f"{e['pretrain_val_loss']:.2f}" if e["pretrain_val_loss"] is not None else "-"]
-        record = {"cell": e["cell"], "architecture": e["architecture"], "objective": e["objective"],
-                  "parameters": e["parameters"], "flops_per_example": e["flops_per_example"],
-                  "pretrain_tokens": e["pretrain_tokens"], "pretrain_val_loss": e["pretrain_val_loss"]}
-        for task in tasks:
-            mean, std, n = e["tasks"][task]
-            cells.append(f"{mean:.1f} ± {std:.1f}" if n else "-")
-            record[f"{task}_mean"], record[f"{task}_std"], record[f"{task}_seeds"] = mean, std, n
-        cells.append(f"{e['average']:.1f}" if e["average"] is not None else "-")
-        cells.append(f"{e['minutes']:.1f}")
-        record["average"], record["minutes"] = e["average"], e["minutes"]
-        md.append("| " + " | ".join(cells) + " |")
-        csv_rows.append(record)
-    table = "\n".join(md) + "\n"
-    write_text_atomic(plan.run_dir / "table.md", table)
-    tmp = plan.run_dir / "table.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
-        writer.writeheader()
-        writer.writerows(csv_rows)
-    os.replace(tmp, plan.run_dir / "table.csv")
-    _chart(summary, tasks, plan.run_dir / "chart.png")
-    print("\n" + table, file=out, flush=True)
-    return plan.run_dir / "table.md"
-
-
-def _chart(summary: list[dict], tasks: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = [e["cell"] for e in summary]
-    width = 0.8 / len(tasks)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5))
-    for i, task in enumerate(tasks):
-        means = [e["tasks"][task][0] if e["tasks"][task][2] else np.nan for e in summary]
-        stds = [e["tasks"][task][1] for e in summary]
-        ax.bar(np.arange(len(names)) + (i - (len(tasks) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=task)
-    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("score (mean ± std over seeds)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)

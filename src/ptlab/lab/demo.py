@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptlab.baselines import unigram_target_baseline
 from ptlab.config import Config, FinetuneConfig, TaskConfig, TrainConfig, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import IGNORE_INDEX, pretrain_batches, resolve_objective, validation_batches
+from ptlab.data.tasks import resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer
+from ptlab.downstream.finetune import finetune
 from ptlab.errors import PtlabError
-from ptlab.finetune import finetune
-from ptlab.tasks import resolve_task
+from ptlab.lab.baselines import unigram_target_baseline
 from ptlab.models.generate import generate
 from ptlab.train.checkpoint import load_model
 from ptlab.train.loop import pretrain

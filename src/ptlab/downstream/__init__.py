@@ -1,0 +1,1 @@
+"""Downstream tasks: fine-tuning, evaluation, linear probes and their metrics."""

@@ -1,0 +1,1 @@
+"""Experiments: study grids, cost estimates, baselines, the demo, plots and objective previews."""
