@@ -50,3 +50,28 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise PtlabError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file; not UTF-8, malformed, nested too deeply or not an object is a one-line error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise PtlabError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise PtlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def digest_file_ends(digest, path: Path) -> None:
+    """Feed `digest` a cheap identity of a file: its name, its size, and its first and last MiB."""
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}:".encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read())

@@ -30,6 +30,7 @@ from ptlab.data.corpus import iter_texts
 from ptlab.data.readers import expand_inputs, input_files
 from ptlab.data.tokenizer import PtlabTokenizer, batched, token_dtype
 from ptlab.errors import PtlabError
+from ptlab.files import digest_file_ends
 
 INDEX_VERSION = 1
 MANIFEST_VERSION = 2
@@ -47,12 +48,7 @@ def files_fingerprint(paths: Iterable[str | Path], sources: Iterable[str] = (), 
     """
     digest = hashlib.sha256()
     for path in (file for source in expand_inputs(paths) for file in input_files(source)):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}:".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            digest.update(f.read())
+        digest_file_ends(digest, path)
     digest.update(",".join(sorted(sources)).encode())
     if (text_field, text_mode) != ("text", "file"):
         digest.update(f"|{text_field}|{text_mode}".encode())

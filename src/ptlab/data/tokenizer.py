@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ptlab.errors import PtlabError
-from ptlab.files import write_text_atomic
+from ptlab.files import read_json_object, write_text_atomic
 from ptlab.objectives import MODE_TOKENS, SpecialIds
 
 PAD, EOS, UNK, MASK, BOS = "<pad>", "</s>", "<unk>", "<mask>", "<s>"
@@ -158,14 +158,7 @@ def load_tokenizer(directory: str | Path) -> PtlabTokenizer:
 
 def _read_meta(path: Path) -> tuple[str, int, dict[str, int]]:
     """(kind, num_sentinels, special ids) from ptlab_tokenizer.json, every field checked."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
-    if not isinstance(meta, dict):
-        raise PtlabError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path)
     kind, num_sentinels = meta.get("kind"), meta.get("num_sentinels")
     if kind not in ("unigram", "bpe", "external"):
         raise PtlabError(f"{path}: 'kind' must be unigram, bpe or external, got {kind!r}")

@@ -22,6 +22,7 @@ import yaml
 from ptlab.config import Config, ModelConfig, config_from_dict
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
+from ptlab.files import digest_file_ends
 from ptlab.train.checkpoint import latest_valid_checkpoint, load_trainer_state, resolve_checkpoint
 from ptlab.train.interop import import_hf
 
@@ -58,12 +59,7 @@ def _hf_fingerprint(hf_dir: Path) -> str:
     """Cheap identity of an HF model directory: its config, and the size and ends of each weights file."""
     digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
     for path in sorted(hf_dir.glob("*.safetensors*")):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}:".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            digest.update(f.read())
+        digest_file_ends(digest, path)
     return digest.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from ptlab.config import Config
 from ptlab.data.tokenizer import EXTRA_SPECIALS, PtlabTokenizer, count_sentinels, external_special_ids
 from ptlab.errors import PtlabError
+from ptlab.files import read_json_object
 from ptlab.models import build_model
 from ptlab.models.hf import from_hf_state_dict, hf_config_from_model, model_config_from_hf, to_hf_state_dict
 from ptlab.models.size import check_fits_weights
@@ -36,17 +37,7 @@ def _read_json(path: Path) -> dict:
     """A JSON object from a file; anything else (missing, not UTF-8, malformed, a list) is a one-line error."""
     if not path.is_file():
         raise PtlabError(f"{path} not found (expected a transformers save_pretrained directory)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
-    except RecursionError:
-        raise PtlabError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise PtlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
 def _shard_files(directory: Path, index: Path) -> list[Path]:
