@@ -318,6 +318,10 @@ class TaskConfig:
     max_eval_examples: int = 0  # 0: all
     max_input_length: int = 256  # tokens
     max_target_length: int = 64
+    # Prompting (`ptlab evaluate --shots K`), apart from the fine-tuning format: e.g. "Review: {text}\nSentiment:"
+    # and each label's words, {positive: " positive", negative: " negative"}. None/empty: the task's defaults.
+    prompt: str | None = None
+    verbalizer: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(bool(self.name) or bool(self.train), "task", "needs a registered name or at least task.train")

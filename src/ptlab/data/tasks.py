@@ -4,7 +4,10 @@
     examples = task.examples("validation")        # [(input text, target text)], e.g. ("sst2 sentence: ...", "positive")
 
 A classification task lists its labels: they are scored by ranking each label string's likelihood, so a prediction
-is always one of them.
+is always one of them. For prompting a pre-trained model (`ptlab.downstream.incontext`), a task also has a natural
+`prompt` template and a `verbalizer` (each label's words), apart from the fine-tuning format:
+
+    task.prompts("test")                          # [("Review: ...\nSentiment:", "positive")]; task.verbalizer
 """
 
 from __future__ import annotations
@@ -35,18 +38,28 @@ class TaskSpec:
     metrics: tuple[str, ...]
     labels: tuple[str, ...] = ()
     max_target_length: int = 64
+    prompt: str = ""  # for prompting a pre-trained model; the answer follows it (see ptlab.downstream.incontext)
+    verbalizer: dict[str, str] = field(default_factory=dict)  # label -> the words that answer it
 
 
 TASKS: dict[str, TaskSpec] = {
-    "rt_polarity": TaskSpec("sst2 sentence: {text}", "label", ("accuracy", "f1"), ("negative", "positive")),
+    "rt_polarity": TaskSpec("sst2 sentence: {text}", "label", ("accuracy", "f1"), ("negative", "positive"),
+                            prompt="Review: {text}\nSentiment:",
+                            verbalizer={"negative": " negative", "positive": " positive"}),
     "bible_paraphrase": TaskSpec("mrpc sentence1: {sentence1} sentence2: {sentence2}", "label", ("accuracy", "f1"),
-                                 ("not_equivalent", "equivalent")),
+                                 ("not_equivalent", "equivalent"),
+                                 prompt="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nSame meaning?",
+                                 verbalizer={"not_equivalent": " no", "equivalent": " yes"}),
     "debian_summaries": TaskSpec("summarize: {document}", "summary", ("rougeL", "rouge1", "rouge2"),
-                                 max_target_length=32),
-    "ddtp_en_de": TaskSpec("translate English to German: {source}", "target", ("bleu",), max_target_length=128),
-    "ddtp_en_fr": TaskSpec("translate English to French: {source}", "target", ("bleu",), max_target_length=128),
-    "bible_en_es": TaskSpec("translate English to Spanish: {source}", "target", ("bleu",), max_target_length=128),
-    "spam_ham": TaskSpec("spam email: {text}", "label", ("accuracy", "f1", "mcc"), ("ham", "spam")),
+                                 max_target_length=32, prompt="Description: {document}\nSummary:"),
+    "ddtp_en_de": TaskSpec("translate English to German: {source}", "target", ("bleu",), max_target_length=128,
+                           prompt="English: {source}\nGerman:"),
+    "ddtp_en_fr": TaskSpec("translate English to French: {source}", "target", ("bleu",), max_target_length=128,
+                           prompt="English: {source}\nFrench:"),
+    "bible_en_es": TaskSpec("translate English to Spanish: {source}", "target", ("bleu",), max_target_length=128,
+                            prompt="English: {source}\nSpanish:"),
+    "spam_ham": TaskSpec("spam email: {text}", "label", ("accuracy", "f1", "mcc"), ("ham", "spam"),
+                         prompt="Email: {text}\nThis email is", verbalizer={"ham": " normal", "spam": " spam"}),
 }
 
 
@@ -62,10 +75,16 @@ class Task:
     max_target_length: int = 64
     max_train_examples: int = 0
     max_eval_examples: int = 0
+    prompt: str = ""  # empty: the input template
+    verbalizer: dict[str, str] = field(default_factory=dict)  # classification: every label's answer words
 
     @property
     def is_classification(self) -> bool:
         return bool(self.labels)
+
+    def answer(self, target: str) -> str:
+        """The words that follow a prompt for this target: the label's verbalizer entry, or the target after a space."""
+        return self.verbalizer[target] if self.labels else " " + target
 
     def records(self, split: str) -> list[dict]:
         path = self.files.get(split)
@@ -75,6 +94,13 @@ class Task:
 
     def examples(self, split: str) -> list[tuple[str, str]]:
         """(input text, target text) pairs; capped by max_train_examples / max_eval_examples (first N)."""
+        return self._pairs(split, self.input_template, "task.input_template")
+
+    def prompts(self, split: str) -> list[tuple[str, str]]:
+        """(prompt text, target text) pairs for prompting, capped like `examples`."""
+        return self._pairs(split, self.prompt or self.input_template, "task.prompt")
+
+    def _pairs(self, split: str, template: str, key: str) -> list[tuple[str, str]]:
         records = self.records(split)
         limit = self.max_train_examples if split == "train" else self.max_eval_examples
         if limit:
@@ -83,12 +109,12 @@ class Task:
         pairs = []
         for number, record in enumerate(records, start=1):
             try:
-                source = self.input_template.format_map(record)
+                source = template.format_map(record)
             except KeyError as err:
-                raise PtlabError(f"{path} record {number}: no field {err} for task.input_template "
-                                 f"{self.input_template!r} (fields: {', '.join(sorted(record))})") from None
+                raise PtlabError(f"{path} record {number}: no field {err} for {key} "
+                                 f"{template!r} (fields: {', '.join(sorted(record))})") from None
             except (ValueError, TypeError, IndexError, AttributeError) as err:  # e.g. {text:d} on a string
-                raise PtlabError(f"{path} record {number}: task.input_template {self.input_template!r} cannot "
+                raise PtlabError(f"{path} record {number}: {key} {template!r} cannot "
                                  f"format this record ({err})") from None
             if self.target_field not in record:
                 raise PtlabError(f"{path} record {number}: no target field {self.target_field!r} "
@@ -163,17 +189,36 @@ def _csv_records(path: Path, text: str) -> list[dict]:
     return records
 
 
-def check_template(template: str) -> None:
-    """The input template must name record fields only: "{text}", never "{}", "{0}" or a stray brace."""
+def check_template(template: str, key: str = "task.input_template") -> None:
+    """A template must name record fields only: "{text}", never "{}", "{0}" or a stray brace."""
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
-        raise PtlabError(f"config key 'task.input_template': {template!r} is not a valid template ({err}); "
+        raise PtlabError(f"config key '{key}': {template!r} is not a valid template ({err}); "
                          "write a literal brace as {{ or }}") from None
     for name in fields:
         if not name or name.isdigit():
-            raise PtlabError(f"config key 'task.input_template': {template!r} has a field without a name; name a "
+            raise PtlabError(f"config key '{key}': {template!r} has a field without a name; name a "
                              "record field, e.g. {text}")
+
+
+def check_verbalizer(verbalizer: object, labels: list[str]) -> dict[str, str]:
+    """Every label, and only the labels, mapped to distinct non-empty words (a tie could never be ranked)."""
+    key = "config key 'task.verbalizer'"
+    if not isinstance(verbalizer, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                                   for k, v in verbalizer.items()):
+        raise PtlabError(f"{key}: expected a mapping of each label to non-empty words, got {verbalizer!r}")
+    if not labels:
+        raise PtlabError(f"{key}: only a classification task (with labels) takes a verbalizer")
+    unknown = [k for k in verbalizer if k not in labels]
+    missing = [label for label in labels if label not in verbalizer]
+    if unknown or missing:
+        raise PtlabError(f"{key}: " + "; ".join(filter(None, [
+            unknown and f"{', '.join(map(repr, unknown))} not among the labels {labels}",
+            missing and f"no words for {', '.join(map(repr, missing))}"])))
+    if len(set(verbalizer.values())) < len(verbalizer):
+        raise PtlabError(f"{key}: two labels have the same words ({verbalizer!r})")
+    return dict(verbalizer)
 
 
 def custom_task_name(train_file: Path) -> str:
@@ -209,6 +254,14 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
         distinct = sorted({str(r.get(target)) for r in read_records(files["train"])})
         if len(distinct) <= 50:
             task.labels = distinct
+    task.prompt = cfg.prompt or (spec.prompt if spec else "")
+    if task.prompt:
+        check_template(task.prompt, "task.prompt")
+    verbalizer = cfg.verbalizer or (spec.verbalizer if spec and not cfg.labels else {})
+    if verbalizer:
+        task.verbalizer = check_verbalizer(verbalizer, task.labels)
+    elif task.labels:  # each label's own name, after the space that follows a prompt
+        task.verbalizer = {label: " " + label for label in task.labels}
     return task
 
 
