@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptlab.models.flex import FlexBias
 from ptlab.models.kernels import attention, gelu_tanh, toeplitz
 
 # Additive mask value for disallowed positions: large enough to zero a softmax, small enough not to overflow bf16.
@@ -70,11 +71,12 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, heads, self.d_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                is_causal: bool = False, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | FlexBias | None = None, is_causal: bool = False,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Self-attention over `x`, or cross-attention to `context`. `mask` is added to the scores; `rotary` is the
-        (cos, sin) of each position; `cache` holds earlier keys/values (self) or the encoder's (cross)."""
+        (cos, sin) of each position; `cache` holds earlier keys/values (self) or the encoder's (cross). A
+        `FlexBias` mask runs the attention on flex_attention instead (T5's bias and masks, see `ptlab.models.flex`)."""
         if context is not None and cache is not None and cache.k is not None:
             q = self._heads(self.q(x), self.num_heads)
             k, v = cache.k, cache.v  # cross-attention: the encoder's keys and values, computed at the first step
@@ -89,10 +91,13 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.append(k, v)
-        if mask is not None:
-            mask = mask.to(q.dtype)
-        out = attention(q, k, v, mask, is_causal=is_causal and mask is None, scale=self.scale,
-                        dropout=self.dropout if self.training else 0.0)
+        if isinstance(mask, FlexBias):
+            out = mask.attend(q, k, v, self.scale)
+        else:
+            if mask is not None:
+                mask = mask.to(q.dtype)
+            out = attention(q, k, v, mask, is_causal=is_causal and mask is None, scale=self.scale,
+                            dropout=self.dropout if self.training else 0.0)
         batch, _, length, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_head))
 
@@ -216,11 +221,16 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> torch.Tensor:
         """Bias of shape [1, heads, query_length, key_length]; `offset` is the first query's position (KV cache)."""
+        return toeplitz(self.diagonals(query_length, key_length, offset), query_length, key_length).unsqueeze(0)
+
+    def diagonals(self, query_length: int, key_length: int, offset: int = 0) -> torch.Tensor:
+        """[heads, query_length + key_length - 1]: the bias of each key - query offset, from the last query's
+        offset to the first key up to the first query's to the last key (`kernels.toeplitz`'s order)."""
         # The bias depends on key - query only: look up each of the query_length + key_length - 1 offsets once.
         first = -(offset + query_length - 1)  # the last query's offset to the first key
         relative = torch.arange(first, first + query_length + key_length - 1, device=self.embedding.weight.device)
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-        return toeplitz(self.embedding(buckets).t(), query_length, key_length).unsqueeze(0)
+        return self.embedding(buckets).t()
 
 
 @torch.no_grad()

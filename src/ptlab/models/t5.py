@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
+from ptlab.models.flex import FlexBias, flex_bias, use_flex_attention
+from ptlab.models.head_loss import OutputHead
 from ptlab.models.layers import Attention, GatedGeluFeedForward, KVCache, RelativePositionBias, ReluFeedForward, RMSNorm
 from ptlab.models.masks import add_biases, causal_bias, padding_bias
 
@@ -34,7 +36,7 @@ class EncoderBlock(nn.Module):
         self.ff = _feed_forward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | FlexBias | None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), mask=bias))
         x = x + self.dropout(self.ff(self.ff_norm(x)))
         return x
@@ -51,8 +53,9 @@ class DecoderBlock(nn.Module):
         self.ff = shared_with.ff if shared_with is not None else _feed_forward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, encoded: torch.Tensor, self_bias: torch.Tensor | None,
-                cross_bias: torch.Tensor | None, cache: tuple[KVCache, KVCache] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, encoded: torch.Tensor, self_bias: torch.Tensor | FlexBias | None,
+                cross_bias: torch.Tensor | FlexBias | None,
+                cache: tuple[KVCache, KVCache] | None = None) -> torch.Tensor:
         self_cache, cross_cache = cache if cache is not None else (None, None)
         x = x + self.dropout(self.self_attn(self.self_attn_norm(x), mask=self_bias, cache=self_cache))
         x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=encoded, mask=cross_bias,
@@ -65,6 +68,9 @@ class T5(nn.Module):
     """Shared token embedding, encoder and decoder stacks, LM head (untied in v1.1)."""
 
     is_encoder_decoder = True
+    # None: attention on flex_attention where it is faster (`ptlab.models.flex.use_flex_attention`); True/False
+    # force it on or off (benchmarks comparing the two kernels, tests checking flex against the dense bias)
+    flex_attention: bool | None = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -117,37 +123,55 @@ class T5(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[1]
-        bias = add_biases(self.encoder_position_bias(length, length), padding_bias(attention_mask))
+        if self._flex(input_ids.device, cached=False):
+            bias = flex_bias(self.encoder_position_bias.diagonals(length, length), length, length, attention_mask,
+                             False, input_ids.device)
+        else:
+            bias = add_biases(self.encoder_position_bias(length, length), padding_bias(attention_mask))
         x = self.dropout(self.embed(input_ids))
         for block in self.encoder_blocks:
             x = block(x, bias)
         return self.dropout(self.encoder_norm(x))
+
+    def _flex(self, device: torch.device, cached: bool) -> bool:
+        dropout = self.config.dropout if self.training else 0.0
+        return use_flex_attention(device, dropout, cached, self.flex_attention)
 
     def new_cache(self) -> list[tuple[KVCache, KVCache]]:
         return [(KVCache(), KVCache()) for _ in self.decoder_blocks]
 
     def decode(self, decoder_input_ids: torch.Tensor, encoded: torch.Tensor,
                attention_mask: torch.Tensor | None = None, cache: list | None = None,
-               past_length: int = 0) -> torch.Tensor:
+               past_length: int = 0, return_hidden: bool = False) -> torch.Tensor:
         """Decoder logits [batch, length, vocab] given the encoder output and the encoder's padding mask. With a
-        `cache` (from `new_cache`), `decoder_input_ids` are the tokens after the `past_length` already seen."""
-        length = decoder_input_ids.shape[1]
+        `cache` (from `new_cache`), `decoder_input_ids` are the tokens after the `past_length` already seen; with
+        `return_hidden`, the hidden states before the head."""
+        length, device = decoder_input_ids.shape[1], decoder_input_ids.device
         total = past_length + length
-        self_bias = (self.decoder_position_bias(length, total, offset=past_length)
-                     + causal_bias(length, total, decoder_input_ids.device))
-        cross_bias = padding_bias(attention_mask)
+        if self._flex(device, cached=cache is not None):
+            diagonals = self.decoder_position_bias.diagonals(length, total, offset=past_length)
+            self_bias = flex_bias(diagonals, length, total, None, True, device)
+            cross_bias = flex_bias(None, length, encoded.shape[1], attention_mask, False, device)
+        else:
+            self_bias = self.decoder_position_bias(length, total, offset=past_length) + causal_bias(length, total,
+                                                                                                   device)
+            cross_bias = padding_bias(attention_mask)
         x = self.dropout(self.embed(decoder_input_ids))
         for i, block in enumerate(self.decoder_blocks):
             x = block(x, encoded, self_bias, cross_bias, cache[i] if cache is not None else None)
         x = self.dropout(self.decoder_norm(x))
+        return x if return_hidden else self.output_head().logits(x)
+
+    def output_head(self) -> OutputHead:
         if self.lm_head is None:
             # original T5: tied head, with the decoder output rescaled to keep logits at the embedding's scale
-            return (x * self.config.d_model**-0.5) @ self.embed.weight.t()
-        return self.lm_head(x)
+            return OutputHead(self.embed.weight, scale=self.config.d_model**-0.5)
+        return OutputHead(self.lm_head.weight)
 
     def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
+                attention_mask: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask,
+                           return_hidden=return_hidden)
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
