@@ -221,11 +221,33 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ptlab.downstream.evaluate import evaluate_checkpoint, print_scores
 
-    scores = evaluate_checkpoint(args.checkpoint, _task_config(args), args.split, args.output,
-                                 show_progress=not args.quiet)
-    print_scores(f"{args.task or 'task'} {args.split}", scores)
-    if args.output:
-        print(f"predictions written to {args.output}")
+    if args.limit is not None and args.limit < 1:
+        raise PtlabError(f"--limit must be at least 1, got {args.limit}")
+    if args.harness:
+        from ptlab.downstream.harness import print_harness, run_harness
+
+        print_harness(run_harness(args.checkpoint, args.harness, limit=args.limit, output=args.scores))
+        return
+    if args.shots is not None:
+        from ptlab.downstream.incontext import evaluate_prompted, print_prompted
+
+        task_cfg = _task_config(args)
+        if args.limit:
+            task_cfg.max_eval_examples = args.limit
+        scores = evaluate_prompted(args.checkpoint, task_cfg, args.shots, args.seed, args.split, args.output,
+                                   args.scores, args.context, show_progress=not args.quiet)
+        print_prompted(f"{args.task or 'task'} {args.split}", scores)
+    else:
+        scores = evaluate_checkpoint(args.checkpoint, _task_config(args), args.split, args.output,
+                                     show_progress=not args.quiet)
+        print_scores(f"{args.task or 'task'} {args.split}", scores)
+        if args.scores:
+            from ptlab.files import json_text, write_text_atomic
+
+            write_text_atomic(args.scores, json_text(scores, indent=2) + "\n")
+    for path, what in ((args.output, "predictions"), (args.scores, "scores")):
+        if path:
+            print(f"{what} written to {path}")
 
 
 def _cmd_probe(args: argparse.Namespace) -> None:
@@ -410,6 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
                              help="split to score (default: %(default)s)")
         if name == "evaluate":
             command.add_argument("--output", help="JSONL file for the predictions")
+            command.add_argument("--scores", help="JSON file for the scores")
+            command.add_argument("--shots", type=int, metavar="K",
+                                 help="prompt the (pre-trained) model instead: the task's prompt after K "
+                                      "demonstrations from the train split (0: zero-shot); labels ranked by "
+                                      "likelihood, summed and per token; generation stops at a newline")
+            command.add_argument("--seed", type=int, default=0, help="--shots: seed of the demonstrations' draw "
+                                                                     "(default: %(default)s)")
+            command.add_argument("--context", type=int, metavar="TOKENS",
+                                 help="--shots: the model's context (default: its learned positions, or the "
+                                      "length it was pre-trained on)")
+            command.add_argument("--limit", type=int, metavar="N", help="--shots/--harness: the first N examples")
+            command.add_argument("--harness", metavar="TASKS",
+                                 help="run lm-evaluation-harness (extra [harness]) on the transformers export, "
+                                      "offline: comma-separated harness task names or YAML files (e.g. "
+                                      "ptlab_rt_polarity, shipped)")
             command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(func=func)
 
