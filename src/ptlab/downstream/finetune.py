@@ -143,7 +143,8 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
         start_step, progress = state["step"], state["progress"]
     loss_fn = training_loss(model, compile_enabled(schedule, device), on_fallback=lambda error: (
         print(f"ptlab: warning: compiling failed, fine-tuning eagerly ({error})", file=sys.stderr),
-        record({"step": start_step, "event": "compile_fallback", "error": error})))
+        record({"step": start_step, "event": "compile_fallback", "error": error})),
+        chunk_tokens=train_cfg.loss_chunk_tokens)
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])

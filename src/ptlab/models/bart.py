@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
+from ptlab.models.head_loss import OutputHead
 from ptlab.models.layers import Attention, GeluFeedForward, KVCache, init_gpt_style
 from ptlab.models.masks import causal_bias, padding_bias
 
@@ -95,16 +96,21 @@ class Bart(nn.Module):
 
     def decode(self, decoder_input_ids: torch.Tensor, encoded: torch.Tensor,
                attention_mask: torch.Tensor | None = None, cache: list | None = None,
-               past_length: int = 0) -> torch.Tensor:
+               past_length: int = 0, return_hidden: bool = False) -> torch.Tensor:
+        """Decoder logits [batch, length, vocab], or with `return_hidden` the hidden states before the head."""
         length = decoder_input_ids.shape[1]
         x = self._embed(decoder_input_ids, self.decoder_positions, self.decoder_embed_norm, past_length)
         self_bias = causal_bias(length, past_length + length, x.device)
         cross_bias = padding_bias(attention_mask)
         for i, block in enumerate(self.decoder_blocks):
             x = block(x, encoded, self_bias, cross_bias, cache[i] if cache is not None else None)
-        logits = self.lm_head(x) if self.lm_head is not None else x @ self.embed.weight.t()
-        return logits + self.final_logits_bias.to(logits.dtype)
+        return x if return_hidden else self.output_head().logits(x)
+
+    def output_head(self) -> OutputHead:
+        return OutputHead(self.lm_head.weight if self.lm_head is not None else self.embed.weight,
+                          bias=self.final_logits_bias)
 
     def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
+                attention_mask: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask,
+                           return_hidden=return_hidden)

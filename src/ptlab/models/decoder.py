@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ptlab.config import ModelConfig
+from ptlab.models.head_loss import OutputHead
 from ptlab.models.layers import (
     Attention,
     GeluFeedForward,
@@ -81,10 +82,14 @@ class DecoderLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
-                past_length: int = 0) -> torch.Tensor:
-        """Logits [batch, length, vocab] (see `hidden_states` for the arguments)."""
+                past_length: int = 0, return_hidden: bool = False) -> torch.Tensor:
+        """Logits [batch, length, vocab] (see `hidden_states` for the arguments), or with `return_hidden` the
+        hidden states before the head (for `ptlab.models.head_loss`, through any DDP/FSDP wrapper's forward)."""
         x = self.hidden_states(input_ids, position_ids, segment_ids, prefix_mask, attention_mask, cache, past_length)
-        return self.lm_head(x) if self.lm_head is not None else x @ self.embed.weight.t()
+        return x if return_hidden else self.output_head().logits(x)
+
+    def output_head(self) -> OutputHead:
+        return OutputHead(self.lm_head.weight if self.lm_head is not None else self.embed.weight)
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                       segment_ids: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,

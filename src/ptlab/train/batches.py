@@ -28,6 +28,19 @@ def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
                  prefix_mask=batch.get("prefix_mask"))
 
 
+def batch_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The final hidden states before the LM head, through the model's forward (so DDP and FSDP see the call)."""
+    if "decoder_input_ids" in batch:
+        return model(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"), return_hidden=True)
+    return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
+                 prefix_mask=batch.get("prefix_mask"), return_hidden=True)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The ptlab model inside a DistributedDataParallel wrapper (FSDP2 shards in place and wraps nothing)."""
+    return getattr(model, "module", model)
+
+
 def model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The batch without the masks that change nothing, decided here on the host: no padding in an encoder-decoder
     batch (the encoder's position bias then stays one [heads, length, length] table instead of one per row, and

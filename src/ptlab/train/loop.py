@@ -34,10 +34,11 @@ from ptlab.data.shards import TokenShard
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
 from ptlab.models.flops import peak_tflops, training_flops
+from ptlab.models.head_loss import head_loss_sum
 from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
-from ptlab.train.batches import autocast, batch_logits, batch_tokens, model_inputs, to_tensors
+from ptlab.train.batches import autocast, batch_hidden, batch_logits, batch_tokens, model_inputs, to_tensors, unwrapped
 from ptlab.train.checkpoint import (
     CHECKPOINTS,
     checkpoint_dir,
@@ -77,9 +78,14 @@ class PretrainResult:
     mfu: float | None = None
 
 
-def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed token cross-entropy over the labels that are not IGNORE_INDEX."""
+def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int = 0) -> torch.Tensor:
+    """Summed token cross-entropy over the labels that are not IGNORE_INDEX. With `chunk_tokens` > 0 the head and
+    the loss run fused, that many tokens at a time (`ptlab.models.head_loss`), never holding the whole batch's
+    logits; 0 computes the logits, then the loss."""
     labels = batch["labels"]
+    if chunk_tokens > 0:
+        hidden = batch_hidden(model, batch)
+        return head_loss_sum(hidden, labels, unwrapped(model).output_head(), chunk_tokens, IGNORE_INDEX)
     logits = batch_logits(model, batch)
     return cross_entropy_sum(logits.view(-1, logits.shape[-1]), labels.view(-1), IGNORE_INDEX)
 
@@ -92,13 +98,14 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 COMPILE_BACKEND = "inductor"  # tests swap in a backend that records the graph, or one that fails
 
 
-def training_loss(model: nn.Module, compiled: bool, on_fallback: Callable[[str], None] = lambda error: None
+def training_loss(model: nn.Module, compiled: bool, on_fallback: Callable[[str], None] = lambda error: None,
+                  chunk_tokens: int = TrainConfig.loss_chunk_tokens
                   ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """The trainer's per-batch summed loss. Compiled, the model and the loss are one graph, so the compiler fuses
-    the float upcast of the logits into the cross-entropy instead of writing them out in float32. Should the
-    compiler fail, this run continues eagerly and `on_fallback` gets the error in one line."""
+    """The trainer's per-batch summed loss, the head and loss fused in chunks of `chunk_tokens` tokens
+    (`train.loss_chunk_tokens`; 0: the whole batch's logits, then the loss). Compiled, the model and the loss are
+    one graph. Should the compiler fail, this run continues eagerly and `on_fallback` gets the error in one line."""
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return summed_loss(model, batch)
+        return summed_loss(model, batch, chunk_tokens)
     if not compiled:
         return loss
     # Every model compiles this same function; the compiler caches at most 8 versions of it per process and then
@@ -450,7 +457,7 @@ class _Trainer:
             self.note(f"warning: torch.compile failed, this run continues eagerly ({error})")
             self.record({"step": step + 1, "event": "compile_fallback", "error": error})
 
-        loss_fn = training_loss(self.trained, self.compiled, compile_fallback)
+        loss_fn = training_loss(self.trained, self.compiled, compile_fallback, train_cfg.loss_chunk_tokens)
         with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
             for step in range(self.start_step, train_cfg.max_steps):
                 started = time.perf_counter()

@@ -1,0 +1,212 @@
+"""The fused, chunked head and loss (`ptlab.models.head_loss`) computes what the unfused path computes: the
+summed token loss and every gradient, for each family's head, eager and compiled, fp32 and bf16."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptlab.config import ModelConfig
+from ptlab.models import build_model
+from ptlab.models.head_loss import OutputHead, head_loss_sum
+from ptlab.train.batches import autocast
+from ptlab.train.loop import summed_loss
+
+V = 97  # a vocabulary no chunk size divides evenly into anything
+BF16_ROUNDING = 2.0 ** -8  # as tests/test_kernels.py: one bf16 rounding
+
+
+def unfused(hidden, labels, head):
+    logits = head.logits(hidden)
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide, labels, ignore_index=-100, reduction="sum")
+
+
+def gap(got, want) -> float:
+    """Relative distance over the whole tensor (entries near zero make elementwise tolerances meaningless)."""
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
+def grads(loss_fn, *inputs):
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    loss = loss_fn(*inputs)
+    loss.backward()
+    return loss.detach(), [x.grad for x in inputs]
+
+
+@settings(max_examples=25, deadline=None)
+@given(tokens=st.integers(0, 23), chunk=st.integers(1, 9), ignored=st.floats(0, 1), scale=st.sampled_from([1.0, 0.3]),
+       biased=st.booleans(), seed=st.integers(0, 2**16))
+def test_value_and_gradients_equal_the_unfused_loss_in_float64(tokens, chunk, ignored, scale, biased, seed):
+    """Any token count against any chunk size (dividing it or not, larger than it, zero tokens), any share of
+    ignored labels (all of them included), T5's scaled head and BART's biased one."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, 6, dtype=torch.float64, generator=g)
+    weight = torch.randn(V, 6, dtype=torch.float64, generator=g)
+    bias = torch.randn(1, V, dtype=torch.float64, generator=g)
+    labels = torch.randint(0, V, (tokens,), generator=g)
+    labels[torch.rand(tokens, generator=g) < ignored] = -100
+
+    def ours(h, w, b):
+        return head_loss_sum(h, labels, OutputHead(w, b if biased else None, scale), chunk)
+
+    def reference(h, w, b):
+        return unfused(h, labels, OutputHead(w, b if biased else None, scale))
+
+    got, got_grads = grads(ours, hidden, weight, bias)
+    want, want_grads = grads(reference, hidden, weight, bias)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g_ours, g_ref in zip(got_grads, want_grads):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+    if (labels == -100).all():
+        assert got == 0 and all(not g.any() for g in got_grads[:2])
+
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(11, 5, dtype=torch.float64, generator=g), torch.randn(13, 5, dtype=torch.float64,
+                                                                                      generator=g)
+    bias = torch.randn(13, dtype=torch.float64, generator=g)
+    labels = torch.tensor([1, -100, 3, 12, 0, 5, -100, 7, 8, 9, 2])
+    assert torch.autograd.gradcheck(lambda h, w, b: head_loss_sum(h, labels, OutputHead(w, b, 0.5), 4),
+                                    tuple(x.requires_grad_() for x in (hidden, weight, bias)))
+
+
+def model_and_batch(family: str, tie: bool | None = None):
+    """A one-layer model of FAMILY at random, and a batch with padding and ignored labels (13 + 11 target
+    tokens for the encoder-decoders, 2 x 17 for the decoders: no chunk below divides them)."""
+    cfg = ModelConfig(family=family, vocab_size=V, d_model=32, d_ff=64, num_heads=4, num_layers=1,
+                      tie_word_embeddings=tie, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg.validate()
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    if family == "bart":  # a zero final_logits_bias (HF's init) would hide a bias left out of the fused head
+        model.final_logits_bias.normal_()
+    g = torch.Generator().manual_seed(1)
+    if cfg.is_encoder_decoder:
+        labels = torch.randint(3, V, (2, 13), generator=g)
+        labels[1, 11:] = -100
+        mask = torch.ones(2, 9, dtype=torch.long)
+        mask[0, 7:] = 0
+        return model, {"input_ids": torch.randint(3, V, (2, 9), generator=g), "attention_mask": mask,
+                       "decoder_input_ids": torch.randint(3, V, (2, 13), generator=g), "labels": labels}
+    ids = torch.randint(3, V, (2, 17), generator=g)
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    labels[0, :4] = -100
+    return model, {"input_ids": ids, "position_ids": torch.arange(17).expand(2, 17), "labels": labels}
+
+
+def step_gradients(model, batch, chunk_tokens, precision="fp32"):
+    model.zero_grad(set_to_none=True)
+    with autocast(precision):
+        loss = summed_loss(model, batch, chunk_tokens)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+HEADS = [("t5", False), ("t5", True), ("bart", None), ("gpt2", None), ("llama", None), ("llama", True)]
+
+
+@pytest.mark.parametrize("family, tie", HEADS)
+def test_a_models_loss_and_every_gradient_match_the_unfused_path_in_fp32(family, tie):
+    """Through a real model (T5 v1.1's untied head and v1.0's tied, scaled one; BART's biased head; GPT-2's tied
+    and Llama's untied head), chunks of 5 tokens: loss and the gradients of every parameter within 1e-5."""
+    model, batch = model_and_batch(family, tie)
+    want_loss, want = step_gradients(model, batch, 0)
+    got_loss, got = step_gradients(model, batch, 5)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=0)
+    assert got.keys() == want.keys() and len(got) > 5
+    for name, grad in want.items():
+        if not name.endswith("k.bias"):  # no gradient in exact arithmetic: both hold rounding noise
+            assert gap(got[name], grad) < 1e-5, (name, gap(got[name], grad))
+
+
+@pytest.mark.parametrize("family, tie", HEADS)
+def test_a_models_loss_and_gradients_follow_the_unfused_path_in_bf16(family, tie):
+    """Under bf16 autocast both paths round the head's products to bf16; the fused one sums the head weight's
+    gradient over chunks in float32 instead of rounding it once. Loss within a quarter of one bf16 rounding,
+    each gradient within two (as tests/test_kernels.py holds the kernels)."""
+    model, batch = model_and_batch(family, tie)
+    want_loss, want = step_gradients(model, batch, 0, "bf16")
+    got_loss, got = step_gradients(model, batch, 5, "bf16")
+    torch.testing.assert_close(got_loss, want_loss, rtol=BF16_ROUNDING / 4, atol=0)
+    for name, grad in want.items():
+        if name.endswith("k.bias"):  # no gradient in exact arithmetic: both hold rounding noise
+            continue
+        assert gap(got[name], grad) < 2 * BF16_ROUNDING, (name, gap(got[name], grad))
+
+
+def test_zero_labelled_tokens_give_zero_loss_and_gradients():
+    model, batch = model_and_batch("gpt2")
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    loss, got = step_gradients(model, batch, 4)
+    assert loss == 0 and all(not g.any() for g in got.values())
+
+
+def test_the_models_logits_are_the_head_applied_to_the_hidden_states():
+    """Evaluation and generation still get logits from forward; the fused loss reads the same head."""
+    for family, tie in HEADS:
+        model, batch = model_and_batch(family, tie)
+        args = ((batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"]) if "attention_mask" in batch
+                else (batch["input_ids"],))
+        hidden = model(*args, return_hidden=True)
+        assert hidden.shape[-1] == 32
+        torch.testing.assert_close(model.output_head().logits(hidden), model(*args), rtol=0, atol=0)
+
+
+def _recording_backend(graphs):
+    """AOT autograd with the graphs run as traced, recording the shape of every tensor each graph makes."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def part(name):
+        def compiler(graph, _inputs):
+            graphs[name] += [tuple(n.meta["val"].shape) for n in graph.graph.nodes if n.op == "call_function"
+                             and isinstance(n.meta.get("val"), torch.Tensor)]
+            return make_boxed_func(graph)
+        return compiler
+    return aot_autograd(fw_compiler=part("forward"), bw_compiler=part("backward"))
+
+
+def compiled_step(model, batch, chunk_tokens, backend):
+    """summed_loss compiled with the model into one graph, in bf16: its loss and the parameters' gradients."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda b: summed_loss(model, b, chunk_tokens), backend=backend)
+    model.zero_grad(set_to_none=True)
+    with autocast("bf16"):
+        loss = compiled(batch)
+    loss.backward()
+    torch._dynamo.reset()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_bf16_close(got_loss, got, want_loss, want):
+    torch.testing.assert_close(got_loss, want_loss, rtol=BF16_ROUNDING / 4, atol=0)
+    assert got.keys() == want.keys()
+    for name, grad in want.items():
+        if not name.endswith("k.bias"):
+            assert gap(got[name], grad) < 2 * BF16_ROUNDING, (name, gap(got[name], grad))
+
+
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("t5", marks=pytest.mark.slow)])  # t5 compiles for 20 s
+def test_compiled_fused_matches_compiled_unfused_and_runs_chunk_by_chunk(family):
+    """Compiled with the model (AOT autograd, the graphs run as traced; the rest of the model then runs ptlab's
+    compiled CPU kernels in both runs): the fused loss and gradients follow the unfused ones within the bf16
+    tolerances above, and the head's products come one per chunk."""
+    model, batch = model_and_batch(family)
+    want = compiled_step(model, batch, 0, "aot_eager")
+    graphs = {"forward": [], "backward": []}
+    got = compiled_step(model, batch, 5, _recording_backend(graphs))
+    assert_bf16_close(*got, *want)
+    for part in ("forward", "backward"):  # logit-shaped tensors exist, but never for more than a chunk's rows
+        vocab_wide = [shape for shape in graphs[part] if len(shape) == 2 and shape[-1] == V
+                      and shape != (32, V)]  # (d_model, vocab): the head weight transposed
+        assert vocab_wide and max(rows for rows, _ in vocab_wide) <= 5, (part, vocab_wide)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "bart", "gpt2", "llama"])
+def test_inductor_compiled_fused_matches_compiled_unfused(family):
+    model, batch = model_and_batch(family)
+    assert_bf16_close(*compiled_step(model, batch, 5, "inductor"), *compiled_step(model, batch, 0, "inductor"))
