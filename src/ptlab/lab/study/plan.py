@@ -1,4 +1,6 @@
-"""Planning a study: the study file, its cells as pre-training configs, and what they will cost."""
+"""Planning a study: the study file, its cells as pre-training configs, and the runs they make: each pre-trained
+cell once per pre-training seed (and per task for a cell that adapts to each task, after the cell it starts from),
+then each fine-tune per task, pre-training seed and fine-tuning seed."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.config import (
+    MAX_SEED,
     Config,
     FinetuneConfig,
     TaskConfig,
@@ -23,10 +25,11 @@ from ptlab.config import (
     load_config,
     read_yaml,
 )
-from ptlab.data.tasks import custom_task_name
 from ptlab.errors import PtlabError
+from ptlab.lab.adaptive import adapt_data, task_label, task_reference
 
 ARCHITECTURES = ("encoder-decoder", "shared", "half-layers", "lm", "prefix-lm")
+ADAPT = ("task",)  # a cell's `adapt`: pre-train per task on that task's own training inputs (TAPT)
 
 # Model sizes a study can be scaled to without editing it (`--size`): T5's small and base shapes (v1.1 widths).
 SIZES: dict[str, dict[str, Any]] = {
@@ -46,6 +49,9 @@ class StudyCell:
     architecture: str = "encoder-decoder"
     set: dict[str, Any] = field(default_factory=dict)
     clean: bool = False  # pass the cell's training files through ptlab's C4 cleaning before pre-training
+    init: str = ""  # an earlier cell: continue pre-training its final checkpoint of the same pre-training seed
+    adapt: str = ""  # "task": pre-train once per task on that task's training-split inputs only, then fine-tune
+    tasks: list[str] = field(default_factory=list)  # only these of the study's tasks (empty: all)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class StudyConfig:
     size: str = "tiny"  # tiny | small | base: the model size every cell is scaled to
     common: dict[str, Any] = field(default_factory=dict)  # overrides of the base for every cell
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds
+    pretrain_seeds: list[int] = field(default_factory=list)  # each pre-training per seed; empty: the base's seed
     tasks: list[TaskConfig] = field(default_factory=list)
     finetune: StudyFinetune = field(default_factory=StudyFinetune)
     cells: list[StudyCell] = field(default_factory=list)
@@ -81,6 +88,11 @@ class StudyConfig:
         if not self.seeds:
             raise PtlabError("config key 'seeds': a study needs at least one seed")
         names = [cell_slug(c) for c in self.cells]
+        labels = [task_label(t) for t in self.tasks]
+        for key, seeds in (("seeds", self.seeds), ("pretrain_seeds", self.pretrain_seeds)):
+            if len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
+                raise PtlabError(f"config key '{key}': seeds must be distinct and in [0, 2**63), got {seeds}")
+        earlier: dict[str, StudyCell] = {}
         for i, cell in enumerate(self.cells):
             if not cell.name:
                 raise PtlabError(f"config key 'cells[{i}].name': every cell needs a name")
@@ -89,9 +101,53 @@ class StudyConfig:
                                  f"(known: {', '.join(ARCHITECTURES)})")
             if names.count(names[i]) > 1:
                 raise PtlabError(f"config key 'cells[{i}].name': {cell.name!r} is used twice")
+            if cell.adapt and cell.adapt not in ADAPT:
+                raise PtlabError(f"config key 'cells[{i}].adapt': unknown {cell.adapt!r} (known: {', '.join(ADAPT)})")
+            unknown = [t for t in cell.tasks if t not in labels]
+            if unknown:
+                raise PtlabError(f"config key 'cells[{i}].tasks': unknown task {unknown[0]!r} (the study's tasks: "
+                                 f"{', '.join(labels)})")
+            if (cell.init or cell.adapt) and not cell.pretrain:
+                raise PtlabError(f"config key 'cells[{i}].pretrain': a cell with init or adapt pre-trains")
+            if cell.init:
+                self._check_init(i, cell, earlier)
+            earlier[cell.name] = cell
         for i, task in enumerate(self.tasks):
             task.validate()
         self.finetune.train.validate()
+
+    def _check_init(self, i: int, cell: StudyCell, earlier: dict[str, StudyCell]) -> None:
+        source = earlier.get(cell.init)
+        if source is None:
+            known = f"earlier cells: {', '.join(earlier)}" if earlier else "it is the first cell"
+            raise PtlabError(f"config key 'cells[{i}].init': no earlier cell is named {cell.init!r} ({known})")
+        if not source.pretrain:
+            raise PtlabError(f"config key 'cells[{i}].init': cell {cell.init!r} does not pre-train")
+        if source.architecture != cell.architecture:
+            raise PtlabError(f"config key 'cells[{i}].init': cell {cell.init!r} has another architecture "
+                             f"({source.architecture}, not {cell.architecture})")
+        if adapts_per_task(self, source):
+            missing = [t for t in cell_task_labels(self, cell) if t not in cell_task_labels(self, source)]
+            if missing:
+                raise PtlabError(f"config key 'cells[{i}].tasks': init cell {cell.init!r} pre-trains per task and "
+                                 f"not for {missing[0]!r}; restrict this cell's tasks to its own")
+
+    def cell_named(self, name: str) -> StudyCell:
+        return next(c for c in self.cells if c.name == name)
+
+
+def cell_tasks(study: StudyConfig, cell: StudyCell) -> list[TaskConfig]:
+    """The study's tasks this cell is fine-tuned on (its `tasks`, or all)."""
+    return [t for t in study.tasks if not cell.tasks or task_label(t) in cell.tasks]
+
+
+def cell_task_labels(study: StudyConfig, cell: StudyCell) -> list[str]:
+    return [task_label(t) for t in cell_tasks(study, cell)]
+
+
+def adapts_per_task(study: StudyConfig, cell: StudyCell) -> bool:
+    """Whether the cell pre-trains once per task: it adapts to each task, or starts from a cell that does."""
+    return cell.adapt == "task" or (bool(cell.init) and adapts_per_task(study, study.cell_named(cell.init)))
 
 
 def cell_slug(cell: StudyCell) -> str:
@@ -124,9 +180,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     return study, path.parent
 
 
-def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
+def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path, run_name: str = "pretrain",
+                tags: tuple[str, ...] = ()) -> Config:
     """The pre-training config of a cell: base, then size preset, then `common`, then the architecture, then the
-    cell's own `set`, with the run directory inside the study."""
+    cell's own `set`, with the run directory inside the study (RUN_DIR/cells/<cell>/<run_name>)."""
     base = Path(study.base)
     if not base.is_absolute() and not base.is_file():
         base = base_dir / base
@@ -139,7 +196,7 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
         # a decoder-only stack as deep as the encoder: about the encoder's P parameters and the pair's M FLOPs
         overrides.update({"model.family": "llama", "model.prefix_lm": arch == "prefix-lm"})
     overrides.update(flatten(cell.set))
-    overrides["run_dir"] = str(Path(study.run_dir) / "cells" / cell_slug(cell) / "pretrain")
+    overrides["run_dir"] = str(Path(study.run_dir) / "cells" / cell_slug(cell) / run_name)
     try:
         cfg = load_config(base, [_override(k, v) for k, v in overrides.items()])
     except PtlabError as err:
@@ -156,7 +213,7 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path) -> Config:
         cfg.model.d_kv = None if cfg.model.d_model == cfg.model.num_heads * (cfg.model.d_kv or 0) else cfg.model.d_kv
         cfg.model.tie_word_embeddings = None
         cfg.model.layer_norm_eps = None
-    track_as_study_run(cfg.train, study, f"{cell_slug(cell)}/pretrain", [f"cell={cell.name}"])
+    track_as_study_run(cfg.train, study, f"{cell_slug(cell)}/{run_name}", [f"cell={cell.name}", *tags])
     cfg.validate()
     return cfg
 
@@ -181,126 +238,120 @@ def data_key(cfg: Config) -> str:
 
 
 @dataclass
+class PretrainRun:
+    """One pre-training of a cell: per pre-training seed, and per task for a cell that adapts to each task."""
+
+    cell: StudyCell
+    cfg: Config
+    pretrain_seed: int
+    task: TaskConfig | None = None  # an adapting run: the task whose training inputs it pre-trains on
+    init: PretrainRun | None = None  # the run whose final checkpoint this one continues
+    tokenizer: str = ""  # the study's tokenizer, which builds the shards (an init run copies the same one)
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell.name} / {Path(self.cfg.run_dir).name}"
+
+
+@dataclass
+class FinetuneRun:
+    cell: StudyCell
+    cfg: Config  # the cell's (or its pre-training run's) config: model, tokenizer, device
+    task: TaskConfig
+    seed: int
+    pretrain: PretrainRun | None  # None: from random weights
+    directory: str  # under RUN_DIR/cells/<cell>/
+
+    @property
+    def key(self) -> tuple[str, str, int | None, int]:
+        return self.cell.name, task_label(self.task), self.pretrain and self.pretrain.pretrain_seed, self.seed
+
+
+@dataclass
 class Plan:
     study: StudyConfig
-    cells: list[tuple[StudyCell, Config]]
+    cells: list[tuple[StudyCell, Config]]  # each cell's config (its first pre-training run's, seed aside)
     run_dir: Path
+    pretrains: list[PretrainRun] = field(default_factory=list)  # dependencies first
+    finetunes: list[FinetuneRun] = field(default_factory=list)
+
+
+def pretrain_seeds(study: StudyConfig, cfg: Config) -> list[int]:
+    return list(study.pretrain_seeds) or [cfg.seed]
+
+
+def pretrain_run_name(task: TaskConfig | None, seed: int, base_seed: int) -> str:
+    """The base config's seed keeps the directory a single-seed study has always used."""
+    return "pretrain" + (f"-{task_label(task)}" if task else "") + ("" if seed == base_seed else f"-seed{seed}")
+
+
+def finetune_run_name(task: TaskConfig, seed: int, pretrain_seed: int | None, base_seed: int) -> str:
+    suffix = "" if pretrain_seed is None or pretrain_seed == base_seed else f"-pretrain-seed{pretrain_seed}"
+    return f"{task_label(task)}-seed{seed}{suffix}"
 
 
 def plan_study(study: StudyConfig, base_dir: Path) -> Plan:
     run_dir = Path(study.run_dir)
-    cells = []
+    plan = Plan(study, [], run_dir)
+    runs: dict[tuple[str, int, str | None], PretrainRun] = {}
     for cell in study.cells:
         cfg = cell_config(study, cell, base_dir)
         cfg.data.shards_dir = str(run_dir / "shards" / data_key(cfg))  # cells with other data never share shards
-        cells.append((cell, cfg))
-    return Plan(study, cells, run_dir)
+        plan.cells.append((cell, cfg))
+        if not cell.pretrain:
+            for task in cell_tasks(study, cell):
+                plan.finetunes += [FinetuneRun(cell, cfg, task, seed, None, finetune_run_name(task, seed, None, 0))
+                                   for seed in study.seeds]
+            continue
+        per_task = adapts_per_task(study, cell)
+        for pretrain_seed in pretrain_seeds(study, cfg):
+            for task in cell_tasks(study, cell) if per_task else [None]:
+                init = runs[(cell.init, pretrain_seed, task_label(task) if task else None)] if cell.init else None
+                run = pretrain_run(study, cell, base_dir, cfg.seed, pretrain_seed, task, init)
+                runs[(cell.name, pretrain_seed, task_label(task) if task else None)] = run
+                plan.pretrains.append(run)
+                for ft_task in [task] if task else cell_tasks(study, cell):
+                    plan.finetunes += [
+                        FinetuneRun(cell, run.cfg, ft_task, seed, run,
+                                    finetune_run_name(ft_task, seed, pretrain_seed, cfg.seed))
+                        for seed in study.seeds]
+    return plan
 
 
-# ---------------------------------------------------------------- estimates
-
-
-def example_lengths(cfg: Config) -> tuple[int, int]:
-    """Nominal (encoder inputs, targets) of one pre-training example, without needing the tokenizer."""
-    from ptlab.objectives.base import SpecialIds
-    from ptlab.objectives.registry import build_objective
-
-    vocab = cfg.data.vocab_size
-    sentinels = tuple(range(vocab - cfg.data.num_sentinels, vocab))
-    specials = SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels, mask=3, bos=4, vocab_size=vocab,
-                          modes={"R": (5,), "X": (6,), "S": (7,)})
-    objective, _ = build_objective(cfg.objective.name, cfg.objective.params, cfg.objective.inherited)
-    lengths = objective.lengths(cfg.objective.inputs_length, specials)
-    return lengths.inputs, lengths.targets  # a decoder-only model reads them as one sequence
-
-
-def cell_figures(cfg: Config) -> dict[str, float]:
-    """Parameters and FLOPs of a cell's model (the table's P and M columns) and its pre-training FLOPs."""
-    import torch
-
-    from ptlab.models import build_model, count_parameters
-    from ptlab.models.flops import training_flops
-
-    model_cfg = _with_vocab(cfg)
-    with torch.device("meta"):
-        parameters = count_parameters(build_model(model_cfg))
-    inputs, targets = example_lengths(cfg)
-    per_example = training_flops(model_cfg, inputs, targets)
-    steps, batch = cfg.train.max_steps, cfg.train.batch_size
-    return {"parameters": parameters, "flops_per_example": per_example, "pretrain_flops": steps * batch * per_example,
-            "pretrain_tokens": steps * batch * (inputs + targets)}
-
-
-def estimate_seconds(plan: Plan, efficiency: float = 0.25) -> dict[str, float]:
-    """Rough wall-clock per cell: its FLOPs at `efficiency` of this machine's measured matmul peak (fine-tunes
-    counted at their maximum length). The first finished study gives real times in its table."""
-    import torch
-
-    from ptlab.data.tasks import resolve_task
-    from ptlab.models.flops import measure_matmul_tflops, training_flops
-
-    cuda = plan.cells[0][1].train.device == "cuda" or (plan.cells[0][1].train.device == "auto"
-                                                       and torch.cuda.is_available())
-    precision = plan.cells[0][1].train.precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peak = measure_matmul_tflops(dtype, device="cuda" if cuda and torch.cuda.is_available() else "cpu") * 1e12
-    ft = plan.study.finetune
-    estimates = {}
-    for cell, cfg in plan.cells:
-        figures = cell_figures(cfg)
-        seconds = figures["pretrain_flops"] / (peak * efficiency) if cell.pretrain else 0.0
-        for task_cfg in plan.study.tasks:
-            task = resolve_task(task_cfg)
-            examples = task_cfg.max_train_examples or sum(1 for _ in task.examples("train"))
-            steps = ft.max_steps or math.ceil(ft.epochs * examples / ft.train.batch_size)
-            per_example = training_flops(_with_vocab(cfg), task_cfg.max_input_length, task_cfg.max_target_length)
-            seconds += len(plan.study.seeds) * steps * ft.train.batch_size * per_example / (peak * efficiency)
-        estimates[cell.name] = seconds
-    return estimates
-
-
-def _with_vocab(cfg: Config):
-    model = copy.deepcopy(cfg.model)
-    model.vocab_size = model.vocab_size or cfg.data.vocab_size
-    model.validate()
-    return model
-
-
-def format_plan(plan: Plan, estimates: dict[str, float] | None = None) -> str:
-    lines = [f"study {plan.run_dir}: {len(plan.cells)} cells x {len(plan.study.tasks)} tasks x "
-             f"{len(plan.study.seeds)} seeds (size {plan.study.size})", "",
-             "| cell | architecture | objective | params | FLOPs/example | pre-train tokens | est. minutes |",
-             "|---|---|---|---:|---:|---:|---:|"]
-    for cell, cfg in plan.cells:
-        figures = cell_figures(cfg)
-        objective = cfg.objective.name if cell.pretrain else "(none)"
-        tokens = f"{figures['pretrain_tokens'] / 1e6:.1f}M" if cell.pretrain else "0"
-        minutes = f"{estimates[cell.name] / 60:.1f}" if estimates else "-"
-        lines.append(f"| {cell.name} | {cell.architecture} | {objective} | {figures['parameters'] / 1e6:.1f}M | "
-                     f"{figures['flops_per_example'] / 1e9:.2f}G | {tokens} | {minutes} |")
-    if estimates:
-        lines += ["", f"estimated total: {sum(estimates.values()) / 60:.0f} minutes (one job; a rough FLOP-based "
-                  "estimate)"]
-    return "\n".join(lines)
+def pretrain_run(study: StudyConfig, cell: StudyCell, base_dir: Path, base_seed: int, pretrain_seed: int,
+                 task: TaskConfig | None, init: PretrainRun | None) -> PretrainRun:
+    """A cell's pre-training for one seed (and one task when it adapts): an adapting cell's data is the task's
+    training inputs; a cell with `init` continues that cell's run of the same seed (and task)."""
+    run_dir = Path(study.run_dir)
+    tags = (f"pretrain_seed={pretrain_seed}",) + ((f"task={task_label(task)}",) if task else ())
+    cfg = cell_config(study, cell, base_dir, pretrain_run_name(task, pretrain_seed, base_seed), tags)
+    cfg.seed = pretrain_seed
+    if cell.adapt == "task":
+        adapt_data(cfg.data, task_reference(task, run_dir / "data"))
+    tokenizer = cfg.data.tokenizer
+    cfg.data.shards_dir = str(run_dir / "shards" / data_key(cfg))
+    if init is not None:
+        if cfg.model != init.cfg.model:
+            raise PtlabError(f"study cell {cell.name!r}: its model differs from that of its init cell "
+                             f"{init.cell.name!r}; continued pre-training keeps the init's model")
+        cfg.init = init.cfg.run_dir
+        cfg.data.tokenizer = str(Path(cfg.run_dir) / "tokenizer")  # the init's, copied there when the run starts
+    cfg.validate()
+    return PretrainRun(cell, cfg, pretrain_seed, task, init, tokenizer)
 
 
 # ---------------------------------------------------------------- running
 
 
 def finetune_config(study: StudyConfig, cell: StudyCell, cfg: Config, task: TaskConfig, seed: int,
-                    checkpoint: str | None) -> FinetuneConfig:
+                    checkpoint: str | None, name: str | None = None) -> FinetuneConfig:
+    """A fine-tune of the study's recipe in RUN_DIR/cells/<cell>/<name> (default <task>-seed<N>)."""
     ft = study.finetune
+    name = name or f"{task_label(task)}-seed{seed}"
     train = dataclasses.replace(ft.train, device=cfg.train.device, threads=cfg.train.threads)
-    track_as_study_run(train, study, f"{cell_slug(cell)}/{task_label(task)}-seed{seed}",
+    track_as_study_run(train, study, f"{cell_slug(cell)}/{name}",
                        [f"cell={cell.name}", f"task={task_label(task)}", f"seed={seed}"])
-    return FinetuneConfig(run_dir=str(Path(study.run_dir) / "cells" / cell_slug(cell) / f"{task_label(task)}-seed{seed}"),
+    return FinetuneConfig(run_dir=str(Path(study.run_dir) / "cells" / cell_slug(cell) / name),
                           seed=seed, init=checkpoint or "none", tokenizer=cfg.data.tokenizer,
                           model=copy.deepcopy(cfg.model), task=copy.deepcopy(task), train=train, epochs=ft.epochs,
                           max_steps=ft.max_steps, patience=ft.patience)
-
-
-def task_label(task: TaskConfig) -> str:
-    return task.name or (custom_task_name(Path(task.train)) if task.train else "custom")
-
-
-# ---------------------------------------------------------------- tables

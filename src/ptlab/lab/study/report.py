@@ -1,5 +1,5 @@
-"""A study's results as tables and a chart: mean and spread per cell and task over seeds (table.md, table.csv,
-chart.png)."""
+"""A study's results as tables and a chart: mean and spread per cell and task over all its runs (pre-training
+seeds x fine-tuning seeds), and the spread across pre-training seeds alone (table.md, table.csv, chart.png)."""
 
 from __future__ import annotations
 
@@ -10,33 +10,80 @@ import sys
 from pathlib import Path
 
 from ptlab.files import write_text_atomic
-from ptlab.lab.study.plan import Plan, cell_figures, task_label
+from ptlab.lab.study.estimate import cell_figures
+from ptlab.lab.study.plan import Plan, adapts_per_task, task_label
+
+
+def result_key(row: dict, plan: Plan) -> tuple:
+    """(cell, task, pre-training seed, seed) of a result line; a line written before studies had pre-training
+    seeds is the pre-training with the base config's seed (its cell pre-trains) or none."""
+    if "pretrain_seed" in row:
+        return row["cell"], row["task"], row["pretrain_seed"], row["seed"]
+    cell, cfg = next(((c, cfg) for c, cfg in plan.cells if c.name == row["cell"]), (None, None))
+    return row["cell"], row["task"], cfg.seed if cell is not None and cell.pretrain else None, row["seed"]
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
-    """Per cell: mean and std over seeds per task, and the average over tasks of the task means."""
+    """Per cell and task: mean and std over all its runs (pre-training seeds x fine-tuning seeds), their count, and
+    the std across pre-training seeds of the per-pre-training-seed means (None with fewer than two); per cell the
+    average over tasks of the task means (when it ran every task). Rows of runs the plan does not hold (seeds
+    since removed) do not count."""
     tasks = [task_label(t) for t in plan.study.tasks]
+    planned = {run.key for run in plan.finetunes}
+    latest = {key: row for row in rows if (key := result_key(row, plan)) in planned}
     summary = []
     for cell, cfg in plan.cells:
         figures = cell_figures(cfg)
         entry = {"cell": cell.name, "architecture": cell.architecture,
                  "objective": cfg.objective.name if cell.pretrain else "none",
                  "parameters": figures["parameters"], "flops_per_example": figures["flops_per_example"],
-                 "pretrain_tokens": figures["pretrain_tokens"] if cell.pretrain else 0, "tasks": {}}
-        mine = [r for r in rows if r["cell"] == cell.name]
+                 "pretrain_tokens": figures["pretrain_tokens"] if cell.pretrain else 0, "tasks": {},
+                 "pretrain_seed_std": {}}
+        mine = {key: row for key, row in latest.items() if key[0] == cell.name}
         for task in tasks:
-            seen = [r for r in mine if r["task"] == task]
-            scores = [r["score"] for r in seen]
+            seen = {key: row for key, row in mine.items() if key[1] == task}
+            scores = [row["score"] for row in seen.values()]
             if seen:
-                entry["metric_" + task] = seen[0]["metric"]
-            entry["tasks"][task] = (statistics.mean(scores) if scores else None,
-                                    statistics.stdev(scores) if len(scores) > 1 else 0.0, len(scores))
-        entry["pretrain_val_loss"] = mine[0].get("pretrain_val_loss") if mine else None
+                entry["metric_" + task] = next(iter(seen.values()))["metric"]
+            entry["tasks"][task] = (statistics.mean(scores) if scores else None, _std(scores), len(scores))
+            by_seed: dict = {}
+            for key, row in seen.items():
+                by_seed.setdefault(key[2], []).append(row["score"])
+            means = [statistics.mean(v) for s, v in by_seed.items() if s is not None]
+            entry["pretrain_seed_std"][task] = _std(means) if len(means) > 1 else None
+        runs = {}  # one entry per pre-training run: its seconds and validation loss
+        per_task = cell.pretrain and adapts_per_task(plan.study, cell)
+        for key, row in mine.items():
+            runs[(key[2], key[1] if per_task else None)] = (row["pretrain_seconds"], row.get("pretrain_val_loss"))
+        losses = [loss for _, loss in runs.values() if loss is not None]
+        entry["pretrain_val_loss"] = statistics.mean(losses) if losses else None
         means = [m for m, _, n in entry["tasks"].values() if n]
         entry["average"] = statistics.mean(means) if len(means) == len(tasks) else None
-        entry["minutes"] = (sum(r["finetune_seconds"] for r in mine) + (mine[0]["pretrain_seconds"] if mine else 0)) / 60
+        entry["minutes"] = (sum(r["finetune_seconds"] for r in mine.values())
+                            + sum(seconds for seconds, _ in runs.values())) / 60
         summary.append(entry)
     return summary
+
+
+def caption(plan: Plan) -> str:
+    """What the table's numbers are means and spreads over, in words."""
+    study = plan.study
+    if not study.pretrain_seeds:
+        return (f"Study `{plan.run_dir}` (size {study.size}; fine-tuning seeds {study.seeds}; mean ± std over "
+                "seeds; average = mean of the task means)")
+    text = (f"Study `{plan.run_dir}` (size {study.size}): mean ± std over {len(study.pretrain_seeds)} pre-training "
+            f"x {len(study.seeds)} fine-tuning seeds (pre-training seeds {study.pretrain_seeds}, fine-tuning seeds "
+            f"{study.seeds})")
+    if len(study.pretrain_seeds) > 1:
+        text += ("; [s]: the std across pre-training seeds of the per-pre-training-seed means (compare it with the "
+                 "whole std to see which noise dominates)")
+    if any(not cell.pretrain for cell in study.cells):
+        text += f"; cells without pre-training: over the {len(study.seeds)} fine-tuning seeds (no pre-training seed)"
+    return text + "; -: a task the cell does not run; average = mean of the task means"
 
 
 def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
@@ -45,8 +92,7 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
     metric_of = {task: next((e["metric_" + task] for e in summary if "metric_" + task in e), "") for task in tasks}
     header = ["cell", "architecture", "objective", "params", "FLOPs/ex", "pre-train val loss"] + [
         f"{t} ({metric_of[t]})" for t in tasks] + ["average", "minutes"]
-    md = [f"Study `{plan.run_dir}` (size {plan.study.size}; fine-tuning seeds {plan.study.seeds}; mean ± std over "
-          "seeds; average = mean of the task means)", "",
+    md = [caption(plan), "",
           "| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     csv_rows = []
     for e in summary:
@@ -58,8 +104,10 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
                   "pretrain_tokens": e["pretrain_tokens"], "pretrain_val_loss": e["pretrain_val_loss"]}
         for task in tasks:
             mean, std, n = e["tasks"][task]
-            cells.append(f"{mean:.1f} ± {std:.1f}" if n else "-")
+            spread = e["pretrain_seed_std"][task]
+            cells.append((f"{mean:.1f} ± {std:.1f}" + (f" [{spread:.1f}]" if spread is not None else "")) if n else "-")
             record[f"{task}_mean"], record[f"{task}_std"], record[f"{task}_seeds"] = mean, std, n
+            record[f"{task}_pretrain_seed_std"] = spread
         cells.append(f"{e['average']:.1f}" if e["average"] is not None else "-")
         cells.append(f"{e['minutes']:.1f}")
         record["average"], record["minutes"] = e["average"], e["minutes"]
@@ -94,7 +142,7 @@ def _chart(summary: list[dict], tasks: list[str], path: Path) -> None:
         ax.bar(np.arange(len(names)) + (i - (len(tasks) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
                label=task)
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("score (mean ± std over seeds)")
+    ax.set_ylabel("score (mean ± std over all runs)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
