@@ -218,6 +218,24 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     print(f"best weights: {result.checkpoint}; predictions and scores in {result.run_dir}")
 
 
+def _cmd_tapt(args: argparse.Namespace) -> None:
+    from ptlab.config import FinetuneConfig, load_config
+    from ptlab.downstream.evaluate import print_scores
+    from ptlab.lab.adaptive import tapt
+
+    cfg = load_config(args.config, args.overrides, cls=FinetuneConfig)
+    result = tapt(cfg, steps=args.steps, out=args.out, show_progress=not args.quiet)
+    if result.interrupted:
+        print(f"ptlab: {result.interrupted}: run the same command again to resume", file=sys.stderr)
+        sys.exit(130 if result.interrupted == "SIGINT" else 143)
+    ft = result.finetune
+    print(f"adapted {cfg.init} on the training inputs of the task for {result.steps} steps: {result.adapt_dir}")
+    print_scores(f"validation (best, step {ft.best_step})", ft.validation)
+    if ft.test is not None:
+        print_scores("test", ft.test)
+    print(f"best weights: {ft.checkpoint}; predictions and scores in {ft.run_dir}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ptlab.downstream.evaluate import evaluate_checkpoint, print_scores
 
@@ -418,6 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.name=spam_ham")
     ft.set_defaults(func=_cmd_finetune)
+
+    tapt = sub.add_parser(
+        "tapt", help="task-adaptive pre-training: continue pre-training on a task's inputs, then fine-tune",
+        description="Task-adaptive pre-training (TAPT; Gururangan et al. 2020, \"Don't Stop Pretraining\"): "
+                    "continue pre-training the config's init checkpoint on the unlabeled inputs of the task's "
+                    "training split, with the objective it was pre-trained with, then fine-tune from the adapted "
+                    "weights. Writes OUT/adapt and OUT/finetune; run it again to resume.",
+        epilog="example: ptlab tapt --config configs/finetune-rt.yaml init=runs/demo --steps 300")
+    tapt.add_argument("--config", help="YAML fine-tuning config whose init is a ptlab pre-training checkpoint")
+    tapt.add_argument("--steps", type=int, help="continued pre-training steps (default: about 3 passes over the "
+                                                "task's training inputs, printed)")
+    tapt.add_argument("--out", help="run directory for adapt/ and finetune/ (default: the config's run_dir)")
+    tapt.add_argument("--quiet", action="store_true", help="no progress bars")
+    tapt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fine-tuning config overrides")
+    tapt.set_defaults(func=_cmd_tapt)
 
     for name, helper, func in (("evaluate", "score a checkpoint on a task split (writes predictions)", _cmd_evaluate),
                                ("probe", "linear probe: logistic regression on a checkpoint's frozen, mean-pooled "
