@@ -306,7 +306,10 @@ def plan_study(study: StudyConfig, base_dir: Path) -> Plan:
         per_task = adapts_per_task(study, cell)
         for pretrain_seed in pretrain_seeds(study, cfg):
             for task in cell_tasks(study, cell) if per_task else [None]:
-                init = runs[(cell.init, pretrain_seed, task_label(task) if task else None)] if cell.init else None
+                init = None
+                if cell.init:  # the init cell's run of this seed (and of this task, if it pre-trains per task)
+                    per_task_init = adapts_per_task(study, study.cell_named(cell.init))
+                    init = runs[(cell.init, pretrain_seed, task_label(task) if per_task_init else None)]
                 run = pretrain_run(study, cell, base_dir, cfg.seed, pretrain_seed, task, init)
                 runs[(cell.name, pretrain_seed, task_label(task) if task else None)] = run
                 plan.pretrains.append(run)
