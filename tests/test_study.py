@@ -1,9 +1,12 @@
 """`ptlab study`: plans, architectures matched the way T5's Table 2 does, tables, and restart after a kill."""
 
 import csv
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -104,6 +107,51 @@ def test_a_killed_study_restarts_without_redoing_finished_work(tmp_path, small_c
     assert float(deshuffle["rt_polarity_mean"]) == pytest.approx(sum(scores) / 2)
     assert float(deshuffle["average"]) == pytest.approx(sum(scores) / 2)  # one task: its mean
     assert (Path(study.run_dir) / "chart.png").stat().st_size > 1000
+
+
+def test_a_single_seed_study_keeps_its_results_when_pre_training_seeds_are_added(tmp_path, small_corpus,
+                                                                                 tokenizer_dir, monkeypatch):
+    study, base_dir = load_study(micro_study(tmp_path, small_corpus, tokenizer_dir))
+    run_dir = Path(study.run_dir)
+    cells = {"no pre-training": "no-pre-training", "span corruption": "span-corruption", "deshuffling": "deshuffling"}
+    # a finished study as ptlab wrote it before pre-training seeds: rows without pretrain_seed, cells/<cell>/pretrain
+    rows = [{"cell": cell, "task": "rt_polarity", "seed": seed, "metric": "accuracy", "score": 50.0 + seed,
+             "scores": {"accuracy": 50.0 + seed}, "split": "test", "finetune_seconds": 1.0, "pretrain_seconds": 2.0,
+             "pretrain_val_loss": None} for cell in cells for seed in (0, 1)]
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for slug in ("span-corruption", "deshuffling"):
+        (run_dir / "cells" / slug / "pretrain").mkdir(parents=True)
+        (run_dir / "cells" / slug / "pretrain" / "pretrain-done.json").write_text(json.dumps(
+            {"checkpoint": str(run_dir / "cells" / slug / "pretrain"), "final_val_loss": None, "seconds": 2.0}))
+    calls = {"finetune": [], "pretrain": []}
+
+    def finetune(cfg, show_progress=True):
+        calls["finetune"].append(Path(cfg.run_dir).relative_to(run_dir / "cells").as_posix())
+        return SimpleNamespace(test={"accuracy": 60.0}, validation={"accuracy": 60.0}, seconds=1.0)
+
+    def pretrain(cfg, **kwargs):
+        calls["pretrain"].append(Path(cfg.run_dir).relative_to(run_dir / "cells").as_posix())
+        return SimpleNamespace(interrupted=None, checkpoint=Path(cfg.run_dir), final_val_loss=None, train_seconds=2.0,
+                               tokens_per_second=1.0, parameters=1)
+
+    monkeypatch.setattr(ptlab.downstream.finetune, "finetune", finetune)
+    monkeypatch.setattr(ptlab.train.loop, "pretrain", pretrain)
+    run_study(plan_study(study, base_dir), show_progress=False, out=io.StringIO())
+    assert calls == {"finetune": [], "pretrain": []}  # all done
+
+    study, base_dir = load_study(micro_study(tmp_path, small_corpus, tokenizer_dir), ["pretrain_seeds=[0, 1]"])
+    run_study(plan_study(study, base_dir), show_progress=False, out=io.StringIO())
+    # the base config's seed (0) is the single-seed study's pre-training: only seed 1 runs
+    assert calls["pretrain"] == ["span-corruption/pretrain-seed1", "deshuffling/pretrain-seed1"]
+    assert calls["finetune"] == [f"{c}/rt_polarity-seed{s}-pretrain-seed1" for c in ("span-corruption", "deshuffling")
+                                 for s in (0, 1)]
+    new = read_results(run_dir / "results.jsonl")[len(rows):]
+    assert {(r["cell"], r["pretrain_seed"]) for r in new} == {("span corruption", 1), ("deshuffling", 1)}
+    with open(run_dir / "table.csv", newline="") as f:
+        records = {r["cell"]: r for r in csv.DictReader(f)}
+    assert float(records["deshuffling"]["rt_polarity_mean"]) == pytest.approx((50 + 51 + 60 + 60) / 4)
+    assert int(records["no pre-training"]["rt_polarity_seeds"]) == 2  # no pre-training seed to vary
 
 
 def test_study_config_errors_are_one_line_and_name_the_key(tmp_path, small_corpus, tokenizer_dir):
