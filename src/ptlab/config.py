@@ -178,6 +178,9 @@ class DataConfig:
     text_field: str = "text"  # the JSONL/Parquet/datasets field holding each document's text
     text_mode: str = "file"  # .txt inputs: "file" (a whole file is one document) or "blocks" (blank-line-separated)
     skip_bad: bool = False  # skip (and count) corrupt files and records instead of stopping at the first
+    # Tasks (bundled names or task YAML files) whose validation and test texts must not be trained on: training
+    # documents sharing a 13-word sequence with them are left out (GPT-3's decontamination; ptlab.data.decontaminate)
+    decontaminate: list[str] = field(default_factory=list)
     # Weighted sources instead of train_files, e.g. [{name: web, files: [...], weight: 0.7}, {name: books, ...}]
     mixture: list[MixtureSource] = field(default_factory=list)
 

@@ -9,9 +9,9 @@ from ptlab.config import DataConfig
 from ptlab.data.mixture import (
     Mixture,
     ensure_mixture,
-    materialise_tasks,
     shards_root,
     tokenizer_texts,
+    training_text_files,
     validation_files,
 )
 from ptlab.data.readers import ReadStats, reader_options
@@ -52,8 +52,11 @@ def ensure_shards(cfg: DataConfig, tokenizer: PtlabTokenizer,
     elif lists_shards(cfg.train_files, "data.train_files"):  # already tokenized: read them as one stream, in order
         train = open_shards(cfg.train_files, tokenizer.fingerprint(), cfg.separator, "config key 'data.train_files'")
     else:
-        train = ensure_shard(materialise_tasks(cfg.train_files, root / "tasks"), tokenizer, root / "train",
-                             cfg.separator, cfg.sources, show_progress, **reader_options(cfg), stats=stats)
+        files = training_text_files(cfg.train_files, cfg, cfg.sources, show_progress)
+        # a decontaminated copy gets its own shard, so runs with and without it do not rebuild each other's
+        name = f"train-{Path(files[0]).stem}" if cfg.decontaminate else "train"
+        train = ensure_shard(files, tokenizer, root / name, cfg.separator, cfg.sources, show_progress,
+                             **reader_options(cfg), stats=stats)
     validation, files = None, validation_files(cfg)
     if files and lists_shards(files, "data.validation_files"):
         validation = open_shards(files, tokenizer.fingerprint(), cfg.separator, "config key 'data.validation_files'")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ptlab.config import DataConfig, MixtureSource
 from ptlab.data.corpus import sample_texts
+from ptlab.data.decontaminate import decontaminate_files
 from ptlab.data.readers import reader_options
 from ptlab.data.shards import ChunkSampler, TokenShard, ensure_shard, is_shard_directory, open_shards
 from ptlab.data.tasks import TASK_PREFIX, task_input_texts
@@ -61,6 +62,17 @@ def materialise_tasks(files: list[str], directory: Path) -> list[str]:
             write_text_atomic(path, body)
         out.append(str(path))
     return out
+
+
+def training_text_files(files: list[str], cfg: DataConfig, sources: list[str], show_progress: bool) -> list[str]:
+    """The files to tokenize for training: `task:` entries materialised, and, with `data.decontaminate`, every
+    document that overlaps those tasks' validation or test splits left out (`ptlab.data.decontaminate`)."""
+    files = materialise_tasks(files, shards_root(cfg) / "tasks")
+    if not cfg.decontaminate:
+        return files
+    files, _ = decontaminate_files(files, cfg.decontaminate, shards_root(cfg) / "decontaminated", sources,
+                                   show_progress=show_progress, **reader_options(cfg))
+    return files
 
 
 # ---------------------------------------------------------------- the schedule
@@ -231,9 +243,10 @@ def _source_shard(source: MixtureSource, cfg: DataConfig, tokenizer: PtlabTokeni
     if _is_shard_source(source):
         return open_shards(source.files, tokenizer.fingerprint(), cfg.separator,
                            what=f"data.mixture source {source.name!r}")
-    files = materialise_tasks(source.files, root / "tasks")
-    return ensure_shard(files, tokenizer, root / f"{source.name}-train", cfg.separator,
-                        source.sources or cfg.sources, show_progress, **reader_options(cfg))
+    sources = source.sources or cfg.sources
+    files = training_text_files(source.files, cfg, sources, show_progress)
+    return ensure_shard(files, tokenizer, root / f"{source.name}-train", cfg.separator, sources, show_progress,
+                        **reader_options(cfg))
 
 
 def ensure_mixture(cfg: DataConfig, tokenizer: PtlabTokenizer, show_progress: bool = True) -> Mixture:

@@ -272,6 +272,13 @@ def task_input_texts(reference: str) -> tuple[str, list[str]]:
     """The input texts of a task's training split, without labels, for task-adaptive pre-training; `reference` is
     a bundled task's name or the path of a YAML task definition (the keys of a fine-tuning config's `task`
     section, at the top level or under `task:`). Returns a name for the task and its texts."""
+    task = task_from_reference(reference, f"{TASK_PREFIX}{reference}")
+    return task.name, [source for source, _ in task.examples("train")]
+
+
+def task_from_reference(reference: str, where: str) -> Task:
+    """A bundled task by name, or a task defined in a YAML file (the keys of a fine-tuning config's `task` section,
+    at the top level or under `task:`); `where` names the reference in the error when it is neither."""
     if reference in TASKS:
         cfg = TaskConfig(name=reference)
     elif reference.endswith((".yaml", ".yml")):
@@ -280,7 +287,5 @@ def task_input_texts(reference: str) -> tuple[str, list[str]]:
         cfg = from_dict(TaskConfig, section, "task.")
         cfg.validate()
     else:
-        raise PtlabError(f"{TASK_PREFIX}{reference}: not a bundled task ({', '.join(TASKS)}) nor a task "
-                         "definition file (.yaml)")
-    task = resolve_task(cfg)
-    return task.name, [source for source, _ in task.examples("train")]
+        raise PtlabError(f"{where}: not a bundled task ({', '.join(TASKS)}) nor a task definition file (.yaml)")
+    return resolve_task(cfg)
