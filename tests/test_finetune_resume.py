@@ -121,9 +121,9 @@ def test_non_finite_steps_are_skipped_and_stop_with_the_last_good_weights(tmp_pa
     real = loop.summed_loss
     calls = {"n": 0}
 
-    def faulty(model, batch):
+    def faulty(model, batch, *chunking):
         calls["n"] += 1
-        loss = real(model, batch)
+        loss = real(model, batch, *chunking)
         if calls["n"] <= 2:
             return loss
         if fault == "loss":

@@ -164,8 +164,8 @@ def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path, smal
     real = loop.summed_loss
     calls = {"n": 0}
 
-    def flaky(model, batch):
-        loss = real(model, batch)
+    def flaky(model, batch, *chunking):
+        loss = real(model, batch, *chunking)
         calls["n"] += model.training
         if model.training and (calls["n"] == 3 or calls["n"] >= 7):
             loss = loss * float("nan")
@@ -194,8 +194,8 @@ def test_an_infinite_gradient_at_a_finite_loss_skips_the_step_and_keeps_the_last
         seen["optimizer"] = real_optimizer(model, cfg)
         return seen["optimizer"]
 
-    def poisoned(model, batch):
-        loss = real_loss(model, batch)
+    def poisoned(model, batch, *chunking):
+        loss = real_loss(model, batch, *chunking)
         if model.training:
             seen["calls"] += 1
             if seen["calls"] == 7:  # about to train step 7: these are the last good weights and moments
@@ -222,6 +222,75 @@ def test_an_infinite_gradient_at_a_finite_loss_skips_the_step_and_keeps_the_last
     assert moments.keys() == seen["moments"].keys()
     for key, state in moments.items():
         assert all(torch.equal(value, seen["moments"][key][name]) for name, value in state.items())
+
+
+def test_bad_steps_are_read_back_at_log_steps_and_the_stop_rule_checked_there(tmp_path, small_corpus, tokenizer_dir,
+                                                                              monkeypatch):
+    """With train.log_every=4 the step figures stay on the device until steps 4, 8, 12: every skipped step is still
+    recorded with its own step number, and the third bad step in a row (step 9) stops the run at the next read
+    (step 12), with a checkpoint of the last good weights (those after step 6; steps 7-12 were all skipped)."""
+    import ptlab.train.loop as loop
+
+    real = loop.summed_loss
+    seen = {"calls": 0}
+
+    def flaky(model, batch, *chunking):
+        loss = real(model, batch, *chunking)
+        if model.training:
+            seen["calls"] += 1
+            if seen["calls"] == 7:
+                seen["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if seen["calls"] == 3 or seen["calls"] >= 7:
+                loss = loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(loop, "summed_loss", flaky)
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir, "train.eval_every=0", "train.max_bad_steps=3",
+                     "train.log_every=4", "train.checkpoint_every=0")
+    with pytest.raises(PtlabError, match=r"for 3 steps in a row \(up to step 9"):
+        pretrain(cfg, show_progress=False)
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records if r.get("event") == "skipped_step"] == [3, 7, 8, 9, 10, 11, 12]
+    assert [r["step"] for r in records if "loss" in r and "event" not in r] == [4]  # steps 8 and 12 were skipped
+    stop = list_checkpoints(tmp_path / "run")[-1]
+    assert stop.name == "step_0000012"
+    saved = load_file(str(stop / "model.safetensors"))
+    assert saved and all(torch.equal(saved[k], seen["weights"][k]) for k in saved)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_scale"])
+def test_a_step_never_reads_a_tensor_back_to_the_host(monkeypatch, optimizer):
+    """step_on_device decides the non-finite skip on the device: no tensor becomes a Python number or truth value
+    during the step (each would be a device sync on a GPU). Checked on CPU by making every such read fail."""
+    from ptlab.config import ModelConfig, TrainConfig
+    from ptlab.models import build_model
+    from ptlab.train.distributed import Runtime
+    from ptlab.train.loop import training_loss
+    from ptlab.train.optim import build_optimizer
+    from ptlab.train.step import read_steps, step_on_device
+
+    cfg = ModelConfig(family="gpt2", vocab_size=64, d_model=16, d_ff=32, num_heads=2, num_layers=1,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg.validate()
+    model = build_model(cfg).train()
+    train_cfg = TrainConfig(optimizer=optimizer, precision="bf16", grad_accum=2, loss_chunk_tokens=8)
+    optimizer_ = build_optimizer(model, train_cfg)
+    ids = np.random.default_rng(0).integers(3, 64, (4, 13))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "position_ids": np.tile(np.arange(12), (4, 1)),
+             "segment_ids": np.ones((4, 12), dtype=np.int64)}
+    runtime = Runtime(0, 1, torch.device("cpu"))
+    loss_fn = training_loss(model, False, chunk_tokens=8)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host inside the step")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+            patched.setattr(torch.Tensor, name, host_read)
+        pending = [step_on_device(model, optimizer_, loss_fn, batch, 1e-3, 48.0, train_cfg, runtime)
+                   for _ in range(2)]
+    [first, second] = read_steps(pending, runtime)
+    assert first.applied and second.applied and 0 < second.loss < first.loss
 
 
 def test_a_changed_dataset_refuses_to_resume_without_the_override(tmp_path, small_corpus, tokenizer_dir):

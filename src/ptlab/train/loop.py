@@ -58,7 +58,15 @@ from ptlab.train.host import configure_host, denormals_restored
 from ptlab.train.optim import build_optimizer, lr_factor
 from ptlab.train.runlog import MetricsLog, read_metrics
 from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, load_sharded_weights, save_sharded
-from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
+from ptlab.train.step import (
+    PendingStep,
+    StepOutcome,
+    StopSignals,
+    label_count,
+    read_steps,
+    step_on_device,
+    too_many_bad_steps,
+)
 
 
 @dataclass
@@ -458,6 +466,8 @@ class _Trainer:
             self.record({"step": step + 1, "event": "compile_fallback", "error": error})
 
         loss_fn = training_loss(self.trained, self.compiled, compile_fallback, train_cfg.loss_chunk_tokens)
+        pending: list[tuple[int, PendingStep]] = []  # steps not read back yet: (step number, its figures)
+        outcome = None
         with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
             for step in range(self.start_step, train_cfg.max_steps):
                 started = time.perf_counter()
@@ -465,40 +475,36 @@ class _Trainer:
                 batch = batches.get(step)
                 total_labels, step_tokens, step_flops = runtime.sum(
                     label_count(batch), batch_tokens(batch), self._flops(batch))
-                outcome = optimizer_step(self.trained, self.optimizer, loss_fn, batch, lr, total_labels, train_cfg,
-                                         runtime)
                 done = step + 1
-                if outcome.applied:
-                    bad_in_row = 0
-                else:  # no optimizer step: the weights and the optimizer's moments stay the last good ones
-                    bad_in_row += 1
-                    progress["skipped_steps"] += 1
-                    self.record({"step": done, "event": "skipped_step", "reason": outcome.skipped,
-                                 "loss": outcome.loss, "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
-                    if bad_in_row >= train_cfg.max_bad_steps:
-                        path = self._checkpoint(done, {"loss": outcome.loss})
-                        raise too_many_bad_steps(outcome, bad_in_row, done, path)
-                if runtime.device.type == "cuda":
-                    torch.cuda.synchronize()
+                pending.append((done, step_on_device(self.trained, self.optimizer, loss_fn, batch, lr, total_labels,
+                                                     train_cfg, runtime)))
+                evaluate = train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps
+                stop = runtime.any(signals.received is not None)
+                save = stop or (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
+                                and done != train_cfg.max_steps)
+                logged = done % train_cfg.log_every == 0 or done == train_cfg.max_steps
+                if logged or save or evaluate:  # the only places the host waits for the device
+                    outcome, bad_in_row = self._read_steps(pending, bad_in_row)
+                    pending = []
                 progress["seconds"] += time.perf_counter() - started
                 progress["tokens"] += step_tokens
                 progress["flops"] += step_flops
                 tokens_per_second = progress["tokens"] / progress["seconds"]
                 mfu = self._mfu()
-                if outcome.applied and (done % train_cfg.log_every == 0 or done == train_cfg.max_steps):
+                if logged and outcome.applied:
                     self.record({"step": done, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
                                  "tokens": progress["tokens"], "tokens_per_second": tokens_per_second,
                                  "tflops": progress["flops"] / progress["seconds"] / 1e12, "mfu": mfu,
                                  "seconds": progress["seconds"], **self._source_tokens(done)})
-                if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps:
+                if evaluate:
                     val_loss = self._evaluate(done)
-                stop = runtime.any(signals.received is not None)
-                if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
-                        and done != train_cfg.max_steps) or stop:
+                if save:
                     last_checkpoint = self._checkpoint(done, {"loss": outcome.loss})
                 bar.update(1)
-                bar.set_postfix(loss=f"{outcome.loss:.3f}", val=f"{val_loss:.3f}" if val_loss is not None else "-",
-                                tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
+                if outcome is not None:
+                    bar.set_postfix(loss=f"{outcome.loss:.3f}",
+                                    val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                                    tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
                 if stop:
                     name = signals.received or "SIGTERM"
                     self.record({"step": done, "event": "interrupted", "signal": name,
@@ -516,6 +522,32 @@ class _Trainer:
                      "tokens_per_second": result.tokens_per_second, "mfu": result.mfu,
                      "skipped_steps": progress["skipped_steps"], "checkpoint": str(final)})
         return result
+
+    def _read_steps(self, pending: list[tuple[int, PendingStep]], bad_in_row: int) -> tuple[StepOutcome, int]:
+        """Read the steps since the last read back from the device (one sync), record the skipped ones and count
+        them in a row; stop the run, with a checkpoint, once `train.max_bad_steps` of them came in a row. The rule
+        is checked here, at log, evaluation and checkpoint steps, so the stop may come up to `train.log_every` - 1
+        steps after the limit was reached (the checkpoint still holds the last good weights: a skipped step
+        changes nothing). Returns the newest step's outcome and the bad steps in a row."""
+        train_cfg, progress = self.cfg.train, self.progress
+        outcomes = read_steps([figures for _, figures in pending], self.runtime)
+        limit_reached = None
+        for (done, _), outcome in zip(pending, outcomes):
+            if outcome.applied:
+                bad_in_row = 0
+                continue
+            bad_in_row += 1
+            progress["skipped_steps"] += 1
+            self.record({"step": done, "event": "skipped_step", "reason": outcome.skipped, "loss": outcome.loss,
+                         "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
+            if bad_in_row >= train_cfg.max_bad_steps and limit_reached is None:
+                limit_reached = (outcome, bad_in_row, done)
+        if limit_reached is not None:
+            outcome, in_a_row, reached = limit_reached
+            last = pending[-1][0]
+            path = self._checkpoint(last, {"loss": outcomes[-1].loss})
+            raise too_many_bad_steps(outcome, in_a_row, reached, path)
+        return outcomes[-1], bad_in_row
 
     def _source_tokens(self, done: int) -> dict:
         """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""

@@ -25,7 +25,10 @@ class AdamWScale(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update; with a `found_inf` attribute set (a float tensor, 1 to skip, as a GradScaler sets it) the
+        weights, moments and step count stay as they are, decided on the device without reading the flag."""
         loss = closure() if closure is not None else None
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -34,28 +37,38 @@ class AdamWScale(torch.optim.Optimizer):
             states = [self.state[p] for p in params]
             for param, state in zip(params, states):
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
-            step = float(states[0]["step"])  # one host read per group: every parameter steps together
+                elif state["step"].device != param.device:  # a checkpoint's step count, loaded on the host
+                    state["step"] = state["step"].to(param.device)
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1 if found_inf is None else 1.0 - found_inf.to(steps[0].device))
+            step = steps[0].double()  # every parameter steps together; bias corrections in float64, as in Python
             grads = [p.grad for p in params]
             exp_avgs = [s["exp_avg"] for s in states]
             exp_avg_sqs = [s["exp_avg_sq"] for s in states]
             # RMS of each tensor before the update (a sharded tensor's full RMS, so FSDP changes nothing)
             rms = torch.stack([_full(p.detach().float().norm()) / p.numel() ** 0.5 for p in params]).clamp(min=1e-3)
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            bias_correction2 = math.sqrt(1 - beta2**step)
-            step_sizes = (-group["lr"] * bias_correction2 / (1 - beta1**step)) * rms
-            denoms = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denoms, group["eps"] * bias_correction2)
-            updates = torch._foreach_div(exp_avgs, denoms)
+            bias_correction2 = torch.sqrt(1 - beta2**step)
+            step_sizes = (-group["lr"] * bias_correction2 / (1 - beta1**step)).float() * rms
+            new_params = (torch._foreach_mul(params, 1 - group["lr"] * group["weight_decay"])
+                          if group["weight_decay"] else [p.clone() for p in params])
+            new_avgs = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+            new_sqs = torch._foreach_mul(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(new_sqs, grads, grads, value=1 - beta2)
+            denoms = torch._foreach_sqrt(new_sqs)
+            torch._foreach_add_(denoms, (group["eps"] * bias_correction2).float())
+            updates = torch._foreach_div(new_avgs, denoms)
             torch._foreach_mul_(updates, [size.to(u.dtype) for size, u in zip(step_sizes.unbind(), updates)])
-            torch._foreach_add_(params, updates)
+            torch._foreach_add_(new_params, updates)
+            for olds, news in ((params, new_params), (exp_avgs, new_avgs), (exp_avg_sqs, new_sqs)):
+                if found_inf is None:
+                    torch._foreach_copy_(olds, news)
+                else:
+                    keep = found_inf.to(olds[0].device) > 0
+                    for old, new in zip(olds, news):
+                        old.copy_(torch.where(keep, old, new))
         return loss
 
 

@@ -3,7 +3,9 @@
 Each rank's share of the batch is split into `grad_accum` micro-batches; each runs forward under autocast and
 backward with its summed token loss divided by the global label count, so the gradient is the token-weighted mean
 over the global batch whatever the rank count and accumulation. A step whose loss or gradient norm is not finite is
-skipped before the optimizer sees it: the weights and the optimizer's moments stay the last good ones.
+skipped: the weights and the optimizer's moments stay the last good ones. That is decided on the device (the
+optimizer gets a `found_inf` flag, as under a GradScaler), so a step never waits for the device: the loss and the
+gradient norm stay there until the caller reads a run of steps back at once (`read_steps`, at log steps).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -24,6 +27,7 @@ from ptlab.data.pipeline import IGNORE_INDEX
 from ptlab.errors import PtlabError
 from ptlab.train.batches import autocast, model_inputs, to_tensors
 from ptlab.train.distributed import Runtime
+from ptlab.train.optim import AdamWScale
 
 
 def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
@@ -32,12 +36,6 @@ def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
     if clip > 0:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-
-
-def read_back(*scalars: torch.Tensor) -> list[float]:
-    """Device scalars as Python floats in one transfer (a sharded model's norm is gathered first)."""
-    full = [s.full_tensor() if isinstance(s, DTensor) else s for s in scalars]
-    return torch.stack([s.to(full[0].device, torch.float64) for s in full]).tolist()
 
 
 @dataclass
@@ -51,15 +49,54 @@ class StepOutcome:
         return self.skipped is None
 
 
+@dataclass
+class PendingStep:
+    """A step's figures, still on the device; `read_steps` brings any number of them back in one transfer."""
+    loss_sum: torch.Tensor  # this rank's summed token loss
+    grad_norm: torch.Tensor  # the gradients' total norm before clipping
+    total_labels: float  # the global batch's label count
+
+
 def label_count(batch: dict[str, np.ndarray]) -> int:
+    """Labels in a (host, numpy) batch: counted without a device round trip."""
     return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def read_steps(pending: list[PendingStep], runtime: Runtime) -> list[StepOutcome]:
+    """The steps' losses (summed over ranks) and gradient norms as Python floats: one device sync for them all."""
+    if not pending:
+        return []
+    values = torch.stack([v.to(pending[0].loss_sum.device, torch.float64)
+                          for p in pending for v in (p.loss_sum, p.grad_norm)]).tolist()
+    losses = runtime.sum(*values[0::2])
+    outcomes = []
+    for p, local_loss, grad_norm in zip(pending, losses, values[1::2]):
+        loss = local_loss / max(p.total_labels, 1)
+        skipped = "loss" if not math.isfinite(loss) else "gradient" if not math.isfinite(grad_norm) else None
+        outcomes.append(StepOutcome(loss, grad_norm, skipped))
+    return outcomes
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer takes a `found_inf` flag (as under a GradScaler) and then leaves weights, moments and
+    step count untouched without the host reading the flag: fused AdamW and `AdamWScale` do, Adafactor does not."""
+    return isinstance(optimizer, AdamWScale) or bool(optimizer.defaults.get("fused"))
 
 
 def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
                    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, np.ndarray],
                    lr: float, total_labels: float, cfg: TrainConfig, runtime: Runtime) -> StepOutcome:
+    """`step_on_device`, then its figures read back (one device sync)."""
+    return read_steps([step_on_device(trained, optimizer, loss_fn, batch, lr, total_labels, cfg, runtime)],
+                      runtime)[0]
+
+
+def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
+                   loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, np.ndarray],
+                   lr: float, total_labels: float, cfg: TrainConfig, runtime: Runtime) -> PendingStep:
     """Forward and backward over `batch` (this rank's share), then clip and update unless the loss or the gradient
-    norm is not finite. `total_labels` is the label count of the global batch, summed over ranks."""
+    norm is not finite, decided on the device: the host waits for nothing (but with Adafactor, which cannot skip
+    on the device). `total_labels` is the label count of the global batch, summed over ranks."""
     device = runtime.device
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -74,15 +111,22 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
         # DDP and FSDP average gradients over ranks; scaling by the rank count makes that a sum
         (part_loss * runtime.world_size / max(total_labels, 1)).backward()
         loss_total += part_loss.detach()
-    # the loss and the gradient norm come back to the host together: one device sync per step
-    local_loss, grad_norm = read_back(loss_total, gradient_norm(trained, cfg.grad_clip))
-    loss = runtime.sum(local_loss)[0] / max(total_labels, 1)
-    if not math.isfinite(loss) or not math.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss, grad_norm, "loss" if not math.isfinite(loss) else "gradient")
-    optimizer.step()
+    grad_norm = gradient_norm(trained, cfg.grad_clip)
+    if isinstance(grad_norm, DTensor):  # a sharded model's norm, whole on every rank
+        grad_norm = grad_norm.full_tensor()
+    finite = (torch.isfinite(loss_total) & torch.isfinite(grad_norm)).float()
+    if runtime.distributed:  # one rank's non-finite loss skips the step on every rank
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if skips_on_device(optimizer):
+        optimizer.found_inf = 1.0 - finite
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):  # a host sync, for the optimizers that cannot skip on the device
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss, grad_norm)
+    return PendingStep(loss_total, grad_norm.detach(), total_labels)
 
 
 def too_many_bad_steps(outcome: StepOutcome, in_a_row: int, step: int, checkpoint) -> PtlabError:
