@@ -208,11 +208,14 @@ def test_tapt_continues_a_checkpoint_on_the_task_and_fine_tunes(adaptive_study, 
     assert again.finetune.test is not None
 
 
-def test_tapt_needs_a_pretraining_checkpoint(tmp_path):
-    with pytest.raises(PtlabError, match="config key 'init'"):
-        tapt(FinetuneConfig(init="none", task=TaskConfig(name="rt_polarity")), steps=3, out=str(tmp_path))
-    with pytest.raises(PtlabError, match="config key 'init'"):
-        tapt(FinetuneConfig(init=str(tmp_path / "missing"), task=TaskConfig(name="rt_polarity")), out=str(tmp_path))
+def test_tapt_needs_a_pretraining_checkpoint(adaptive_study, tmp_path):
+    plan, _, _ = adaptive_study
+    fine_tuned = plan.run_dir / "cells" / "general" / "rt_polarity-seed0"
+    for init, words in (("none", "init is none"), (str(tmp_path / "missing"), "does not exist"),
+                        (str(fine_tuned / "best"), "not a fine-tuned one"), (str(fine_tuned), "not a fine-tuned one")):
+        with pytest.raises(PtlabError, match=f"config key 'init'.*{words}"):
+            tapt(FinetuneConfig(init=init, task=TaskConfig(name="rt_polarity")), steps=3, out=str(tmp_path))
+    assert not (tmp_path / "adapt").exists()
 
 
 def test_the_default_tapt_budget_is_a_few_passes_within_bounds():

@@ -82,7 +82,8 @@ class TaptResult:
 
 
 def pretraining_config(init: str) -> tuple[Config, Path]:
-    """The run config a checkpoint was pre-trained with (its config.yaml), and the checkpoint directory."""
+    """The run config a checkpoint was pre-trained with (the config.yaml of its run directory, else its own), and
+    the checkpoint directory."""
     from ptlab.train.checkpoint import resolve_checkpoint
     from ptlab.train.continued import is_hf_directory
 
@@ -94,14 +95,18 @@ def pretraining_config(init: str) -> tuple[Config, Path]:
                          "TAPT continues with the objective recorded in a ptlab run (import it with "
                          "`ptlab import-hf` and pre-train it with `init:` instead)")
     checkpoint = resolve_checkpoint(path)
-    found = checkpoint / "config.yaml"
-    if not found.is_file():
-        raise PtlabError(f"config key 'init': {checkpoint} has no config.yaml, so its pre-training objective is "
-                         "unknown; TAPT needs a ptlab pre-training checkpoint")
+    # the run directory holds checkpoints/step_N (or a fine-tune's best/); a checkpoint copied elsewhere has its own
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else (
+        checkpoint.parent if checkpoint.name == "best" else checkpoint)
+    candidates = [run_dir, checkpoint]
+    found = next((d / "config.yaml" for d in candidates if (d / "config.yaml").is_file()), None)
+    if found is None:
+        raise PtlabError(f"config key 'init': no config.yaml in {path} or its run directory, so its pre-training "
+                         "objective is unknown; TAPT needs a ptlab pre-training checkpoint")
     data = yaml.safe_load(found.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "objective" not in data:
-        raise PtlabError(f"config key 'init': {found} is not a pre-training config (no 'objective'); TAPT "
-                         "continues a pre-trained checkpoint, not a fine-tuned one")
+    if not isinstance(data, dict) or "task" in data or "objective" not in data:
+        raise PtlabError(f"config key 'init': {found} is not a pre-training config; TAPT continues a pre-trained "
+                         "checkpoint, not a fine-tuned one")
     return config_from_dict(data), checkpoint
 
 
