@@ -17,6 +17,7 @@ from typing import Any
 from ptlab.config import (
     MAX_SEED,
     Config,
+    DataConfig,
     FinetuneConfig,
     TaskConfig,
     TrainConfig,
@@ -229,12 +230,24 @@ def track_as_study_run(train: TrainConfig, study: StudyConfig, run_name: str, ta
         train.tracking_uri = (Path(study.run_dir).resolve() / "mlruns").as_uri()
 
 
+# Data keys the shard key names outright, or that only shape the tokenizer (whose directory is in the key)
+_KEYED = {"train_files", "validation_files", "sources", "tokenizer", "separator", "mixture", "shards_dir",
+          "tokenizer_kind", "vocab_size", "num_sentinels", "tokenizer_sample_bytes"}
+
+
 def data_key(cfg: Config) -> str:
-    """Cells with the same key share shards. A mixture's weights and caps change the sampling, not the shards."""
+    """Cells with the same key share shards. A mixture's weights and caps change the sampling, not the shards. Any
+    other data key a cell sets away from its default (a reader option, a filter) keys the shards too; unset, it
+    leaves the key as it always was, so a study's existing shards stay its own."""
     sources = [[s.name, s.files, s.sources, s.validation_files] for s in cfg.data.mixture]
-    identity = json.dumps([cfg.data.train_files, cfg.data.validation_files, cfg.data.sources, cfg.data.tokenizer,
-                           cfg.data.separator] + ([sources] if sources else []))
-    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+    identity = [cfg.data.train_files, cfg.data.validation_files, cfg.data.sources, cfg.data.tokenizer,
+                cfg.data.separator] + ([sources] if sources else [])
+    default = DataConfig()
+    others = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(DataConfig)
+              if f.name not in _KEYED and getattr(cfg.data, f.name) != getattr(default, f.name)}
+    if others:
+        identity.append(others)
+    return hashlib.sha256(json.dumps(identity, default=str, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
