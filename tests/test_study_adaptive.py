@@ -222,3 +222,22 @@ def test_the_default_tapt_budget_is_a_few_passes_within_bounds():
     assert default_tapt_steps(["a"] * 10, lambda texts: [100 for _ in texts], 100) == 30  # 3 passes of 10 steps
     assert default_tapt_steps(["a"], lambda texts: [1 for _ in texts], 100) == 20  # at least
     assert default_tapt_steps(["a"] * 10**6, lambda texts: [100 for _ in texts], 100) == 2000  # at most
+
+
+def test_the_adaptive_study_plans_its_runs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    plan = plan_study(*load_study(root / "configs" / "study-adaptive.yaml", [f"run_dir={tmp_path}"]))
+    # general 2 seeds; general+TAPT and TAPT only 2 seeds x 3 tasks; general+DAPT 2 seeds
+    assert len(plan.pretrains) == 2 + 6 + 6 + 2
+    # none 3 tasks x 2 seeds; the others x 2 pre-training seeds; DAPT on debian_summaries only
+    assert len(plan.finetunes) == 6 + 12 + 12 + 12 + 4
+    dapt = [r for r in plan.pretrains if r.cell.name == "general + DAPT"]
+    assert all(r.cfg.data.sources == ["debian_descriptions"] and r.init.cell.name == "general" for r in dapt)
+    assert not tmp_path.joinpath("cells").exists()
+
+
+def test_a_data_key_a_cell_sets_gives_it_shards_of_its_own(tmp_path, small_corpus, tokenizer_dir):
+    cells = [{"name": "a"}, {"name": "b", "set": {"data.text_field": "body"}}, {"name": "c", "set": {"seed": 3}}]
+    plan = plan_study(*load_study(write_study(tmp_path, small_corpus, tokenizer_dir, cells)))
+    shards = [run.cfg.data.shards_dir for run in plan.pretrains]
+    assert shards[0] != shards[1] and shards[0] == shards[2]
