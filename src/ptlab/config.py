@@ -239,8 +239,9 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     # The LM head and the cross-entropy fused, this many tokens at a time, so the whole batch's logits are never
-    # held (peak memory at a 32k vocabulary: a fraction of the unfused step's); 0: logits first, then the loss
-    loss_chunk_tokens: int = 4096
+    # held: at a 32k vocabulary, 8 x 512 tokens, a step's peak memory is 38% of the unfused one's, and the step
+    # is no slower (benchmarks/results/head-loss-cpu.md); 0: the whole batch's logits, then the loss
+    loss_chunk_tokens: int = 1024
     precision: str = "bf16"  # bf16 (autocast) | fp32
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (runs long enough to repay it)
