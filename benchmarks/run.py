@@ -1,10 +1,13 @@
 """`make bench`: every benchmark in one run, one report. Training throughput of ptlab against HF transformers
 (benchmarks/train.py: tiny and small T5, BART, GPT-2 and Llama, fp32 and each side's best), then the data side
 (benchmarks/data.py: objectives, tokenizers, cleaning), then tokenization at scale (benchmarks/tokenization.py: ptlab
-tokenize with 1 and 2 workers against datasets.map). Writes benchmarks/results/bench.json (compare it across
-changes) and exits 1 when ptlab is slower than HF at equal precision for any family.
+tokenize with 1 and 2 workers against datasets.map), then the scaling curves (benchmarks/scaling.py: tokens/s and
+peak memory against sequence length, width and vocabulary, ptlab against HF; benchmarks/results/scaling-cpu.md and
+.png). Writes benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at
+equal precision for any family.
 
-    .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--json PATH]
+    .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--scaling full|quick|off]
+                                       [--json PATH]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tokenization  # noqa: E402
 import train  # noqa: E402
 
 import data  # noqa: E402
+import scaling  # noqa: E402
 
 
 def main() -> int:
@@ -29,6 +33,8 @@ def main() -> int:
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")
     parser.add_argument("--tokenize-mb", type=float, default=300.0,
                         help="corpus size for the tokenization benchmark (0 skips it)")
+    parser.add_argument("--scaling", choices=("full", "quick", "off"), default="full",
+                        help="the scaling curves' sweep (quick: fewer points)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
     args = parser.parse_args()
     settings = ["HF default", "HF best", "ptlab fp32", "ptlab eager", "ptlab"]
@@ -36,8 +42,15 @@ def main() -> int:
                                                 args.seconds, 3, args.loss_steps)
     pipeline, data_lines = data.run()
     tokenizing, tokenize_lines = tokenization.run(args.tokenize_mb) if args.tokenize_mb else ({}, [])
-    print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines))
-    return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing}, args.json, failures)
+    curves, scaling_lines = [], []
+    if args.scaling != "off":
+        curves, scaling_lines = scaling.run(["gpt2", "t5"], scaling.QUICK_SWEEPS if args.scaling == "quick"
+                                            else scaling.SWEEPS)
+        scaling.write(curves, scaling_lines, Path("benchmarks/results/scaling-cpu"))
+    print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines)
+          + "\n\n" + "\n".join(scaling_lines))
+    return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing, "scaling": curves},
+                        args.json, failures)
 
 
 if __name__ == "__main__":
