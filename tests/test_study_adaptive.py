@@ -128,7 +128,7 @@ def adaptive_study(tmp_path_factory, small_corpus, tokenizer_dir):
 
 
 def test_a_killed_study_finishes_every_pretrain_seed_x_seed_run_once(adaptive_study):
-    plan, killed_rows, rows = adaptive_study
+    _, killed_rows, rows = adaptive_study
     assert len(killed_rows) == 3
     keys = sorted((r["cell"], r["pretrain_seed"] if r["pretrain_seed"] is not None else -1, r["seed"]) for r in rows)
     assert keys == sorted([("none", -1, s) for s in (0, 1)] + [

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from ptlab.config import Config, DataConfig, FinetuneConfig, TaskConfig, config_from_dict
+from ptlab.config import (
+    Config,
+    DataConfig,
+    FinetuneConfig,
+    TaskConfig,
+    config_from_dict,
+)
 from ptlab.data.tasks import TASK_PREFIX, TASKS, custom_task_name, task_input_texts
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic

@@ -81,10 +81,10 @@ def format_plan(plan: Plan, estimates: dict[str, float] | None = None) -> str:
     study = plan.study
     seeds = (f"{len(study.pretrain_seeds)} pre-training x " if study.pretrain_seeds else "") + \
         f"{len(study.seeds)} fine-tuning seeds"
-    lines = [f"study {plan.run_dir}: {len(plan.cells)} cells x {len(study.tasks)} tasks x {seeds} (size "
-             f"{study.size}): {len(plan.pretrains)} pre-training runs, {len(plan.finetunes)} fine-tunes", "",
-             "| cell | architecture | objective | starts from | params | FLOPs/example | pre-train tokens | "
-             "pre-training runs | fine-tunes | est. minutes |",
+    lines = [(f"study {plan.run_dir}: {len(plan.cells)} cells x {len(study.tasks)} tasks x {seeds} (size "
+              f"{study.size}): {len(plan.pretrains)} pre-training runs, {len(plan.finetunes)} fine-tunes"), "",
+             ("| cell | architecture | objective | starts from | params | FLOPs/example | pre-train tokens per run | "
+              "pre-training runs | fine-tunes | est. minutes |"),
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for cell, cfg in plan.cells:
         figures = cell_figures(cfg)
@@ -99,6 +99,6 @@ def format_plan(plan: Plan, estimates: dict[str, float] | None = None) -> str:
                      f"{figures['parameters'] / 1e6:.1f}M | {figures['flops_per_example'] / 1e9:.2f}G | {tokens} | "
                      f"{len(runs)} | {finetunes} | {minutes} |")
     if estimates:
-        lines += ["", f"estimated total: {sum(estimates.values()) / 60:.0f} minutes (one job; a rough FLOP-based "
-                  "estimate)"]
+        lines += ["", (f"estimated total: {sum(estimates.values()) / 60:.0f} minutes (one job; a rough FLOP-based "
+                       "estimate)")]
     return "\n".join(lines)

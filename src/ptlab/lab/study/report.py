@@ -105,7 +105,8 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
         for task in tasks:
             mean, std, n = e["tasks"][task]
             spread = e["pretrain_seed_std"][task]
-            cells.append((f"{mean:.1f} ± {std:.1f}" + (f" [{spread:.1f}]" if spread is not None else "")) if n else "-")
+            spread_text = f" [{spread:.1f}]" if spread is not None else ""
+            cells.append(f"{mean:.1f} ± {std:.1f}{spread_text}" if n else "-")
             record[f"{task}_mean"], record[f"{task}_std"], record[f"{task}_seeds"] = mean, std, n
             record[f"{task}_pretrain_seed_std"] = spread
         cells.append(f"{e['average']:.1f}" if e["average"] is not None else "-")

@@ -15,7 +15,15 @@ import yaml
 
 from ptlab.files import write_text_atomic
 from ptlab.lab.adaptive import write_task_definition
-from ptlab.lab.study.plan import FinetuneRun, Plan, PretrainRun, StudyConfig, data_key, finetune_config, task_label
+from ptlab.lab.study.plan import (
+    FinetuneRun,
+    Plan,
+    PretrainRun,
+    StudyConfig,
+    data_key,
+    finetune_config,
+    task_label,
+)
 from ptlab.lab.study.report import result_key, write_tables
 from ptlab.lab.study.schedule import Job, run_jobs
 

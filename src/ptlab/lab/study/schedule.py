@@ -4,9 +4,10 @@ is submitted only once the job it needs has finished, pre-training runs before f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ptlab.train.host import job_pool, thread_share
 
