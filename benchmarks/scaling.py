@@ -62,9 +62,11 @@ class Point:
     def config(self):
         cfg = train.model_config(self.family, "tiny")
         heads = self.width // 64
-        changes = dict(d_model=self.width, num_heads=heads, d_ff=4 * self.width, vocab_size=self.vocab)
+        # num_kv_heads (and a decoder's d_kv) left for validate() to derive from the new number of heads
+        changes = dict(d_model=self.width, num_heads=heads, num_kv_heads=None, d_ff=4 * self.width,
+                       vocab_size=self.vocab)
         if self.family != "t5":
-            changes["max_position_embeddings"] = max(1024, self.seq)
+            changes.update(d_kv=None, max_position_embeddings=max(1024, self.seq))
         cfg = dataclasses.replace(cfg, **changes)
         cfg.validate()
         return cfg
