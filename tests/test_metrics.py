@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from ptlab.downstream.metrics import compute_metrics
+from ptlab.downstream.metrics import PER_EXAMPLE, compute_metrics, paired_bootstrap
 from ptlab.errors import PtlabError
 
 
@@ -65,3 +67,33 @@ def test_tasks_may_name_exactly_the_metrics_there_are():
     from ptlab.downstream.metrics import METRICS
 
     assert tuple(METRICS) == METRIC_NAMES
+
+
+# ---- per-example scores and the paired bootstrap (the demo's verdicts) -----------------------------------------
+
+@pytest.mark.parametrize("metric", sorted(PER_EXAMPLE))
+def test_per_example_scores_average_to_the_metric(metric):
+    if metric == "accuracy":  # defined on label strings
+        references, predictions = ["positive", "negative", "negative"], ["positive", "positive", "negative"]
+    else:
+        references = ["positive", "a small tool for copying files", "the cat sat", "negative"]
+        predictions = ["positive", "tool to copy files", "the cat sat", " negative "]
+    per_example = PER_EXAMPLE[metric](predictions, references)
+    assert len(per_example) == len(references)
+    expected = compute_metrics([metric], predictions, references, ["positive", "negative"])[metric]
+    assert np.mean(per_example) == pytest.approx(expected)
+
+
+def test_paired_bootstrap_matches_scipy_and_is_seeded():
+    rng = np.random.default_rng(3)
+    first = rng.normal(1.0, 2.0, size=300)
+    second = first - rng.normal(0.4, 1.0, size=300)
+    mean, low, high = paired_bootstrap(first, second, rounds=4000, seed=1)
+    reference = stats.bootstrap((first - second,), np.mean, n_resamples=4000, method="percentile",
+                                random_state=np.random.default_rng(2)).confidence_interval
+    assert mean == pytest.approx(np.mean(first - second))
+    assert low == pytest.approx(reference.low, abs=0.03) and high == pytest.approx(reference.high, abs=0.03)
+    assert paired_bootstrap(first, second, rounds=4000, seed=1) == (mean, low, high)
+    assert low < 0.4 < high
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0, 2.0], [1.0])

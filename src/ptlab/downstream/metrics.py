@@ -5,7 +5,10 @@ correlations, which are in [-100, 100]."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
+
+import numpy as np
 
 from ptlab.errors import PtlabError
 
@@ -61,13 +64,17 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _rouge_per_example(kind: str, predictions: list[str], references: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+    return [100.0 * scorer.score(ref, pred)[kind].fmeasure for pred, ref in zip(predictions, references)]
+
+
 def _rouge(kind: str) -> Callable:
     def score(predictions: list[str], references: list[str], labels: list[str]) -> float:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
-        values = [scorer.score(ref, pred)[kind].fmeasure for pred, ref in zip(predictions, references)]
-        return 100.0 * sum(values) / max(len(values), 1)
+        values = _rouge_per_example(kind, predictions, references)
+        return sum(values) / max(len(values), 1)
     return score
 
 
@@ -86,6 +93,31 @@ METRICS: dict[str, Callable[[list[str], list[str], list[str]], float]] = {
     "rouge1": _rouge("rouge1"), "rouge2": _rouge("rouge2"), "rougeL": _rouge("rougeL"), "bleu": _bleu,
     "exact_match": _exact_match,
 }
+
+
+# Metrics that are a mean over examples, by their per-example score (what a paired bootstrap resamples)
+def _matches(predictions: list[str], references: list[str]) -> list[float]:
+    return [100.0 * (p.strip() == r.strip()) for p, r in zip(predictions, references)]
+
+
+PER_EXAMPLE: dict[str, Callable[[list[str], list[str]], list[float]]] = {
+    "accuracy": _matches, "exact_match": _matches,
+    **{kind: functools.partial(_rouge_per_example, kind) for kind in ("rouge1", "rouge2", "rougeL")},
+}
+
+
+def paired_bootstrap(first: list[float], second: list[float], rounds: int = 2000, seed: int = 0,
+                     confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of first - second over the same examples, and its percentile bootstrap interval (Koehn 2004's paired
+    resampling): the uncertainty that comes from which test examples were drawn, not from training seeds."""
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError("paired_bootstrap needs two equally long, non-empty score lists")
+    difference = a - b
+    rng = np.random.default_rng(seed)
+    means = difference[rng.integers(0, len(difference), size=(rounds, len(difference)))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    return float(difference.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def compute_metrics(names: list[str], predictions: list[str], references: list[str],
