@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--task", help="a bundled task name")
         command.add_argument("--set", dest="task_set", action="append", metavar="KEY=VALUE",
                              help="task keys for a custom task (train=, test=, input_template=, target_field=, "
-                                  "labels=, metrics=)")
+                                  "labels=, metrics=; for --shots: prompt=, verbalizer=)")
         command.add_argument("--split", default="test" if name == "evaluate" else "validation",
                              help="split to score (default: %(default)s)")
         if name == "evaluate":
