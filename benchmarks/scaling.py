@@ -47,7 +47,7 @@ SWEEPS = {
     "width": [256, 512, 1024],
     "vocab": [1024, 8192, 32768, 131072],
 }
-QUICK_SWEEPS = {"seq": [128, 512, 2048], "width": [256, 512], "vocab": [1024, 8192, 32768]}
+QUICK_SWEEPS = {"seq": [128, 1024, 4096], "width": [256, 1024], "vocab": [1024, 131072]}  # the ends of each range
 LABELS = {"seq": "sequence length (tokens)", "width": "width (d_model)", "vocab": "vocabulary size"}
 FAMILIES = {"gpt2": "GPT-2", "t5": "T5"}
 
@@ -66,7 +66,8 @@ class Point:
         changes = dict(d_model=self.width, num_heads=heads, num_kv_heads=None, d_ff=4 * self.width,
                        vocab_size=self.vocab)
         if self.family != "t5":
-            changes.update(d_kv=None, max_position_embeddings=max(1024, self.seq))
+            # HF's GPT-2 reads seq + 1 positions (it shifts the labels itself)
+            changes.update(d_kv=None, max_position_embeddings=2 * max(512, self.seq))
         cfg = dataclasses.replace(cfg, **changes)
         cfg.validate()
         return cfg
