@@ -44,7 +44,6 @@ def run_setting(vocab: int, chunk: int, mode: str, compiled: bool, steps: int, d
 
     from ptlab.config import ModelConfig, TrainConfig
     from ptlab.models import build_model
-    from ptlab.train.batches import autocast
     from ptlab.train.distributed import Runtime
     from ptlab.train.host import configure_host
     from ptlab.train.loop import training_loss
