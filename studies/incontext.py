@@ -139,10 +139,10 @@ def write_table(study: dict, rows: list[dict], path: Path) -> None:
             continue
         floor = task_rows[0]
         lines += [f"### {task} ({floor['examples']} test examples)", "",
-                  f"Majority class ({floor['majority_class']}): accuracy {floor['majority_accuracy']:.1f}. "
-                  "Each cell: accuracy with labels ranked by summed / per-token log-likelihood, mean over "
-                  "demonstration seeds; [shots that fitted in the context, on average]. Step 0 is the "
-                  "random-weights model.", "",
+                  (f"Majority class ({floor['majority_class']}): accuracy {floor['majority_accuracy']:.1f}. "
+                   "Each cell: accuracy with labels ranked by summed / per-token log-likelihood, mean over "
+                   "demonstration seeds; [shots that fitted in the context, on average]. Step 0 is the "
+                   "random-weights model."), "",
                   "| model | params | step | tokens | " + " | ".join(f"{k}-shot" for k in study["shots"]) + " |",
                   "|---|---:|---:|---:|" + "---:|" * len(study["shots"])]
         for model in study["models"]:

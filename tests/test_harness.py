@@ -9,7 +9,11 @@ import torch
 
 from ptlab.config import Config, ModelConfig, TaskConfig
 from ptlab.data.tasks import resolve_task
-from ptlab.downstream.harness import HARNESS_TASKS_DIR, harness_task_yaml, jinja_template
+from ptlab.downstream.harness import (
+    HARNESS_TASKS_DIR,
+    harness_task_yaml,
+    jinja_template,
+)
 from ptlab.downstream.incontext import score_prompted
 from ptlab.models import build_model
 from ptlab.train.checkpoint import write_checkpoint

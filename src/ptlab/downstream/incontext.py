@@ -41,7 +41,11 @@ from ptlab.files import json_text, prepare_output, write_text_atomic
 from ptlab.models.generate import generate
 from ptlab.objectives import Example
 from ptlab.train.batches import autocast, batch_logits, model_inputs, to_tensors
-from ptlab.train.checkpoint import load_checkpoint_config, load_checkpoint_tokenizer, load_model
+from ptlab.train.checkpoint import (
+    load_checkpoint_config,
+    load_checkpoint_tokenizer,
+    load_model,
+)
 
 SEPARATOR = "\n\n"  # between demonstrations, and before the query
 STOP = "\n"  # generation: the answer ends at the first newline (or EOS)
