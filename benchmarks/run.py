@@ -46,7 +46,8 @@ def main() -> int:
     if args.scaling != "off":
         curves, scaling_lines = scaling.run(["gpt2", "t5"], scaling.QUICK_SWEEPS if args.scaling == "quick"
                                             else scaling.SWEEPS)
-        scaling.write(curves, scaling_lines, Path("benchmarks/results/scaling-cpu"))
+        scaling.write(curves, scaling_lines, Path("benchmarks/results/scaling-cpu"),
+                      f"benchmarks/run.py --scaling {args.scaling}")
     print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines)
           + "\n\n" + "\n".join(scaling_lines))
     return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing, "scaling": curves},

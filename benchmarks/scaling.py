@@ -190,7 +190,7 @@ def run(families: list[str], sweeps: dict[str, list[int]], tokens: int = 1024, s
         log(lines[-1])
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - started) / 60
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 autocast, eager, fused AdamW on "
+    lines = [f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}; bf16 autocast, eager, fused AdamW on "
              f"both sides; {tokens:,} tokens a step (at least one row), median of {steps} alternating steps after one "
              f"warm-up; {minutes:.1f} minutes. Load average (1, 5, 15 min) before: "
              f"{', '.join(f'{x:.1f}' for x in load_before)}; after: {', '.join(f'{x:.1f}' for x in load_after)} "
@@ -241,9 +241,9 @@ def plot(records: list[dict], path: Path) -> None:
         plt.close(fig)
 
 
-def write(records: list[dict], lines: list[str], out: Path) -> None:
-    write_text_atomic(out.with_suffix(".md"), "# Scaling curves, CPU\n\n" + "\n".join(lines) + "\n\n"
-                      f"![curves]({out.with_suffix('.png').name})\n")
+def write(records: list[dict], lines: list[str], out: Path, command: str) -> None:
+    write_text_atomic(out.with_suffix(".md"), f"# Scaling curves, CPU\n\n`{command}`\n\n" + "\n".join(lines)
+                      + f"\n\n![curves]({out.with_suffix('.png').name})\n")
     plot(records, out.with_suffix(".png"))
 
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)} (choose from {', '.join(FAMILIES)})")
     records, lines = run(families, QUICK_SWEEPS if args.quick else SWEEPS, args.tokens, args.steps, args.threads)
-    write(records, lines, args.out)
+    write(records, lines, args.out, " ".join(["benchmarks/scaling.py"] + sys.argv[1:]))
     print("\n".join(lines) + f"\n\nresults: {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
     return 0
 
