@@ -191,8 +191,8 @@ def run(families: list[str], sweeps: dict[str, list[int]], tokens: int = 1024, s
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - started) / 60
     lines = [f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}; bf16 autocast, eager, fused "
-             f"AdamW on both sides; {tokens:,} tokens a step (at least one row), median of {steps} alternating steps after one "
-             f"warm-up; {minutes:.1f} minutes. Load average (1, 5, 15 min) before: "
+             f"AdamW on both sides; {tokens:,} tokens a step (at least one row), median of {steps} alternating "
+             f"steps after one warm-up; {minutes:.1f} minutes. Load average (1, 5, 15 min) before: "
              f"{', '.join(f'{x:.1f}' for x in load_before)}; after: {', '.join(f'{x:.1f}' for x in load_after)} "
              f"(on {os.cpu_count()} cores: a load above that slows both sides alike).", ""] + lines
     return records, lines
