@@ -164,3 +164,26 @@ def test_t5_keeps_the_dense_path_by_default_on_cpu():
     finally:
         flex_module.flex_attention = saved
     assert len(called) == 3 * 2  # forced on: two encoder layers, two decoder self- and two cross-attentions
+
+
+
+@pytest.mark.slow  # ~15 s of tracing on 2 busy cores
+def test_t5_on_flex_traces_as_one_compiled_graph():
+    """What a CUDA run compiles, short of the GPU kernels: dynamo traces the block masks built inside the graph
+    and the bias closed over by score_mod, in one graph (backend aot_eager runs it on the eager kernels). Only
+    the forward: AOT autograd's eager stand-in for flex's backward drops the gradients of score_mod's captured
+    tensors on CPU (torch 2.13), which the GPU kernels compute; the eager tests above check those gradients."""
+    model = _tiny_t5().eval()
+    g = torch.Generator().manual_seed(4)
+    input_ids, decoder_ids = torch.randint(3, 64, (2, 24), generator=g), torch.randint(3, 64, (2, 9), generator=g)
+    mask = _padding(2, 24, seed=5)
+    with torch.no_grad():
+        model.flex_attention = False
+        want = model(input_ids, decoder_ids, mask)
+        model.flex_attention = True
+        torch._dynamo.reset()
+        try:
+            got = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids, decoder_ids, mask)
+        finally:
+            torch._dynamo.reset()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
