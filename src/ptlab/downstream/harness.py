@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from ptlab.data.tasks import TASKS_DIR, Task
@@ -120,6 +121,23 @@ def _offline() -> None:
         datasets.config.HF_HUB_OFFLINE = True
 
 
+def _harness_model(hf_dir: Path, encoder_decoder: bool, batch_size: int):
+    """The harness's HF model on the export. HFLM calls `tie_weights()`, which in transformers 5 ties T5's output
+    head to its embedding even when the config says untied (T5 v1.1's head, ptlab's default): the head read from
+    the export is put back, so that the model scored is the checkpoint."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    loader = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    model = loader.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    head = model.get_output_embeddings().weight.detach().clone()
+    harness = HFLM(pretrained=model, tokenizer=str(hf_dir), backend="seq2seq" if encoder_decoder else "causal",
+                   batch_size=batch_size)
+    if not torch.equal(model.get_output_embeddings().weight, head):  # tied over the loaded, untied head
+        model.get_output_embeddings().weight = torch.nn.Parameter(head)
+    return harness
+
+
 def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, num_fewshot: int = 0,
                 batch_size: int = 16, output: str | Path | None = None) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} of lm-evaluation-harness on the checkpoint (accuracies as fractions, as the harness
@@ -133,7 +151,6 @@ def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, nu
     _offline()
     try:
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise PtlabError(f"--harness needs lm-evaluation-harness: pip install 'ptlab[harness]' ({err})") from None
@@ -142,8 +159,7 @@ def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, nu
         scratch = Path(scratch)
         hf_dir, _ = export_hf(checkpoint, scratch / "hf")
         task_names, folder = _local_task_files(names, scratch)
-        model = HFLM(pretrained=str(hf_dir), tokenizer=str(hf_dir), backend="seq2seq" if encoder_decoder else "causal",
-                     device="cpu", batch_size=batch_size, dtype="float32")
+        model = _harness_model(hf_dir, encoder_decoder, batch_size)
         # the harness's own tasks are indexed (seconds) only when asked for; their data must be in the local cache
         local = {p.stem for p in folder.glob("*.yaml")} | {str(yaml.safe_load(p.read_text())["task"])
                                                              for p in folder.glob("*.yaml")}
