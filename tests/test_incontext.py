@@ -278,3 +278,39 @@ def test_rendered_prompts_hold_the_record_field_verbatim(tmp_path_factory, prefi
                                    prompt=template))
     assert task.prompts("test") == [(prefix + value + suffix, "a")]
     assert task.answer("a") == " a"  # no verbalizer: the label after a space
+
+
+def load_study_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_incontext", Path(__file__).parents[1] / "studies" / "incontext.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_study_file_plans_three_sizes_per_architecture_and_a_quick_variant(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])  # the study names its configs from the repository root
+    study = load_study_module()
+    full = study.load_study("configs/study-incontext.yaml", quick=False)
+    quick = study.load_study("configs/study-incontext.yaml", quick=True)
+    assert quick["shots"] == [0, 1, 4] and full["shots"] == [0, 1, 4, 16]
+    families = {}
+    for name in full["models"]:
+        cfg = study.run_config(quick, name, tmp_path)
+        families.setdefault(cfg.model.family, []).append(cfg.model.d_model)
+        assert cfg.train.max_steps == 60 and cfg.train.checkpoint_every == 30  # the quick keys, then the model's own
+        assert cfg.run_dir == str(tmp_path / name) and cfg.data.tokenizer.startswith(str(tmp_path))
+    assert families == {"gpt2": [32, 64, 96], "t5": [32, 64, 96]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\ntasks: [debian_summaries]\nshots: [0]\ndemo_seeds: [0]\neval_examples: 4\nmodels: {}\n")
+    with pytest.raises(PtlabError, match="debian_summaries is not a classification task"):
+        study.load_study(str(bad), quick=False)
+    rows = [{"model": "m", "family": "gpt2", "step": step, "tokens": 1000 * step, "parameters": 2e6, "task": "t",
+             "shots": shots, "seed": seed, "accuracy": 50.0 + step + seed, "accuracy_per_token": 40.0,
+             "shots_fitted_mean": float(shots), "examples": 8, "majority_class": "a", "majority_accuracy": 62.5}
+            for step in (0, 10) for shots in (0, 4) for seed in (0, 1)]
+    study.write_table({"tasks": ["t"], "shots": [0, 4], "models": {"m": {}}}, rows, tmp_path / "table.md")
+    table = (tmp_path / "table.md").read_text()
+    assert "Majority class (a): accuracy 62.5" in table
+    assert "| m | 2.00M | 10 | 0.01M | 60.5 / 40.0 | 60.5 / 40.0 [4.0] |" in table  # seeds 0 and 1 averaged

@@ -178,4 +178,6 @@ def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, nu
 
 def print_harness(results: dict[str, dict[str, float]], out=sys.stdout) -> None:
     for name, scores in results.items():
-        print(f"lm-evaluation-harness {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=out)
+        examples = f" ({scores['sample_len']:.0f} examples)" if "sample_len" in scores else ""
+        print(f"lm-evaluation-harness {name}{examples}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in scores.items() if k != "sample_len"), file=out)
