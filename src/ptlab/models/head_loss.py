@@ -86,13 +86,14 @@ class _HeadLossSum(torch.autograd.Function):
             grad_bias = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if need_bias else None
             for start in range(0, hidden.shape[0], chunk_tokens):
                 rows = slice(start, start + chunk_tokens)
-                logits = _chunk_logits(hidden[rows], weight, bias, scale, compute_dtype)
                 row_grad = grad * valid[rows]
-                # softmax minus the one-hot target, set at the target in float32 (see kernels.cross_entropy_sum)
-                grad_logits = torch.exp(logits - lse[rows, None]) * row_grad[:, None]
+                # softmax minus the one-hot target, set at the target in float32 (see kernels.cross_entropy_sum),
+                # in place: one chunk-sized float32 buffer at a time when run eagerly
+                probs = _chunk_logits(hidden[rows], weight, bias, scale, compute_dtype)
+                grad_logits = probs.sub_(lse[rows, None]).exp_().mul_(row_grad[:, None])
                 index = torch.arange(grad_logits.shape[0], device=grad_logits.device)
                 at_target = grad_logits[index, targets[rows]] - row_grad
-                grad_logits = grad_logits.index_put((index, targets[rows]), at_target).to(compute_dtype)
+                grad_logits = grad_logits.index_put_((index, targets[rows]), at_target).to(compute_dtype)
                 if need_hidden:
                     chunk_grad = grad_logits @ weight_low
                     grad_hidden.append(chunk_grad.to(wide) * scale if scale != 1.0 else chunk_grad)
