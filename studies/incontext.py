@@ -3,8 +3,8 @@
 checkpoints), prompts each checkpoint, and the random-weights model (step 0), on the study's classification tasks
 with each number of demonstrations and demonstration seed, and writes OUT/{results.jsonl, table.md, incontext.png}.
 
-    python studies/incontext.py configs/study-incontext.yaml            # the full grid: hours on 2 cores
-    python studies/incontext.py configs/study-incontext.yaml --quick    # a smoke version: a few minutes
+    python studies/incontext.py configs/study-incontext.yaml            # the full grid: many hours on 2 cores
+    python studies/incontext.py configs/study-incontext.yaml --quick    # a smoke version (9 CPU-minutes)
 
 Finished pre-training runs and evaluations already in results.jsonl are reused when the script is run again.
 """
@@ -81,22 +81,22 @@ def tokens_at(run_dir: Path, step: int) -> int:
     return int(logged[-1]) if logged else 0
 
 
-def random_weights(checkpoint: Path):
+def random_weights(checkpoint: Path, device: str):
     """The run's architecture freshly initialised (its seed): the floor every pre-trained step must beat."""
     config = load_checkpoint_config(checkpoint)
     torch.manual_seed(config.seed)
-    return build_model(config.model).eval()
+    return build_model(config.model).to(device).eval()
 
 
-def evaluate_run(study: dict, name: str, cfg: Config, done: set, results: Path) -> None:
+def evaluate_run(study: dict, name: str, cfg: Config, done: set, results: Path, device: str = "cpu") -> None:
     run_dir = Path(cfg.run_dir)
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise PtlabError(f"{run_dir}: no checkpoints (set train.checkpoint_every)")
     tokenizer = load_checkpoint_tokenizer(checkpoints[-1])
     budget = context_length(load_checkpoint_config(checkpoints[-1]))
-    points = [(0, lambda: random_weights(checkpoints[-1]))]
-    points += [(int(c.name.split("_")[1]), lambda c=c: load_model(c)) for c in checkpoints]
+    points = [(0, lambda: random_weights(checkpoints[-1], device))]
+    points += [(int(c.name.split("_")[1]), lambda c=c: load_model(c, device)) for c in checkpoints]
     for step, build in points:
         model = None
         for task_name in study["tasks"]:
@@ -107,7 +107,7 @@ def evaluate_run(study: dict, name: str, cfg: Config, done: set, results: Path) 
                     if key in done:
                         continue
                     model = model or build()
-                    scores, _ = score_prompted(model, tokenizer, task, "test", shots, seed, budget)
+                    scores, _ = score_prompted(model, tokenizer, task, "test", shots, seed, budget, device=device)
                     row = {"model": name, "family": cfg.model.family, "step": step,
                            "tokens": tokens_at(run_dir, step), "parameters": sum(p.numel() for p in model.parameters()),
                            "task": task_name, **scores}
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("study", help="the study file, e.g. configs/study-incontext.yaml")
     parser.add_argument("--quick", action="store_true", help="the study's `quick` variant (a few CPU minutes)")
     parser.add_argument("--out", help="output folder (default: the study's `out`)")
+    parser.add_argument("--device", default="cpu", help="where the checkpoints are prompted (default: %(default)s; "
+                                                        "pre-training follows train.device, e.g. an override)")
     args = parser.parse_args(argv)
     try:
         study = load_study(args.study, args.quick)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in study["models"]:
             cfg = run_config(study, name, out)
             pretrain(copy.deepcopy(cfg), show_progress=False)
-            evaluate_run(study, name, cfg, done, results)
+            evaluate_run(study, name, cfg, done, results, args.device)
         rows = read_rows(results)
         write_table(study, rows, out / "table.md")
         write_plot(study, rows, out / "incontext.png")
