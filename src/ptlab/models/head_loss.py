@@ -72,8 +72,10 @@ class _HeadLossSum(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk_tokens):
                 rows = slice(start, start + chunk_tokens)
                 logits = _chunk_logits(hidden[rows], weight, bias, scale, compute_dtype)
-                lse = torch.logsumexp(logits, dim=-1)
                 target_logits = logits.gather(1, targets[rows, None]).squeeze(1)
+                # log-sum-exp in place: the chunk's float32 logits are the only chunk-sized buffer
+                row_max = logits.amax(dim=-1)
+                lse = row_max + logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log()
                 total = total + ((lse - target_logits) * valid[rows]).sum()
                 lse_chunks.append(lse)
             lse = torch.cat(lse_chunks) if lse_chunks else hidden.new_zeros((0,), dtype=wide)
