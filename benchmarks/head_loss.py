@@ -139,7 +139,7 @@ def markdown(rows: list[dict], device: str, compiled: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocabs", default="8192,32768,131072")
-    parser.add_argument("--chunks", default="1024,0", help="loss_chunk_tokens settings; 0 is the unfused path")
+    parser.add_argument("--chunks", default="256,0", help="loss_chunk_tokens settings; 0 is the unfused path")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step (train.compile=true)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
