@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -311,13 +312,18 @@ def test_demo_runs_end_to_end_when_shrunk(tmp_path, small_corpus, tokenizer_dir)
                           f"data.validation_files=[{small_corpus['validation']}]", f"data.tokenizer={tokenizer_dir}",
                           "data.vocab_size=2000", "model.d_model=32", "model.d_kv=8", "model.d_ff=64",
                           "model.num_layers=1", "objective.inputs_length=32", "train.max_steps=6",
-                          "train.warmup_steps=1", "train.eval_every=0", "train.eval_batches=1", "train.compile=false")
+                          "train.warmup_steps=1", "train.eval_every=0", "train.eval_batches=1", "train.compile=false",
+                          "data.decontaminate=[rt_polarity]")
     assert result.returncode == 0, result.stderr[-2000:]
-    for line in ("validation loss at start", "validation loss at end", "sentinel-aware unigram baseline",
-                 "end loss below the baseline by", "Held-out validation passages", "Downstream: rt_polarity",
-                 "pre-trained    accuracy", "from scratch   accuracy", "demo finished in"):
+    for line in ("validation loss", "a unigram model of the targets", "one word masked", "top-5",
+                 "Downstream: debian_summaries", "one held-out package description", "Downstream: rt_polarity",
+                 "steps on the task's unlabeled training reviews", "always answering the majority label",
+                 "Verdicts", "demo finished in"):
         assert line in result.stdout, line
-    assert (tmp_path / "demo" / "checkpoints").is_dir()
+    verdicts = result.stdout.split("Verdicts")[1].splitlines()[1:3]
+    assert [v.split(":")[0].strip() for v in verdicts] == ["debian_summaries", "rt_polarity"]
+    assert all(re.search(r"(pays off|hurts|no clear difference), [+-]\d", v) for v in verdicts), verdicts
+    assert (tmp_path / "demo" / "checkpoints").is_dir() and (tmp_path / "demo" / "tapt-rt_polarity").is_dir()
 
 
 def run_cli_long(*args):
