@@ -229,8 +229,8 @@ def test_the_adaptive_study_plans_its_runs(tmp_path):
     plan = plan_study(*load_study(root / "configs" / "study-adaptive.yaml", [f"run_dir={tmp_path}"]))
     # general 2 seeds; general+TAPT and TAPT only 2 seeds x 3 tasks; general+DAPT 2 seeds
     assert len(plan.pretrains) == 2 + 6 + 6 + 2
-    # none 3 tasks x 2 seeds; the others x 2 pre-training seeds; DAPT on debian_summaries only
-    assert len(plan.finetunes) == 6 + 12 + 12 + 12 + 4
+    # none 3 tasks x 1 fine-tuning seed; the others x 2 pre-training seeds; DAPT on debian_summaries only
+    assert len(plan.finetunes) == 3 + 6 + 6 + 6 + 2
     dapt = [r for r in plan.pretrains if r.cell.name == "general + DAPT"]
     assert all(r.cfg.data.sources == ["debian_descriptions"] and r.init.cell.name == "general" for r in dapt)
     assert not tmp_path.joinpath("cells").exists()

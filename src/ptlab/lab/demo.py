@@ -51,7 +51,7 @@ FINETUNE_EPOCHS = 2.0
 
 
 def _wrap(label: str, text: str, width: int = 100) -> str:
-    return textwrap.fill(text, width=width, initial_indent=f"  {label:<11}", subsequent_indent=" " * 13)
+    return textwrap.fill(text, width=width, initial_indent=f"  {label:<13}", subsequent_indent=" " * 15)
 
 
 def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | None = None,
@@ -97,7 +97,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
         _show_masked_word(model, tokenizer, passage, out)
 
     summaries = compare(cfg, SUMMARIES, str(result.checkpoint), show_progress, out,
-                        "general pre-training (the checkpoint above)")
+                        "general pre-training: the checkpoint above")
     _show_summaries(summaries, out)
     tapt_steps = max(1, round(TAPT_SHARE * cfg.train.max_steps))
     adapted = task_adaptive_pretraining(cfg, result.checkpoint, SENTIMENT.name, tapt_steps, show_progress)
@@ -222,13 +222,12 @@ def compare(cfg: Config, task: TaskConfig, init: str, show_progress: bool, out, 
     n_train = task.max_train_examples
     print(f"Downstream: {task.name}, {n_train:,} training examples, {FINETUNE_EPOCHS:g} epochs, "
           f"{len(rows['pre-trained']):,} test examples ({metric})", file=out)
+    print(f"  {'pre-trained':<16}{scores['pre-trained']:>6.1f}   ({how})", file=out)
+    print(f"  {'from scratch':<16}{scores['from scratch']:>6.1f}", file=out)
     if resolve_task(task).is_classification:
         targets = [r["target"] for r in rows["pre-trained"]]
         majority = 100 * max(targets.count(label) for label in set(targets)) / len(targets)
-        print(f"  always answering the majority label   {majority:.1f}", file=out)
-    print(f"  pre-trained ({how})", file=out)
-    print(f"  {'':<38}{scores['pre-trained']:.1f}", file=out)
-    print(f"  from scratch{'':<26}{scores['from scratch']:.1f}", file=out)
+        print(f"  {'majority label':<16}{majority:>6.1f}   (always answering the most frequent label)", file=out)
     return Comparison(task.name, metric, scores["pre-trained"], scores["from scratch"], difference, low, high, rows)
 
 
