@@ -17,9 +17,9 @@ from __future__ import annotations
 import io
 import pickle
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.checkpoint.utils import CheckpointException
+from torch.utils._pytree import tree_map
 
 from ptlab.errors import PtlabError
 
@@ -100,6 +101,10 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     writer = FileSystemWriter(Path(directory) / DCP_DIR)
     state = _training_state(model, optimizer)
     if asynchronous:
+        # The writer's staging keeps tensors that already live in host memory as they are: without a copy the
+        # background write reads weights that the next steps are changing (torn checkpoints on CPU runs).
+        state = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) and x.device.type == "cpu"
+                         else x, state)
         return dcp.async_save(state, storage_writer=writer, process_group=process_group)
     dcp.save(state, storage_writer=writer, process_group=process_group)
     return None
