@@ -88,22 +88,24 @@ def test_bad_parameter_values_name_the_key(name, params, key):
         build_objective(name, params)
 
 
-def test_a_config_switches_objective_by_name_only(capsys):
-    cfg = load_config("configs/demo.yaml", ["objective.name=bart"])
+def test_a_config_switches_objective_by_name_only(capsys, tmp_path):
+    span_config = tmp_path / "span.yaml"  # a file that sets span corruption's own parameters
+    span_config.write_text("objective: {name: span_corruption, noise_density: 0.15, mean_span_length: 3.0}\n")
+    cfg = load_config(span_config, ["objective.name=bart"])
     assert cfg.objective.name == "bart"
     bound, dropped = build_objective(cfg.objective.name, cfg.objective.params, cfg.objective.inherited)
     assert set(dropped) == {"noise_density", "mean_span_length"} and bound.params.mask_ratio == 0.3
     # parameters the new objective shares carry over; explicit ones on the command line must be valid
-    cfg = load_config("configs/demo.yaml", ["objective.name=iid_replace_spans"])
+    cfg = load_config(span_config, ["objective.name=iid_replace_spans"])
     assert build_objective(cfg.objective.name, cfg.objective.params, cfg.objective.inherited)[0].params.noise_density \
         == 0.15
-    cfg = load_config("configs/demo.yaml", ["objective.name=bart", "objective.mask_ratio=0.4"])
+    cfg = load_config(span_config, ["objective.name=bart", "objective.mask_ratio=0.4"])
     assert build_objective(cfg.objective.name, cfg.objective.params, cfg.objective.inherited)[0].params.mask_ratio \
         == 0.4
     with pytest.raises(PtlabError, match="'objective.noise_density' for objective bart"):
-        load_config("configs/demo.yaml", ["objective.name=bart", "objective.noise_density=0.4"])
+        load_config(span_config, ["objective.name=bart", "objective.noise_density=0.4"])
     with pytest.raises(PtlabError, match="unknown objective 'bert'"):
-        load_config("configs/demo.yaml", ["objective.name=bert"])
+        load_config(span_config, ["objective.name=bert"])
 
 
 # ---- T5 family ----------------------------------------------------------------------------------------------------
