@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ptlab.config import Config, FinetuneConfig, TaskConfig, TrainConfig, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
@@ -34,7 +35,9 @@ from ptlab.downstream.metrics import PER_EXAMPLE, paired_bootstrap
 from ptlab.errors import PtlabError
 from ptlab.lab.adaptive import adaptation_config, fit_schedule
 from ptlab.lab.baselines import unigram_target_baseline
+from ptlab.lab.study.schedule import Job, run_jobs
 from ptlab.train.checkpoint import load_model
+from ptlab.train.host import available_cores
 from ptlab.train.loop import pretrain
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -83,7 +86,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     eval_batches = validation_batches(pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)
     eval_labels = np.concatenate([b["labels"].reshape(-1) for b in eval_batches])
     baseline = unigram_target_baseline(train_shard.tokens, eval_labels, specials, tokenizer.vocab_size)
-    print("", file=out)
+    print(file=out)
     print("Pre-training", file=out)
     print(f"  parameters                 {result.parameters:,}", file=out)
     print(f"  validation loss            {result.initial_val_loss:.3f} -> {result.final_val_loss:.3f} nats "
@@ -96,15 +99,9 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     if passage is not None:
         _show_masked_word(model, tokenizer, passage, out)
 
-    summaries = compare(cfg, SUMMARIES, str(result.checkpoint), show_progress, out,
-                        "general pre-training: the checkpoint above")
-    _show_summaries(summaries, out)
-    tapt_steps = max(1, round(TAPT_SHARE * cfg.train.max_steps))
-    adapted = task_adaptive_pretraining(cfg, result.checkpoint, SENTIMENT.name, tapt_steps, show_progress)
-    sentiment = compare(cfg, SENTIMENT, str(adapted), show_progress, out,
-                        f"general pre-training, then {tapt_steps:,} steps on the task's unlabeled training reviews")
+    summaries, sentiment = downstream(cfg, result.checkpoint, show_progress, out)
     elapsed = time.perf_counter() - started
-    print("", file=out)
+    print(file=out)
     print("Verdicts (95% intervals over the test examples, one fine-tuning seed; across pre-training and "
           "fine-tuning seeds see docs/results/does-pretraining-help.md)", file=out)
     for comparison in (summaries, sentiment):
@@ -147,7 +144,7 @@ def _show_masked_word(model: torch.nn.Module, tokenizer: PtlabTokenizer, passage
     logits = model(torch.tensor([masked]), torch.tensor([decoder_input]), torch.ones(1, len(masked), dtype=torch.long))
     top = torch.topk(torch.softmax(logits[0, -1].float(), dim=-1), 5)
     guesses = ", ".join(f"{_piece(tokenizer, int(i))} {100 * float(p):.0f}%" for p, i in zip(top.values, top.indices))
-    print("", file=out)
+    print(file=out)
     print("A held-out passage with one word masked (the model's five likeliest first pieces for it)", file=out)
     print(_wrap("input", f"{before} <mask> {after}"), file=out)
     print(_wrap("masked", word), file=out)
@@ -175,6 +172,8 @@ def task_adaptive_pretraining(cfg: Config, checkpoint: Path, task: str, steps: i
 
 # ---------------------------------------------------------------- downstream comparisons
 
+ARMS = ("pre-trained", "from scratch")
+
 
 @dataclass
 class Comparison:
@@ -200,25 +199,79 @@ class Comparison:
                 f"{self.task}_difference": self.difference}
 
 
-def compare(cfg: Config, task: TaskConfig, init: str, show_progress: bool, out, how: str) -> Comparison:
-    """Fine-tune `init` and the same architecture from scratch on `task` with one recipe; score both on the test
-    split, and the paired difference with its bootstrap interval over the test examples."""
+def downstream(cfg: Config, checkpoint: Path, show_progress: bool, out) -> tuple[Comparison, Comparison]:
+    """The five downstream runs (the adaptation, then four fine-tunes), two at a time on a machine with two cores
+    or more: on a small CPU two single-threaded runs side by side do more work than one run on both cores. Returns
+    the summaries' and the sentiment comparisons, printed in that order."""
+    tapt_steps = max(1, round(TAPT_SHARE * cfg.train.max_steps))
+    adapt = Job("task-adaptive pre-training on rt_polarity", _adapt_job,
+                (cfg, str(checkpoint), SENTIMENT.name, tapt_steps), urgent=True)  # a fine-tune waits for it
+    jobs, arms = [adapt], {}
+    for task, init in ((SUMMARIES, str(checkpoint)), (SENTIMENT, None)):
+        for arm in ARMS:
+            ft = _finetune_config(cfg, task, arm, init if arm == "pre-trained" else "none")
+            job = Job(f"fine-tuning {task.name}, {arm}", _finetune_job, (ft,),
+                      after=adapt if arm == "pre-trained" and init is None else None)
+            jobs.append(job)
+            arms[id(job)] = (task.name, arm)
+    workers = 2 if available_cores() >= 2 else 1
+    finished: dict[tuple[str, str], dict[str, float]] = {}
+    with tqdm(total=len(jobs), desc=f"downstream ({workers} runs at a time)", unit=" runs",
+              disable=not show_progress or workers == 1) as bar:
+        for job, outcome in run_jobs(jobs, workers, show_progress=show_progress):
+            bar.update()
+            if id(job) in arms:
+                finished[arms[id(job)]] = outcome
+    summaries = compare(cfg, SUMMARIES, finished, out, "general pre-training: the checkpoint above")
+    _show_summaries(summaries, out)
+    sentiment = compare(cfg, SENTIMENT, finished, out,
+                        f"general pre-training, then {tapt_steps:,} steps on the task's unlabeled training reviews")
+    return summaries, sentiment
+
+
+def _adapt_job(cfg: Config, checkpoint: str, task: str, steps: int, _needed, threads: int,
+               show_progress: bool) -> str:
+    cfg = copy.deepcopy(cfg)
+    cfg.train.threads = threads
+    return str(task_adaptive_pretraining(cfg, Path(checkpoint), task, steps, show_progress))
+
+
+def _finetune_job(ft: FinetuneConfig, adapted: str | None, threads: int, show_progress: bool) -> dict[str, float]:
+    """One fine-tune (from the adapted checkpoint when the job waited for one); its test scores."""
+    ft = copy.deepcopy(ft)
+    ft.train.threads = threads
+    if adapted is not None:
+        ft.init = adapted
+    ft.validate()
+    return finetune(ft, show_progress, resume="never").test
+
+
+def _finetune_config(cfg: Config, task: TaskConfig, arm: str, init: str | None) -> FinetuneConfig:
+    """One recipe for both arms: the pre-training's architecture, RMS-scaled AdamW, `FINETUNE_EPOCHS` passes
+    (`init` None: the adapted checkpoint, known when its job ends)."""
+    return FinetuneConfig(run_dir=_arm_dir(cfg, task, arm), seed=cfg.seed, init=init or "none",
+                          tokenizer=cfg.data.tokenizer, model=copy.deepcopy(cfg.model), task=copy.deepcopy(task),
+                          train=dataclasses.replace(FINETUNE, precision=cfg.train.precision),
+                          epochs=FINETUNE_EPOCHS, patience=3)
+
+
+def _arm_dir(cfg: Config, task: TaskConfig, arm: str) -> str:
+    return str(Path(cfg.run_dir) / f"{task.name}-{arm.replace(' ', '-')}")
+
+
+def compare(cfg: Config, task: TaskConfig, finished: dict, out, how: str) -> Comparison:
+    """Both arms' test scores on `task`, and the paired difference with its bootstrap interval over the test
+    examples."""
     metric = resolve_task(task).metrics[0]
     scores, rows = {}, {}
-    for arm, start in (("pre-trained", init), ("from scratch", "none")):
-        ft = FinetuneConfig(run_dir=str(Path(cfg.run_dir) / f"{task.name}-{arm.replace(' ', '-')}"), seed=cfg.seed,
-                            init=start, tokenizer=cfg.data.tokenizer, model=copy.deepcopy(cfg.model),
-                            task=copy.deepcopy(task), train=dataclasses.replace(FINETUNE, precision=cfg.train.precision),
-                            epochs=FINETUNE_EPOCHS, patience=3)
-        ft.validate()
-        result = finetune(ft, show_progress, resume="never")
-        scores[arm] = result.test[metric]
-        with open(result.run_dir / "test_predictions.jsonl", encoding="utf-8") as lines:
+    for arm in ARMS:
+        scores[arm] = finished[(task.name, arm)][metric]
+        with open(Path(_arm_dir(cfg, task, arm)) / "test_predictions.jsonl", encoding="utf-8") as lines:
             rows[arm] = [json.loads(line) for line in lines]
     per_example = {arm: PER_EXAMPLE[metric]([r["prediction"] for r in arm_rows], [r["target"] for r in arm_rows])
                    for arm, arm_rows in rows.items()}
     difference, low, high = paired_bootstrap(per_example["pre-trained"], per_example["from scratch"], seed=cfg.seed)
-    print("", file=out)
+    print(file=out)
     n_train = task.max_train_examples
     print(f"Downstream: {task.name}, {n_train:,} training examples, {FINETUNE_EPOCHS:g} epochs, "
           f"{len(rows['pre-trained']):,} test examples ({metric})", file=out)
