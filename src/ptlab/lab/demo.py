@@ -28,12 +28,13 @@ from tqdm import tqdm
 from ptlab.config import Config, FinetuneConfig, TaskConfig, TrainConfig, load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
 from ptlab.data.pipeline import pretrain_batches, resolve_objective, validation_batches
-from ptlab.data.tasks import TASK_PREFIX, resolve_task
+from ptlab.data.tasks import resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.downstream.finetune import finetune
+from ptlab.downstream.incontext import majority_floor
 from ptlab.downstream.metrics import PER_EXAMPLE, paired_bootstrap
 from ptlab.errors import PtlabError
-from ptlab.lab.adaptive import adaptation_config, fit_schedule
+from ptlab.lab.adaptive import adaptation_config, fit_schedule, task_reference
 from ptlab.lab.baselines import unigram_target_baseline
 from ptlab.lab.study.schedule import Job, run_jobs
 from ptlab.train.checkpoint import load_model
@@ -165,7 +166,7 @@ def task_adaptive_pretraining(cfg: Config, checkpoint: Path, task: str, steps: i
     split, never its validation or test texts (`ptlab tapt`'s first half); returns the adapted checkpoint."""
     adapt_dir = Path(cfg.run_dir) / f"tapt-{task}"
     ft = FinetuneConfig(run_dir=str(adapt_dir), seed=cfg.seed, init=str(checkpoint), task=TaskConfig(name=task))
-    adapt = adaptation_config(cfg, ft, adapt_dir, f"{TASK_PREFIX}{task}", steps)
+    adapt = adaptation_config(cfg, ft, adapt_dir, task_reference(ft.task, adapt_dir), steps)
     fit_schedule(adapt, steps)
     return pretrain(adapt, show_progress, resume="never").checkpoint
 
@@ -207,11 +208,11 @@ def downstream(cfg: Config, checkpoint: Path, show_progress: bool, out) -> tuple
     adapt = Job("task-adaptive pre-training on rt_polarity", _adapt_job,
                 (cfg, str(checkpoint), SENTIMENT.name, tapt_steps), urgent=True)  # a fine-tune waits for it
     jobs, arms = [adapt], {}
-    for task, init in ((SUMMARIES, str(checkpoint)), (SENTIMENT, None)):
-        for arm in ARMS:
-            ft = _finetune_config(cfg, task, arm, init if arm == "pre-trained" else "none")
-            job = Job(f"fine-tuning {task.name}, {arm}", _finetune_job, (ft,),
-                      after=adapt if arm == "pre-trained" and init is None else None)
+    # the summaries' pre-trained arm starts from the checkpoint, the sentiment's from the adaptation's result
+    for task, pretrained_init, after in ((SUMMARIES, str(checkpoint), None), (SENTIMENT, None, adapt)):
+        for arm, init, waits_for in ((ARMS[0], pretrained_init, after), (ARMS[1], "none", None)):
+            job = Job(f"fine-tuning {task.name}, {arm}", _finetune_job, (_finetune_config(cfg, task, arm, init),),
+                      after=waits_for)
             jobs.append(job)
             arms[id(job)] = (task.name, arm)
     workers = 2 if available_cores() >= 2 else 1
@@ -262,7 +263,8 @@ def _arm_dir(cfg: Config, task: TaskConfig, arm: str) -> str:
 def compare(cfg: Config, task: TaskConfig, finished: dict, out, how: str) -> Comparison:
     """Both arms' test scores on `task`, and the paired difference with its bootstrap interval over the test
     examples."""
-    metric = resolve_task(task).metrics[0]
+    resolved = resolve_task(task)
+    metric = resolved.metrics[0]
     scores, rows = {}, {}
     for arm in ARMS:
         scores[arm] = finished[(task.name, arm)][metric]
@@ -277,10 +279,9 @@ def compare(cfg: Config, task: TaskConfig, finished: dict, out, how: str) -> Com
           f"{len(rows['pre-trained']):,} test examples ({metric})", file=out)
     print(f"  {'pre-trained':<16}{scores['pre-trained']:>6.1f}   ({how})", file=out)
     print(f"  {'from scratch':<16}{scores['from scratch']:>6.1f}", file=out)
-    if resolve_task(task).is_classification:
-        targets = [r["target"] for r in rows["pre-trained"]]
-        majority = 100 * max(targets.count(label) for label in set(targets)) / len(targets)
-        print(f"  {'majority label':<16}{majority:>6.1f}   (always answering the most frequent label)", file=out)
+    if resolved.is_classification:
+        _, majority = majority_floor(resolved, [r["target"] for r in rows["pre-trained"]])
+        print(f"  {'majority label':<16}{majority:>6.1f}   (always answering the training split's most frequent label)", file=out)
     return Comparison(task.name, metric, scores["pre-trained"], scores["from scratch"], difference, low, high, rows)
 
 
