@@ -1,7 +1,7 @@
 """Peak memory and speed of one training step with the LM head and loss fused in chunks (`train.loss_chunk_tokens`)
 against today's unfused path (the whole batch's logits, then the loss), at vocabularies of 8k, 32k and 128k.
 
-    .venv/bin/python benchmarks/head_loss.py [--vocabs 8192,32768,131072] [--chunks 4096,0] [--compile]
+    .venv/bin/python benchmarks/head_loss.py [--vocabs 8192,32768,131072] [--chunks 128,256,0] [--compile]
                                              [--steps 3] [--output benchmarks/results/head-loss-cpu]
 
 The model is a GPT-2-style decoder of small width (d_model 256, 4 layers), batch 8 x 512, bf16 autocast, AdamW:
@@ -129,17 +129,18 @@ def markdown(rows: list[dict], device: str, compiled: bool) -> str:
         lines.append(f"| {row['vocab']:,} | {path} | {row['step_peak_mib']:,.0f} | {row['tokens_per_second']:,.0f} |")
     lines.append("")
     for vocab in sorted({r["vocab"] for r in rows}):
-        pair = {r["chunk_tokens"] > 0: r for r in rows if r["vocab"] == vocab}
-        if len(pair) == 2:
-            lines.append(f"- {vocab:,}: fused peak {pair[True]['step_peak_mib'] / pair[False]['step_peak_mib']:.0%} "
-                         f"of unfused, speed {pair[True]['tokens_per_second'] / pair[False]['tokens_per_second']:.2f}x")
+        unfused = [r for r in rows if r["vocab"] == vocab and not r["chunk_tokens"]]
+        for fused in (r for r in rows if r["vocab"] == vocab and r["chunk_tokens"] and unfused):
+            lines.append(f"- {vocab:,}, {fused['chunk_tokens']}-token chunks: fused peak "
+                         f"{fused['step_peak_mib'] / unfused[0]['step_peak_mib']:.0%} of unfused, speed "
+                         f"{fused['tokens_per_second'] / unfused[0]['tokens_per_second']:.2f}x")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocabs", default="8192,32768,131072")
-    parser.add_argument("--chunks", default="256,0", help="loss_chunk_tokens settings; 0 is the unfused path")
+    parser.add_argument("--chunks", default="128,256,0", help="loss_chunk_tokens settings; 0 is the unfused path")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step (train.compile=true)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -149,21 +150,31 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_setting(*json.loads(args.child))))
         return
+    rows = run([int(v) for v in args.vocabs.split(",")], [int(c) for c in args.chunks.split(",")], args.compile,
+               args.steps, args.device)
+    write(rows, Path(args.output), args.device, args.compile)
+    print(markdown(rows, args.device, args.compile))
+
+
+def run(vocabs: list[int], chunks: list[int], compiled: bool, steps: int = 3, device: str = "cpu") -> list[dict]:
+    """Every (vocabulary, chunk) setting, memory and speed each in a fresh process."""
     rows = []
-    for vocab in map(int, args.vocabs.split(",")):
-        for chunk in map(int, args.chunks.split(",")):
-            memory = measure(vocab, chunk, "memory", args.compile, args.steps, args.device)
-            speed = measure(vocab, chunk, "speed", args.compile, args.steps, args.device)
+    for vocab in vocabs:
+        for chunk in chunks:
+            memory = measure(vocab, chunk, "memory", compiled, steps, device)
+            speed = measure(vocab, chunk, "speed", compiled, steps, device)
             row = {**speed, "step_peak_mib": memory["step_peak_mib"]}
             row.pop("mode")
             rows.append(row)
             print(json.dumps(row), flush=True)
+    return rows
+
+
+def write(rows: list[dict], output: Path, device: str, compiled: bool) -> None:
     from ptlab.files import write_text_atomic
 
-    output = Path(args.output)
     write_text_atomic(output.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
-    write_text_atomic(output.with_suffix(".md"), markdown(rows, args.device, args.compile))
-    print(markdown(rows, args.device, args.compile))
+    write_text_atomic(output.with_suffix(".md"), markdown(rows, device, compiled))
 
 
 if __name__ == "__main__":

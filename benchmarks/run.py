@@ -3,11 +3,12 @@
 (benchmarks/data.py: objectives, tokenizers, cleaning), then tokenization at scale (benchmarks/tokenization.py: ptlab
 tokenize with 1 and 2 workers against datasets.map), then the scaling curves (benchmarks/scaling.py: tokens/s and
 peak memory against sequence length, width and vocabulary, ptlab against HF; benchmarks/results/scaling-cpu.md and
-.png). Writes benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at
+.png), then the fused head and loss against the unfused one in the compiled step (benchmarks/head_loss.py: peak
+memory and tokens/s at 8k, 32k and 128k vocabularies; benchmarks/results/head-loss-cpu.md). Writes benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at
 equal precision for any family.
 
     .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--scaling full|quick|off]
-                                       [--json PATH]
+                                       [--head-loss on|off] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tokenization  # noqa: E402
 import train  # noqa: E402
 
 import data  # noqa: E402
+import head_loss  # noqa: E402
 import scaling  # noqa: E402
 
 
@@ -35,6 +37,8 @@ def main() -> int:
                         help="corpus size for the tokenization benchmark (0 skips it)")
     parser.add_argument("--scaling", choices=("full", "quick", "off"), default="full",
                         help="the scaling curves' sweep (quick: fewer points)")
+    parser.add_argument("--head-loss", choices=("on", "off"), default="on",
+                        help="the fused head and loss's memory and speed (about 8 minutes)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
     args = parser.parse_args()
     settings = ["HF default", "HF best", "ptlab fp32", "ptlab eager", "ptlab"]
@@ -48,9 +52,15 @@ def main() -> int:
                                             else scaling.SWEEPS)
         scaling.write(curves, scaling_lines, Path("benchmarks/results/scaling-cpu"),
                       f"benchmarks/run.py --scaling {args.scaling}")
+    fused = []
+    if args.head_loss == "on":
+        fused = head_loss.run([8192, 32768, 131072], [128, 256, 0], compiled=True)
+        head_loss.write(fused, Path("benchmarks/results/head-loss-cpu"), "cpu", compiled=True)
+        scaling_lines += ["", head_loss.markdown(fused, "cpu", compiled=True)]
     print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines)
           + "\n\n" + "\n".join(scaling_lines))
-    return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing, "scaling": curves},
+    return train.finish({"training": training, "data": pipeline, "tokenize": tokenizing, "scaling": curves,
+                         "head_loss": fused},
                         args.json, failures)
 
 

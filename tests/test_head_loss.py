@@ -63,14 +63,38 @@ def test_value_and_gradients_equal_the_unfused_loss_in_float64(tokens, chunk, ig
         assert got == 0 and all(not g.any() for g in got_grads[:2])
 
 
-def test_gradcheck():
+def test_gradients_match_central_differences_and_scale_with_the_upstream_gradient():
+    """Against finite differences of the loss alone (the forward without gradients), not against another
+    implementation; the gradient reaching the loss (1.7 here) scales every input's gradient."""
     g = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(11, 5, dtype=torch.float64, generator=g), torch.randn(13, 5, dtype=torch.float64,
                                                                                       generator=g)
     bias = torch.randn(13, dtype=torch.float64, generator=g)
     labels = torch.tensor([1, -100, 3, 12, 0, 5, -100, 7, 8, 9, 2])
-    assert torch.autograd.gradcheck(lambda h, w, b: head_loss_sum(h, labels, OutputHead(w, b, 0.5), 4),
-                                    tuple(x.requires_grad_() for x in (hidden, weight, bias)))
+
+    def loss(h, w, b):
+        return head_loss_sum(h, labels, OutputHead(w, b, 0.5), 4)
+
+    inputs = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    (1.7 * loss(*inputs)).backward()
+    step = 1e-6
+    for which, x in enumerate((hidden, weight, bias)):
+        numeric = torch.zeros_like(x)
+        for i in range(x.numel()):
+            plus, minus = [t.clone() for t in (hidden, weight, bias)], [t.clone() for t in (hidden, weight, bias)]
+            plus[which].view(-1)[i] += step
+            minus[which].view(-1)[i] -= step
+            with torch.no_grad():
+                numeric.view(-1)[i] = 1.7 * (loss(*plus) - loss(*minus)) / (2 * step)
+        torch.testing.assert_close(inputs[which].grad, numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_a_retained_graph_differentiated_again_fails_instead_of_scaling_twice():
+    hidden, weight = torch.randn(6, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
+    loss = head_loss_sum(hidden, torch.tensor([1, 2, 3, 4, 5, 6]), OutputHead(weight), 4)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
 
 
 def model_and_batch(family: str, tie: bool | None = None):
@@ -215,3 +239,25 @@ def test_compiled_fused_matches_compiled_unfused_and_leaves_the_logits_out_of_th
 def test_inductor_compiled_fused_matches_compiled_unfused(family):
     model, batch = model_and_batch(family)
     assert_bf16_close(*compiled_step(model, batch, 5, "inductor"), *compiled_step(model, batch, 0, "inductor"))
+
+
+@pytest.mark.parametrize("tokens", [7, 70])  # fewer tokens than a chunk (padded to 16 rows); a padded last chunk
+def test_the_compiled_chunk_kernel_computes_what_the_eager_one_does(tokens):
+    """Inside a compiled step each chunk runs through an inductor graph of its own, on padded chunks of one
+    shape; its loss and gradients (biased, scaled head; ignored labels) are the eager kernel's."""
+    g = torch.Generator().manual_seed(tokens)
+    hidden, weight = torch.randn(tokens, 16, generator=g), torch.randn(V, 16, generator=g)
+    bias = torch.randn(V, generator=g)
+    labels = torch.randint(0, V, (tokens,), generator=g)
+    labels[::3] = -100
+
+    def loss(h, w, b):
+        return head_loss_sum(h, labels, OutputHead(w, b, 0.5), 32)
+
+    want, want_grads = grads(loss, hidden, weight, bias)
+    torch._dynamo.reset()
+    got, got_grads = grads(torch.compile(loss, backend="eager"), hidden, weight, bias)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g_got, g_want in zip(got_grads, want_grads):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)

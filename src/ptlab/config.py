@@ -239,10 +239,10 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     # The LM head and the cross-entropy fused, this many tokens at a time, so the whole batch's logits are never
-    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss. At 256, 8 x 512 tokens and a 32k
-    # vocabulary, a step's peak memory is 19% of the unfused one's eagerly but 72% compiled on CPU (the compiler
-    # already keeps those logits lean), at 0.75-0.85x the speed (benchmarks/results/head-loss-cpu.md): worth it
-    # for large vocabularies and memory-bound (GPU) runs, not for the CPU's default compiled step
+    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss. At 8 x 512 tokens and a 32k
+    # vocabulary, a step's peak memory at 128 (256) is 49% (51%) of the unfused one's compiled on CPU and 15% (17%)
+    # eagerly, at 0.8-1.0x the speed (benchmarks/results/head-loss-cpu.md): worth it for large vocabularies and
+    # memory-bound runs; on a GPU use thousands of tokens
     loss_chunk_tokens: int = 0
     precision: str = "bf16"  # bf16 (autocast) | fp32
     device: str = "auto"  # auto (cuda when available) | cpu | cuda

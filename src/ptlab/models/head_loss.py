@@ -2,10 +2,11 @@
 hidden states, without ever holding the logits of the whole batch.
 
 At a 32k vocabulary a batch of 8 x 512 tokens has 128M logits: 256 MiB in bf16, 512 MiB once upcast to float32 for
-the softmax, and as much again for their gradient; the model's own activations are a fraction of that. Here the
-forward keeps only each token's log-sum-exp (4 bytes a token), and the backward recomputes one chunk's logits at a
-time to turn them into the hidden states' and the head weight's gradients (Liger's fused linear cross-entropy and
-torchtune's chunked loss do the same). The price is the head's matmul done once more, in the backward.
+the softmax, and as much again for their gradient; the model's own activations are a fraction of that. Here each
+chunk's logits are computed once, in the forward, and turned at once into the chunk's loss and its gradients for
+the hidden states and the head's weight (the loss is a sum, so the gradient that reaches it later only scales
+them); the backward multiplies by that scale. Liger's fused linear cross-entropy does the same on GPUs. What stays
+between forward and backward is one gradient the size of the hidden states and one the size of the head.
 
 Every family's head is one `OutputHead`: logits = (hidden * scale) @ weight.T + bias, where scale is T5 v1.0's
 d_model**-0.5 before its tied head and bias BART's `final_logits_bias`. The models compute their logits through
@@ -36,88 +37,142 @@ def head_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, 
     """Summed cross-entropy of `head.logits(hidden)` (in float32) against `labels`, skipping `ignore_index`: the
     same value and gradients as `F.cross_entropy(head.logits(hidden).float(), labels, reduction="sum")`, with the
     logits computed `chunk_tokens` tokens at a time. `hidden` is [..., d_model], `labels` the matching [...].
-    Under autocast the head's products run in the autocast dtype, as they would in the unfused model."""
+    Under autocast the head's products run in the autocast dtype, as they would in the unfused model. Called
+    inside a compiled step, each chunk runs through a small compiled graph of its own (`CHUNK_COMPILE_BACKEND`)."""
     device_type = hidden.device.type
     compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                      else torch.promote_types(hidden.dtype, head.weight.dtype))
     return _chunk_by_chunk(hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), head.weight, head.bias,
-                           head.scale, chunk_tokens, ignore_index, compute_dtype)
+                           head.scale, chunk_tokens, ignore_index, compute_dtype, torch.compiler.is_compiling())
+
+
+CHUNK_COMPILE_BACKEND = "inductor"  # what compiles the chunk kernel inside a compiled step
 
 
 @torch.compiler.disable
 def _chunk_by_chunk(*args) -> torch.Tensor:
-    # Eager even inside a compiled step: in one graph the chunks' products do not depend on one another, and the
-    # compiler ran them side by side, holding every chunk's logits at once (measured on CPU at a 32k vocabulary:
-    # the compiled fused step peaked above the compiled unfused one). Eagerly they run one after the other.
+    # Outside the step's graph: in one graph the chunks do not depend on one another, and the compiler ran them
+    # side by side, holding every chunk's logits at once (measured on CPU at a 32k vocabulary: the compiled fused
+    # step peaked above the compiled unfused one). Here they run one after the other, each through one small graph.
     return _HeadLossSum.apply(*args)
 
 
-def _chunk_logits(hidden, weight, bias, scale, compute_dtype):
-    """One chunk's logits, rounded as the unfused head rounds them, then in float32 (at least) for the softmax."""
-    x = hidden * scale if scale != 1.0 else hidden
-    logits = x.to(compute_dtype) @ weight.to(compute_dtype).t()
-    if bias is not None:
-        logits = logits + bias.reshape(-1).to(logits.dtype)
-    return logits.to(torch.promote_types(compute_dtype, torch.float32))
+def _loss_and_logit_gradients_(logits, targets, valid):
+    """One chunk's summed loss from its logits (in the compute dtype, rounded as the unfused head rounds them, taken
+    to float32 at least for the softmax), and the gradient of that sum at each target. The logits are overwritten
+    with the softmax, the rest of their gradient: the caller sets the targets' entries (softmax minus the one-hot
+    target, computed in float32 as kernels.cross_entropy_sum does, instead of comparing every index with the
+    target; set apart, the compiled kernel writes the softmax in place, with no second chunk-sized buffer)."""
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(wide, dim=-1)
+    target_logits = wide.gather(1, targets[:, None]).squeeze(1)
+    loss = ((lse - target_logits) * valid).sum()
+    row_grad = valid.to(lse.dtype)
+    # in place on the float32 copy: run eagerly, one chunk-sized float32 buffer at a time
+    logits.copy_(wide.sub_(lse[:, None]).exp_().mul_(row_grad[:, None]))
+    return loss, ((torch.exp(target_logits - lse) - 1.0) * row_grad).to(logits.dtype)
+
+
+def _loss_only(logits, targets, valid):
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    target_logits = wide.gather(1, targets[:, None]).squeeze(1)
+    return ((torch.logsumexp(wide, dim=-1) - target_logits) * valid).sum()
+
+
+_compiled_kernels: dict = {}
+
+
+def _chunk_kernel(compiled: bool, want_gradients: bool):
+    kernel = _loss_and_logit_gradients_ if want_gradients else _loss_only
+    if not compiled:
+        return kernel
+    key = (kernel, CHUNK_COMPILE_BACKEND)
+    if key not in _compiled_kernels:
+        # every chunk has one shape (the last one padded), so one graph serves every batch
+        _compiled_kernels[key] = torch.compile(kernel, backend=CHUNK_COMPILE_BACKEND, dynamic=False)
+    return _compiled_kernels[key]
+
+
+def _chunks(tokens: int, chunk_tokens: int, compiled: bool) -> tuple[range, int]:
+    """The chunks' first rows, and their length. Compiled, every chunk has the same number of rows, the last one
+    padded with ignored tokens: `chunk_tokens`, or for a batch smaller than that the next power of two above its
+    token count (16 at least), so that a few graphs serve batches of any size."""
+    rows = chunk_tokens
+    if compiled and tokens < chunk_tokens:
+        rows = max(16, 1 << max(tokens - 1, 0).bit_length())
+    return range(0, tokens, rows), rows
+
+
+def _padded(tensor: torch.Tensor, start: int, rows: int, fill=0) -> torch.Tensor:
+    part = tensor[start:start + rows]
+    if part.shape[0] == rows:
+        return part
+    padded = tensor.new_full((rows, *tensor.shape[1:]), fill)
+    padded[:part.shape[0]] = part
+    return padded
 
 
 class _HeadLossSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, labels, weight, bias, scale, chunk_tokens, ignore_index, compute_dtype):
+    def forward(ctx, hidden, labels, weight, bias, scale, chunk_tokens, ignore_index, compute_dtype, compiled):
+        need_hidden, _, need_weight, need_bias = ctx.needs_input_grad[:4]
+        want_gradients = need_hidden or need_weight or need_bias
+        kernel = _chunk_kernel(compiled, want_gradients)
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are chosen here, explicitly
             valid = labels != ignore_index
             targets = labels.masked_fill(~valid, 0)
+            weight_low = weight.to(compute_dtype)
             wide = torch.promote_types(compute_dtype, torch.float32)
-            lse_chunks, total = [], hidden.new_zeros((), dtype=wide)
-            for start in range(0, hidden.shape[0], chunk_tokens):
-                rows = slice(start, start + chunk_tokens)
-                logits = _chunk_logits(hidden[rows], weight, bias, scale, compute_dtype)
-                target_logits = logits.gather(1, targets[rows, None]).squeeze(1)
-                # log-sum-exp in place: the chunk's float32 logits are the only chunk-sized buffer
-                row_max = logits.amax(dim=-1)
-                lse = row_max + logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log()
-                total = total + ((lse - target_logits) * valid[rows]).sum()
-                lse_chunks.append(lse)
-            lse = torch.cat(lse_chunks) if lse_chunks else hidden.new_zeros((0,), dtype=wide)
-        ctx.save_for_backward(hidden, weight, bias, targets, valid, lse)
-        ctx.scale, ctx.chunk_tokens, ctx.compute_dtype = scale, chunk_tokens, compute_dtype
+            total = hidden.new_zeros((), dtype=wide)
+            tokens, vocab = hidden.shape[0], weight.shape[0]
+            grad_hidden = torch.empty_like(hidden, dtype=wide) if need_hidden else None
+            grad_weight = torch.zeros_like(weight, dtype=wide) if need_weight else None
+            grad_bias = torch.zeros(vocab, dtype=wide, device=weight.device) if need_bias else None
+            starts, rows = _chunks(tokens, chunk_tokens, compiled)
+            logits = hidden.new_empty((rows, vocab), dtype=compute_dtype)  # every chunk's logits, in turn
+            index = torch.arange(rows, device=hidden.device)
+            block_rows = max(1, rows * vocab // (32 * hidden.shape[1]))
+            for start in starts:
+                kept = min(rows, tokens - start)
+                x = hidden[start:start + rows] * scale if scale != 1.0 else hidden[start:start + rows]
+                x_low = x.to(compute_dtype)
+                torch.mm(_padded(x_low, 0, rows), weight_low.t(), out=logits)
+                if bias is not None:
+                    logits += bias.reshape(-1).to(compute_dtype)
+                chunk_targets = _padded(targets, start, rows)
+                if not want_gradients:
+                    total = total + kernel(logits, chunk_targets, _padded(valid, start, rows, False))
+                    continue
+                loss, at_target = kernel(logits, chunk_targets, _padded(valid, start, rows, False))
+                total = total + loss
+                logits[index, chunk_targets] = at_target
+                grad_logits = logits[:kept]
+                if need_hidden:
+                    grad_hidden[start:start + kept] = grad_logits @ weight_low
+                if need_weight:
+                    # in blocks of vocabulary rows, each product a 32nd of the chunk's logits
+                    for first in range(0, vocab, block_rows):
+                        block = slice(first, first + block_rows)
+                        grad_weight[block].add_(grad_logits[:, block].t() @ x_low)
+                if need_bias:
+                    grad_bias += grad_logits.to(wide).sum(0)
+        if need_hidden and scale != 1.0:
+            grad_hidden *= scale
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = hidden.dtype, weight.dtype, None if bias is None else (bias.shape, bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, bias, targets, valid, lse = ctx.saved_tensors
-        scale, chunk_tokens, compute_dtype = ctx.scale, ctx.chunk_tokens, ctx.compute_dtype
-        need_hidden, _, need_weight, need_bias = ctx.needs_input_grad[:4]
-        with torch.autocast(hidden.device.type, enabled=False):
-            weight_low = weight.to(compute_dtype)
-            grad_hidden = []
-            wide = lse.dtype
-            grad_weight = torch.zeros_like(weight, dtype=wide) if need_weight else None
-            grad_bias = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if need_bias else None
-            for start in range(0, hidden.shape[0], chunk_tokens):
-                rows = slice(start, start + chunk_tokens)
-                row_grad = grad * valid[rows]
-                # softmax minus the one-hot target, set at the target in float32 (see kernels.cross_entropy_sum),
-                # in place: one chunk-sized float32 buffer at a time when run eagerly
-                probs = _chunk_logits(hidden[rows], weight, bias, scale, compute_dtype)
-                grad_logits = probs.sub_(lse[rows, None]).exp_().mul_(row_grad[:, None])
-                index = torch.arange(grad_logits.shape[0], device=grad_logits.device)
-                at_target = grad_logits[index, targets[rows]] - row_grad
-                grad_logits = grad_logits.index_put_((index, targets[rows]), at_target).to(compute_dtype)
-                if need_hidden:
-                    chunk_grad = grad_logits @ weight_low
-                    grad_hidden.append(chunk_grad.to(wide) * scale if scale != 1.0 else chunk_grad)
-                if need_weight:
-                    x = hidden[rows] * scale if scale != 1.0 else hidden[rows]
-                    grad_weight = grad_weight + (grad_logits.t() @ x.to(compute_dtype)).to(wide)
-                if need_bias:
-                    grad_bias = grad_bias + grad_logits.to(wide).sum(0)
-        if need_hidden:
-            grad_hidden = (torch.cat(grad_hidden) if grad_hidden else torch.zeros_like(hidden)).to(hidden.dtype)
-        else:
-            grad_hidden = None
-        if need_weight:
-            grad_weight = grad_weight.to(weight.dtype)
-        if need_bias:
-            grad_bias = grad_bias.reshape(bias.shape).to(bias.dtype)
-        return grad_hidden, None, grad_weight, grad_bias, None, None, None, None
+        # The forward's gradients are those of the summed loss: the gradient reaching it scales them, in place: a copy of the head-sized gradient would come while the model's activations are all still
+        # held, the step's peak. Differentiating a retained graph again therefore fails (PyTorch's error for a
+        # saved tensor modified in place) rather than give gradients scaled twice.
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_like = ctx.dtypes
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.mul_(grad).to(hidden_dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.mul_(grad).reshape(bias_like[0]).to(bias_like[1])
+        return grad_hidden, None, grad_weight, grad_bias, None, None, None, None, None
