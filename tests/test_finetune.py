@@ -89,6 +89,29 @@ def test_a_decoder_only_model_fine_tunes_too(tmp_path, tokenizer_dir):
     assert result.test["accuracy"] > 80
 
 
+def test_fine_tuning_reads_the_device_only_at_log_and_evaluation_steps(tmp_path, tokenizer_dir, monkeypatch):
+    """As pre-training does: steps run on the device, their losses are read back together at log and evaluation
+    steps (a sync each on a GPU), every step exactly once; the logged losses are those steps' own."""
+    import ptlab.downstream.finetune as module
+
+    reads = []
+
+    def recording(pending, *args, **kwargs):
+        reads.append([done for done, _ in pending])
+        return read_pending(pending, *args, **kwargs)
+
+    read_pending = module.read_pending
+    monkeypatch.setattr(module, "read_pending", recording)
+    cfg = load_config(custom_config(tmp_path, tokenizer_dir, epochs=2, patience=10), ["train.log_every=10"],
+                      cls=FinetuneConfig)
+    result = finetune(cfg, show_progress=False)
+    read_at = [steps[-1] for steps in reads]
+    assert read_at == [10, 20, 25, 30, 40, 50]  # 25 steps an epoch, evaluated at 25 and 50
+    assert [step for steps in reads for step in steps] == list(range(1, result.steps + 1))
+    logged = [h["step"] for h in result.history if "loss" in h and "event" not in h and "val_accuracy" not in h]
+    assert logged[:5] == [10, 20, 30, 40, 50]
+
+
 def label_log_likelihood(model, inputs, label):
     """log p(label tokens | inputs), one example at a time and unpadded: the ranking's oracle."""
     with torch.no_grad():

@@ -48,7 +48,7 @@ from ptlab.train.host import configure_host, denormals_restored
 from ptlab.train.loop import compile_enabled, fill_model_ids, training_loss
 from ptlab.train.optim import build_optimizer, lr_factor
 from ptlab.train.runlog import MetricsLog, read_metrics
-from ptlab.train.step import StopSignals, label_count, optimizer_step, too_many_bad_steps
+from ptlab.train.step import PendingStep, StopSignals, label_count, read_pending, step_on_device
 
 
 @dataclass
@@ -186,6 +186,8 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
 
     eval_every = train_cfg.eval_every or steps_per_epoch
     step, bad_in_row, interrupted = start_step, 0, None
+    pending: list[tuple[int, PendingStep]] = []  # steps not read back from the device yet
+    outcome = None
     try:
         with StopSignals() as signals:
             bar = tqdm(total=max_steps, initial=start_step, desc=f"fine-tuning on {task.name}", unit="step",
@@ -196,31 +198,32 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
                 lr = train_cfg.lr * lr_factor(step - 1, schedule)
                 rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
                 batch = make_batch(model, [train[i] for i in rows], pad)
-                outcome = optimizer_step(model, optimizer, loss_fn, batch, lr, label_count(batch), train_cfg, runtime)
-                if not outcome.applied:
-                    bad_in_row += 1
-                    progress["skipped_steps"] += 1
-                    record({"step": step, "event": "skipped_step", "reason": outcome.skipped,
-                            "loss": outcome.loss, "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
-                    if bad_in_row >= train_cfg.max_bad_steps:
-                        raise too_many_bad_steps(outcome, bad_in_row, step, checkpoint_now(step))
-                else:
-                    bad_in_row = 0
-                    if step % train_cfg.log_every == 0:
+                pending.append((step, step_on_device(model, optimizer, loss_fn, batch, lr, label_count(batch),
+                                                     train_cfg, runtime)))
+                evaluated = step % eval_every == 0 or step == max_steps
+                logged = step % train_cfg.log_every == 0
+                checkpointing = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+                stop = signals.received
+                if logged or evaluated or checkpointing or stop:  # the only places the host waits for the device
+                    outcomes, bad_in_row = read_pending(pending, bad_in_row, runtime, train_cfg.max_bad_steps,
+                                                        record, lambda done, _: checkpoint_now(done))
+                    progress["skipped_steps"] += sum(not o.applied for o in outcomes)
+                    outcome, pending = outcomes[-1], []
+                    if logged and outcome.applied:
                         record({"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm})
                 bar.update(1)
-                bar.set_postfix(loss=f"{outcome.loss:.3f}",
-                                best=f"{progress['best_score']:.1f}" if progress["best_step"] else "-")
-                evaluated = step % eval_every == 0 or step == max_steps
+                if outcome is not None:
+                    bar.set_postfix(loss=f"{outcome.loss:.3f}",
+                                    best=f"{progress['best_score']:.1f}" if progress["best_step"] else "-")
                 if evaluated and validate(step):
                     progress["finished"] = True
                 progress["finished"] |= step == max_steps
                 progress["seconds"] += time.perf_counter() - started
                 saved = None
-                if evaluated or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0):
+                if evaluated or checkpointing:
                     saved = checkpoint_now(step)
-                if signals.received and not progress["finished"]:
-                    interrupted = signals.received
+                if stop and not progress["finished"]:
+                    interrupted = stop
                     saved = saved or checkpoint_now(step)
                     record({"step": step, "event": "interrupted", "signal": interrupted, "checkpoint": str(saved)})
                     break

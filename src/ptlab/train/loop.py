@@ -63,9 +63,8 @@ from ptlab.train.step import (
     StepOutcome,
     StopSignals,
     label_count,
-    read_steps,
+    read_pending,
     step_on_device,
-    too_many_bad_steps,
 )
 
 
@@ -524,29 +523,11 @@ class _Trainer:
         return result
 
     def _read_steps(self, pending: list[tuple[int, PendingStep]], bad_in_row: int) -> tuple[StepOutcome, int]:
-        """Read the steps since the last read back from the device (one sync), record the skipped ones and count
-        them in a row; stop the run, with a checkpoint, once `train.max_bad_steps` of them came in a row. The rule
-        is checked here, at log, evaluation and checkpoint steps, so the stop may come up to `train.log_every` - 1
-        steps after the limit was reached (the checkpoint still holds the last good weights: a skipped step
-        changes nothing). Returns the newest step's outcome and the bad steps in a row."""
-        train_cfg, progress = self.cfg.train, self.progress
-        outcomes = read_steps([figures for _, figures in pending], self.runtime)
-        limit_reached = None
-        for (done, _), outcome in zip(pending, outcomes):
-            if outcome.applied:
-                bad_in_row = 0
-                continue
-            bad_in_row += 1
-            progress["skipped_steps"] += 1
-            self.record({"step": done, "event": "skipped_step", "reason": outcome.skipped, "loss": outcome.loss,
-                         "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
-            if bad_in_row >= train_cfg.max_bad_steps and limit_reached is None:
-                limit_reached = (outcome, bad_in_row, done)
-        if limit_reached is not None:
-            outcome, in_a_row, reached = limit_reached
-            last = pending[-1][0]
-            path = self._checkpoint(last, {"loss": outcomes[-1].loss})
-            raise too_many_bad_steps(outcome, in_a_row, reached, path)
+        """`read_pending` for this run: the newest step's outcome and the bad steps in a row."""
+        outcomes, bad_in_row = read_pending(
+            pending, bad_in_row, self.runtime, self.cfg.train.max_bad_steps, self.record,
+            lambda done, newest: self._checkpoint(done, {"loss": newest.loss}))
+        self.progress["skipped_steps"] += sum(not outcome.applied for outcome in outcomes)
         return outcomes[-1], bad_in_row
 
     def _source_tokens(self, done: int) -> dict:

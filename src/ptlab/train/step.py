@@ -129,6 +129,31 @@ def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
     return PendingStep(loss_total, grad_norm.detach(), total_labels)
 
 
+def read_pending(pending: list[tuple[int, PendingStep]], bad_in_row: int, runtime: Runtime, max_bad_steps: int,
+                 record: Callable[[dict], None], checkpoint: Callable[[int, StepOutcome], object]
+                 ) -> tuple[list[StepOutcome], int]:
+    """Read back the (step number, figures) of the steps since the last read (one device sync), record each skipped
+    one and count them in a row; once `max_bad_steps` came in a row, stop the run with `checkpoint(newest step,
+    its outcome)` (a skipped step changes nothing, so that holds the last good weights). Read at log, evaluation
+    and checkpoint steps only, the stop may come up to `train.log_every` - 1 steps after the limit was reached.
+    Returns the outcomes and the bad steps in a row."""
+    outcomes = read_steps([figures for _, figures in pending], runtime)
+    limit_reached = None
+    for (done, _), outcome in zip(pending, outcomes):
+        if outcome.applied:
+            bad_in_row = 0
+            continue
+        bad_in_row += 1
+        record({"step": done, "event": "skipped_step", "reason": outcome.skipped, "loss": outcome.loss,
+                "grad_norm": outcome.grad_norm, "in_a_row": bad_in_row})
+        if bad_in_row >= max_bad_steps and limit_reached is None:
+            limit_reached = (outcome, bad_in_row, done)
+    if limit_reached is not None:
+        outcome, in_a_row, reached = limit_reached
+        raise too_many_bad_steps(outcome, in_a_row, reached, checkpoint(pending[-1][0], outcomes[-1]))
+    return outcomes, bad_in_row
+
+
 def too_many_bad_steps(outcome: StepOutcome, in_a_row: int, step: int, checkpoint) -> PtlabError:
     """The error that stops a run after `train.max_bad_steps` skipped steps in a row."""
     return PtlabError(f"loss or gradient norm was not finite for {in_a_row} steps in a row (up to step {step}: loss "
