@@ -7,7 +7,8 @@ width and vocabulary size, for a decoder (GPT-2) and for T5.
 Every point builds both models from the same weights (benchmarks/train.py's HF machinery) and times their steps
 alternately in this process, so each ratio comes from one run under the same load. Both sides train in bf16
 autocast, eagerly (a CPU compiles one model for minutes; benchmarks/train.py compares the compiled steps), with
-torch's fused AdamW; ptlab with its defaults otherwise (the chunked head and loss among them). The sweeps vary
+torch's fused AdamW; ptlab with its defaults otherwise (the whole batch's logits, then the loss:
+`train.loss_chunk_tokens` 0; benchmarks/head_loss.py measures the fused head and loss). The sweeps vary
 one axis from a base point (width 256, 4 layers, vocabulary 8,192, sequence 512); the tokens of a step are held
 at --tokens (1,024) by the batch size, one row being the least (4,096 tokens at sequence 4,096). T5's targets
 are a quarter of its inputs.
