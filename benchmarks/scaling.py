@@ -1,7 +1,7 @@
 """Scaling curves: training tokens/s and peak memory of ptlab and HF transformers against sequence length, model
 width and vocabulary size, for a decoder (GPT-2) and for T5.
 
-    .venv/bin/python benchmarks/scaling.py [--quick] [--families gpt2,t5] [--steps 3] [--tokens 1024]
+    .venv/bin/python benchmarks/scaling.py [--quick] [--families gpt2,t5] [--steps 6] [--tokens 1024]
                                            [--threads 0] [--out benchmarks/results/scaling-cpu]
 
 Every point builds both models from the same weights (benchmarks/train.py's HF machinery) and times their steps
@@ -159,7 +159,7 @@ def measure(point: Point, tokens: int, steps: int) -> dict:
     return result
 
 
-def run(families: list[str], sweeps: dict[str, list[int]], tokens: int = 1024, steps: int = 3, threads: int = 0,
+def run(families: list[str], sweeps: dict[str, list[int]], tokens: int = 1024, steps: int = 6, threads: int = 0,
         log=print) -> tuple[list[dict], list[str]]:
     """Measure every point; returns the records and the markdown table's lines. `threads` 0: torch's default."""
     configure_host(threads)
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per step (a row at least)")
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads (0: torch's default; 1 on a CPU other jobs keep busy)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per side and point")
+    parser.add_argument("--steps", type=int, default=6,
+                        help="timed steps per side and point (with 3, single points moved by a fifth between runs)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling-cpu"),
                         help="writes OUT.md and OUT.png")
     args = parser.parse_args(argv)
