@@ -139,11 +139,11 @@ class _HeadLossSum(torch.autograd.Function):
                 torch.mm(_padded(x_low, 0, rows), weight_low.t(), out=logits)
                 if bias is not None:
                     logits += bias.reshape(-1).to(compute_dtype)
-                chunk_targets = _padded(targets, start, rows)
+                chunk_targets, chunk_valid = _padded(targets, start, rows), _padded(valid, start, rows, False)
                 if not want_gradients:
-                    total = total + kernel(logits, chunk_targets, _padded(valid, start, rows, False))
+                    total = total + kernel(logits, chunk_targets, chunk_valid)
                     continue
-                loss, at_target = kernel(logits, chunk_targets, _padded(valid, start, rows, False))
+                loss, at_target = kernel(logits, chunk_targets, chunk_valid)
                 total = total + loss
                 logits[index, chunk_targets] = at_target
                 grad_logits = logits[:kept]
@@ -155,7 +155,7 @@ class _HeadLossSum(torch.autograd.Function):
                         block = slice(first, first + block_rows)
                         grad_weight[block].add_(grad_logits[:, block].t() @ x_low)
                 if need_bias:
-                    grad_bias += grad_logits.to(wide).sum(0)
+                    grad_bias += grad_logits.sum(0, dtype=wide)
         if need_hidden and scale != 1.0:
             grad_hidden *= scale
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
@@ -164,9 +164,10 @@ class _HeadLossSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # The forward's gradients are those of the summed loss: the gradient reaching it scales them, in place: a copy of the head-sized gradient would come while the model's activations are all still
-        # held, the step's peak. Differentiating a retained graph again therefore fails (PyTorch's error for a
-        # saved tensor modified in place) rather than give gradients scaled twice.
+        # The forward's gradients are those of the summed loss: the gradient reaching it scales them, in place (a
+        # copy of the head-sized gradient would come while the model's activations are all still held, the step's
+        # peak). Differentiating a retained graph again therefore fails, with PyTorch's error for a saved tensor
+        # modified in place, rather than give gradients scaled twice.
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_like = ctx.dtypes
         if grad_hidden is not None:
