@@ -89,6 +89,19 @@ def test_gradients_match_central_differences_and_scale_with_the_upstream_gradien
         torch.testing.assert_close(inputs[which].grad, numeric, rtol=1e-6, atol=1e-7)
 
 
+def test_a_chunk_far_larger_than_the_batch_holds_only_the_batchs_logits():
+    """`train.loss_chunk_tokens` larger than any batch (10^12 here) sizes the chunk by the batch, eagerly."""
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(9, 4, dtype=torch.float64, generator=g), torch.randn(V, 4, dtype=torch.float64,
+                                                                                    generator=g)
+    labels = torch.randint(0, V, (9,), generator=g)
+    got, got_grads = grads(lambda h, w: head_loss_sum(h, labels, OutputHead(w), 10**12), hidden, weight)
+    want, want_grads = grads(lambda h, w: unfused(h, labels, OutputHead(w)), hidden, weight)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g_got, g_want in zip(got_grads, want_grads):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
 def test_a_retained_graph_differentiated_again_fails_instead_of_scaling_twice():
     hidden, weight = torch.randn(6, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
     loss = head_loss_sum(hidden, torch.tensor([1, 2, 3, 4, 5, 6]), OutputHead(weight), 4)

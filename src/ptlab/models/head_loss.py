@@ -57,26 +57,29 @@ def _chunk_by_chunk(*args) -> torch.Tensor:
     return _HeadLossSum.apply(*args)
 
 
-def _loss_and_logit_gradients_(logits, targets, valid):
-    """One chunk's summed loss from its logits (in the compute dtype, rounded as the unfused head rounds them, taken
-    to float32 at least for the softmax), and the gradient of that sum at each target. The logits are overwritten
-    with the softmax, the rest of their gradient: the caller sets the targets' entries (softmax minus the one-hot
-    target, computed in float32 as kernels.cross_entropy_sum does, instead of comparing every index with the
-    target; set apart, the compiled kernel writes the softmax in place, with no second chunk-sized buffer)."""
+def _chunk_loss(logits, targets, valid):
+    """One chunk's logits (in the compute dtype, rounded as the unfused head rounds them) taken to float32 at least
+    for the softmax, their log-sum-exp, the targets' logits and the chunk's summed loss."""
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
     lse = torch.logsumexp(wide, dim=-1)
     target_logits = wide.gather(1, targets[:, None]).squeeze(1)
-    loss = ((lse - target_logits) * valid).sum()
+    return wide, lse, target_logits, ((lse - target_logits) * valid).sum()
+
+
+def _loss_only(logits, targets, valid):
+    return _chunk_loss(logits, targets, valid)[-1]
+
+
+def _loss_and_logit_gradients_(logits, targets, valid):
+    """One chunk's summed loss, and the gradient of that sum at each target; the logits are overwritten with the
+    softmax, the rest of their gradient. The caller sets the targets' entries: softmax minus the one-hot target,
+    computed in float32 as kernels.cross_entropy_sum does instead of comparing every index with the target, and
+    set apart so that the compiled kernel writes the softmax in place, with no second chunk-sized buffer."""
+    wide, lse, target_logits, loss = _chunk_loss(logits, targets, valid)
     row_grad = valid.to(lse.dtype)
     # in place on the float32 copy: run eagerly, one chunk-sized float32 buffer at a time
     logits.copy_(wide.sub_(lse[:, None]).exp_().mul_(row_grad[:, None]))
     return loss, ((torch.exp(target_logits - lse) - 1.0) * row_grad).to(logits.dtype)
-
-
-def _loss_only(logits, targets, valid):
-    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    target_logits = wide.gather(1, targets[:, None]).squeeze(1)
-    return ((torch.logsumexp(wide, dim=-1) - target_logits) * valid).sum()
 
 
 _compiled_kernels: dict = {}
@@ -94,12 +97,13 @@ def _chunk_kernel(compiled: bool, want_gradients: bool):
 
 
 def _chunks(tokens: int, chunk_tokens: int, compiled: bool) -> tuple[range, int]:
-    """The chunks' first rows, and their length. Compiled, every chunk has the same number of rows, the last one
-    padded with ignored tokens: `chunk_tokens`, or for a batch smaller than that the next power of two above its
-    token count (16 at least), so that a few graphs serve batches of any size."""
+    """The chunks' first rows, and their length. Eagerly, `chunk_tokens` or the batch's token count if smaller.
+    Compiled, every chunk has the same number of rows, the last one padded with ignored tokens: `chunk_tokens`, or
+    for a batch smaller than that the next power of two above its token count (16 at least), so that a few graphs
+    serve batches of any size."""
     rows = chunk_tokens
-    if compiled and tokens < chunk_tokens:
-        rows = max(16, 1 << max(tokens - 1, 0).bit_length())
+    if tokens < chunk_tokens:
+        rows = max(16, 1 << max(tokens - 1, 0).bit_length()) if compiled else max(tokens, 1)
     return range(0, tokens, rows), rows
 
 
@@ -129,23 +133,25 @@ class _HeadLossSum(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight, dtype=wide) if need_weight else None
             grad_bias = torch.zeros(vocab, dtype=wide, device=weight.device) if need_bias else None
             starts, rows = _chunks(tokens, chunk_tokens, compiled)
-            logits = hidden.new_empty((rows, vocab), dtype=compute_dtype)  # every chunk's logits, in turn
+            buffer = hidden.new_empty((rows, vocab), dtype=compute_dtype)  # every chunk's logits, in turn
             index = torch.arange(rows, device=hidden.device)
             block_rows = max(1, rows * vocab // (32 * hidden.shape[1]))
             for start in starts:
                 kept = min(rows, tokens - start)
-                x = hidden[start:start + rows] * scale if scale != 1.0 else hidden[start:start + rows]
+                width = rows if compiled else kept  # only the compiled kernel wants the last chunk padded
+                logits = buffer[:width]
+                x = hidden[start:start + kept] * scale if scale != 1.0 else hidden[start:start + kept]
                 x_low = x.to(compute_dtype)
-                torch.mm(_padded(x_low, 0, rows), weight_low.t(), out=logits)
+                torch.mm(_padded(x_low, 0, width), weight_low.t(), out=logits)
                 if bias is not None:
                     logits += bias.reshape(-1).to(compute_dtype)
-                chunk_targets, chunk_valid = _padded(targets, start, rows), _padded(valid, start, rows, False)
+                chunk_targets, chunk_valid = _padded(targets, start, width), _padded(valid, start, width, False)
                 if not want_gradients:
                     total = total + kernel(logits, chunk_targets, chunk_valid)
                     continue
                 loss, at_target = kernel(logits, chunk_targets, chunk_valid)
                 total = total + loss
-                logits[index, chunk_targets] = at_target
+                logits[index[:width], chunk_targets] = at_target
                 grad_logits = logits[:kept]
                 if need_hidden:
                     grad_hidden[start:start + kept] = grad_logits @ weight_low
