@@ -115,7 +115,12 @@ def test_two_fsdp_ranks_write_shards_that_one_process_resumes_and_exports(tmp_pa
     single = load_model(reference / "checkpoints" / "step_0000008").state_dict()
     assert consolidated.keys() == single.keys()
     for key in single:
-        torch.testing.assert_close(consolidated[key], single[key], rtol=0, atol=1e-5, msg=key)
+        # Two ranks sum gradients in another order; where a gradient is near zero (an embedding row whose token is
+        # rare), Adam's m / sqrt(v) turns that rounding into updates of up to lr (3e-3) a step, so one element
+        # in 64,000 has been seen 1.2e-5 away. A misplaced shard would move whole rows by the weights' own scale.
+        difference = (consolidated[key] - single[key]).abs()
+        assert difference.max() <= 1e-4, key
+        assert (difference > 1e-6).float().mean() <= 1e-3, key
 
     # a new run starts from the sharded checkpoint (init) as it would from the one-process one
     first_losses = []
