@@ -129,11 +129,13 @@ def markdown(rows: list[dict], device: str, compiled: bool) -> str:
         lines.append(f"| {row['vocab']:,} | {path} | {row['step_peak_mib']:,.0f} | {row['tokens_per_second']:,.0f} |")
     lines.append("")
     for vocab in sorted({r["vocab"] for r in rows}):
-        unfused = [r for r in rows if r["vocab"] == vocab and not r["chunk_tokens"]]
-        for fused in (r for r in rows if r["vocab"] == vocab and r["chunk_tokens"] and unfused):
+        unfused = next((r for r in rows if r["vocab"] == vocab and not r["chunk_tokens"]), None)
+        if unfused is None:
+            continue
+        for fused in (r for r in rows if r["vocab"] == vocab and r["chunk_tokens"]):
             lines.append(f"- {vocab:,}, {fused['chunk_tokens']}-token chunks: fused peak "
-                         f"{fused['step_peak_mib'] / unfused[0]['step_peak_mib']:.0%} of unfused, speed "
-                         f"{fused['tokens_per_second'] / unfused[0]['tokens_per_second']:.2f}x")
+                         f"{fused['step_peak_mib'] / unfused['step_peak_mib']:.0%} of unfused, speed "
+                         f"{fused['tokens_per_second'] / unfused['tokens_per_second']:.2f}x")
     return "\n".join(lines) + "\n"
 
 

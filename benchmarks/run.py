@@ -4,8 +4,9 @@
 tokenize with 1 and 2 workers against datasets.map), then the scaling curves (benchmarks/scaling.py: tokens/s and
 peak memory against sequence length, width and vocabulary, ptlab against HF; benchmarks/results/scaling-cpu.md and
 .png), then the fused head and loss against the unfused one in the compiled step (benchmarks/head_loss.py: peak
-memory and tokens/s at 8k, 32k and 128k vocabularies; benchmarks/results/head-loss-cpu.md). Writes benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at
-equal precision for any family.
+memory and tokens/s at 8k, 32k and 128k vocabularies; benchmarks/results/head-loss-cpu.md). Writes
+benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at equal
+precision for any family.
 
     .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--scaling full|quick|off]
                                        [--head-loss on|off] [--json PATH]

@@ -287,11 +287,13 @@ def run(sizes: list[str], families: list[str], settings: list[str], seconds: flo
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     peaks = {"fp32": measure_matmul_tflops(torch.float32) * 1e3, "bf16": measure_matmul_tflops(torch.bfloat16) * 1e3}
-    header = (f"{cpu_model()}; torch {torch.__version__}, {threads} threads; measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, "
-              f"bf16 {peaks['bf16']:.0f} GFLOP/s; batch {BATCH}, encoder-decoders {ENC_DEC_LENGTHS[0]} -> "
+    cpu = cpu_model()
+    header = (f"{cpu}; torch {torch.__version__}, {threads} threads; measured matmul peak: fp32 {peaks['fp32']:.0f} "
+              f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; batch {BATCH}, encoder-decoders {ENC_DEC_LENGTHS[0]} -> "
               f"{ENC_DEC_LENGTHS[1]}, decoders {DECODER_LENGTH} tokens")
     print(header, flush=True)
-    report = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads, "peak_gflops": peaks, "batch": BATCH, "runs": []}
+    report = {"cpu": cpu, "torch": torch.__version__, "threads": threads, "peak_gflops": peaks, "batch": BATCH,
+              "runs": []}
     lines = [header, "", "| family | size | setting | precision | compile | tokens/s | GFLOP/s | % of peak | "
              "vs HF default | vs HF best |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     failures = []

@@ -281,7 +281,8 @@ def compare(cfg: Config, task: TaskConfig, finished: dict, out, how: str) -> Com
     print(f"  {'from scratch':<16}{scores['from scratch']:>6.1f}", file=out)
     if resolved.is_classification:
         _, majority = majority_floor(resolved, [r["target"] for r in rows["pre-trained"]])
-        print(f"  {'majority label':<16}{majority:>6.1f}   (always answering the training split's most frequent label)", file=out)
+        print(f"  {'majority label':<16}{majority:>6.1f}   (always answering the training split's most frequent "
+              "label)", file=out)
     return Comparison(task.name, metric, scores["pre-trained"], scores["from scratch"], difference, low, high, rows)
 
 
