@@ -120,6 +120,17 @@ def estimate(target: str, tokens: float | None = None, gpu: str | None = None, m
     return _config_estimate(path, tokens, _check_gpu(gpu or "h100"), mfu, price_per_hour)
 
 
+def estimate_size(parameters: float, tokens: float, gpu: str = "h100", mfu: float = 0.4,
+                  price_per_hour: float | None = None, name: str = "") -> Estimate:
+    """Cost of training `parameters` on `tokens` where only the two are known (a scaling law's compute-optimal
+    model): 6N FLOPs per token, attention left out, as the shapes that set it are unknown."""
+    if not 0 < mfu <= 1:
+        raise PtlabError(f"--mfu must be in (0, 1], got {mfu}")
+    chosen = _check_gpu(gpu)
+    return Estimate(name or f"{_si(parameters)} parameters on {_si(tokens)} tokens", parameters, tokens, "given",
+                    6 * parameters, chosen, mfu, price_per_hour if price_per_hour is not None else GPUS[chosen][1])
+
+
 def _config_estimate(path: Path, tokens: float | None, gpu: str, mfu: float, price: float | None) -> Estimate:
     import torch
 

@@ -1,0 +1,108 @@
+"""The scaling plots in one PNG: loss against compute with the fitted law's compute-optimal frontier; the isoFLOP
+curves where the runs share compute levels; predicted against measured loss for held-out runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ptlab.lab.scaling.approaches import Approach
+from ptlab.lab.scaling.fit import Fit
+from ptlab.lab.scaling.predict import Holdout
+
+
+def plot_scaling(fit: Fit, output: str | Path, isoflops: Approach | None = None, holdout: Holdout | None = None
+                 ) -> Path:
+    """Write the panels that apply: always loss against compute; the isoFLOP parabolas when `isoflops` has any;
+    predicted against measured when `holdout` is given (its runs are drawn in the first panel too)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 1 + bool(isoflops and isoflops.parabolas) + bool(holdout)
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    axes = list(axes[0])
+    _loss_against_compute(axes.pop(0), fit, holdout)
+    if isoflops and isoflops.parabolas:
+        _isoflop_curves(axes.pop(0), isoflops)
+    if holdout:
+        _predicted_against_measured(axes.pop(0), holdout)
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp.png")  # as ptlab.lab.plot: a crash leaves no half-written PNG
+    try:
+        figure.savefig(tmp, dpi=120)
+        os.replace(tmp, output)
+    finally:
+        plt.close(figure)
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def _loss_against_compute(axis, fit: Fit, holdout: Holdout | None) -> None:
+    runs = fit.runs
+    compute = 6 * runs.params * runs.tokens
+    points = axis.scatter(compute, runs.loss, c=np.log10(runs.params), cmap="viridis", s=18, label="runs (fitted)")
+    axis.figure.colorbar(points, ax=axis, label="log10 parameters")
+    every = [compute]
+    if holdout:
+        held = np.array([6 * p.params * p.tokens for p in holdout.predictions])
+        axis.scatter(held, [p.measured for p in holdout.predictions], marker="*", s=90, color="C3",
+                     label="held out")
+        every.append(held)
+    every = np.concatenate(every)
+    grid = np.geomspace(every.min(), every.max() * 10, 100)
+    law = fit.law
+    if law.alpha > 0 and law.beta > 0:
+        n, d = law.optimal(grid)
+        axis.plot(grid, law.loss(n, d), color="black", label="law's compute-optimal frontier")
+        band = [fit.spread(lambda b, c=c: b.loss(*b.optimal(c)) if b.alpha > 0 and b.beta > 0 else np.nan)
+                for c in grid]
+        if all(band):
+            axis.fill_between(grid, [b[0] for b in band], [b[1] for b in band], color="black", alpha=0.12,
+                              label=f"{fit.level:.0%} bootstrap interval")
+    axis.set_xscale("log")
+    axis.set_xlabel("compute C = 6ND (FLOPs)")
+    axis.set_ylabel("loss")
+    axis.set_title("loss against compute")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _isoflop_curves(axis, isoflops: Approach) -> None:
+    for index, parabola in enumerate(isoflops.parabolas):
+        color = f"C{index % 10}"
+        axis.scatter(*zip(*parabola.points), color=color, s=18)
+        x = np.linspace(*parabola.log_params_range, 50)
+        axis.plot(np.exp(x), np.polyval(parabola.coefficients, x), color=color, label=f"C {parabola.flops:.2g}")
+        vertex = -parabola.coefficients[1] / (2 * parabola.coefficients[0])
+        axis.plot(np.exp(vertex), np.polyval(parabola.coefficients, vertex), marker="v", color=color)
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters N")
+    axis.set_ylabel("loss")
+    axis.set_title("isoFLOP curves (approach 2)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _predicted_against_measured(axis, holdout: Holdout) -> None:
+    predictions = holdout.predictions
+    measured = np.array([p.measured for p in predictions])
+    predicted = np.array([p.predicted for p in predictions])
+    errors = None
+    if all(p.interval for p in predictions):
+        errors = np.array([[p.predicted - p.interval[0], p.interval[1] - p.predicted] for p in predictions]).T
+    axis.errorbar(measured, predicted, yerr=errors, fmt="*", color="C3", markersize=10, capsize=3)
+    low, high = min(measured.min(), predicted.min()), max(measured.max(), predicted.max())
+    pad = (high - low) * 0.2 or high * 0.02
+    axis.plot([low - pad, high + pad], [low - pad, high + pad], color="gray", linestyle="--",
+              label="predicted = measured")
+    axis.set_xlabel("measured loss")
+    axis.set_ylabel("predicted loss (fit without these runs)")
+    axis.set_title(f"{len(predictions)} held-out run(s)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
