@@ -1,5 +1,6 @@
 """`train.loggers`: a pre-training and a fine-tune tracked in MLflow's local store (read back with MlflowClient),
-a study's runs in one experiment, W&B offline by default, and one-line errors for unknown or missing trackers."""
+a study's runs in one experiment, a pre-training in an offline W&B run (read back with wandb's own reader), a
+tracker that cannot continue its run on resume, and one-line errors for unknown or missing trackers."""
 
 import io
 import json
@@ -13,7 +14,7 @@ import yaml
 
 from ptlab.config import FinetuneConfig, TrainConfig, load_config
 from ptlab.errors import PtlabError
-from ptlab.train.loggers import Tracking, WandbLogger
+from ptlab.train.loggers import MLFLOW_RUN_FILE, WANDB_RUN_FILE, MlflowLogger, Tracking, WandbLogger
 from ptlab.train.runlog import read_metrics
 
 mlflow = pytest.importorskip("mlflow")
@@ -138,11 +139,78 @@ def test_wandb_missing_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_pat
     assert str(err.value) == "config key 'train.loggers': wandb is not installed; pip install 'ptlab[wandb]'"
 
 
-def test_wandb_runs_offline_unless_wandb_mode_says_otherwise(monkeypatch, tmp_path):
-    calls = []
+def wandb_runs(run_dir: Path) -> list[dict]:
+    """The offline W&B runs under RUN_DIR/wandb in the order they started, each read back from its transaction log
+    (run-ID.wandb) with wandb's own reader, `wandb leet inspect --json`: its id, config, history rows by step
+    (without wandb's own _runtime/_step/_timestamp), summary and exit code."""
+    runs = []
+    for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
+        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        records = [json.loads(line) for line in out.splitlines()]
+        run = next(r["run"] for r in records if r["type"] == "run")
+        history = {r["history"].get("step", {}).get("num", 0): {k: v for k, v in r["history"]["item"].items()
+                                                                 if not k.startswith("_")}
+                   for r in records if r["type"] == "history"}
+        summary = {k: v for r in records if r["type"] == "summary" for k, v in r["summary"]["update"].items()}
+        runs.append({"id": run["run_id"], "start": run["start_time"], "config": run["config"]["update"],
+                     "history": history, "summary": summary,
+                     "exit_code": next(r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit")})
+    return sorted(runs, key=lambda run: run["start"])
+
+
+def metrics_by_step(run_dir: Path, after: int = -1) -> dict[int, dict]:
+    """metrics.jsonl's numbers per step after `after`, the records of one step merged (as W&B merges them)."""
+    rows: dict[int, dict] = {}
+    for record in read_metrics(run_dir):
+        if "event" not in record and record["step"] > after:
+            rows.setdefault(record["step"], {}).update(
+                {k: v for k, v in record.items()
+                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return rows
+
+
+def test_a_pretraining_is_an_offline_wandb_run_with_the_history_of_metrics_jsonl(tmp_path, small_corpus,
+                                                                                 tokenizer_dir, capsys):
+    pytest.importorskip("wandb")
+    from ptlab.train.loop import pretrain
+
+    config = write_config(tmp_path / "lab", small_corpus, tokenizer_dir, max_steps=8, eval_every=4,
+                          checkpoint_every=4, log_every=2)
+    result = pretrain(load_config(config, ["train.loggers=[wandb]"]), show_progress=False)
+    [run] = wandb_runs(result.run_dir)
+    assert run["history"] == metrics_by_step(result.run_dir) and sorted(run["history"]) == [0, 2, 4, 6, 8]
+    assert run["summary"]["val_loss"] == result.final_val_loss
+    assert run["summary"]["checkpoint"] == str(result.checkpoint) and run["exit_code"] == 0
+    assert run["config"]["model"]["d_model"] == 32 and run["config"]["train"]["loggers"] == ["wandb"]
+    assert json.loads((result.run_dir / WANDB_RUN_FILE).read_text())["run_id"] == run["id"]
+    assert "could not resume" not in capsys.readouterr().err
+
+    # resumed for 4 more steps: the same W&B run continues (offline, a second log under the same id)
+    pretrain(load_config(config, ["train.loggers=[wandb]", "train.max_steps=12"]), show_progress=False)
+    _, second = wandb_runs(result.run_dir)
+    assert second["id"] == run["id"] and second["history"] == metrics_by_step(result.run_dir, after=8)
+    assert "could not resume" not in capsys.readouterr().err
+
+    # the run file lost: one warning line, and a new W&B run holds the rest
+    (result.run_dir / WANDB_RUN_FILE).unlink()
+    pretrain(load_config(config, ["train.loggers=[wandb]", "train.max_steps=14"]), show_progress=False)
+    *_, third = wandb_runs(result.run_dir)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ptlab: warning")]
+    assert warnings == [f"ptlab: warning: wandb could not resume the earlier attempt's run (no {WANDB_RUN_FILE} "
+                        f"from the earlier attempt); started a new run {third['id']}"]
+    assert third["id"] != run["id"] and third["history"] == metrics_by_step(result.run_dir, after=12)
+
+
+def fake_wandb(monkeypatch, calls: list, known_runs: tuple = ()):
+    """A wandb module that records its calls; `init(resume="must")` fails for a run id not in `known_runs`, as
+    an online W&B server does for a run it does not have."""
 
     class FakeRun:
         summary: dict = {}
+
+        def __init__(self, run_id):
+            self.id = run_id
 
         def log(self, metrics, step):
             calls.append(("log", step, metrics))
@@ -150,9 +218,20 @@ def test_wandb_runs_offline_unless_wandb_mode_says_otherwise(monkeypatch, tmp_pa
         def finish(self, exit_code):
             calls.append(("finish", exit_code))
 
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        if kwargs.get("resume") == "must" and kwargs["id"] not in known_runs:
+            raise RuntimeError(f"run {kwargs['id']} not found\n(a traceback's second line)")
+        return FakeRun(kwargs.get("id") or f"new{len(calls)}")
+
     fake = types.ModuleType("wandb")
-    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or FakeRun()
+    fake.init = init
     monkeypatch.setitem(sys.modules, "wandb", fake)
+
+
+def test_wandb_runs_offline_unless_wandb_mode_says_otherwise(monkeypatch, tmp_path):
+    calls = []
+    fake_wandb(monkeypatch, calls)
     for mode, expected in ((None, "offline"), ("online", "online")):
         if mode:
             monkeypatch.setenv("WANDB_MODE", mode)
@@ -162,7 +241,53 @@ def test_wandb_runs_offline_unless_wandb_mode_says_otherwise(monkeypatch, tmp_pa
         logger.finish("/ckpt", "FINISHED")
         init = calls[-3][1]
         assert (init["mode"], init["project"], init["name"], init["tags"]) == (expected, "lab", "run", ["a=b"])
-        assert calls[-2:] == [("log", 5, {"loss": 2.0}), ("finish", 0)] and FakeRun.summary["checkpoint"] == "/ckpt"
+        assert calls[-2:] == [("log", 5, {"loss": 2.0}), ("finish", 0)]
+        assert logger.run.summary["checkpoint"] == "/ckpt"
+
+
+def test_an_online_wandb_run_the_server_cannot_resume_is_one_warning_line_and_a_new_run(monkeypatch, tmp_path,
+                                                                                       capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")  # offline, W&B continues any id; online, the server may refuse
+    run_dir = tmp_path / "lab" / "run"
+    calls = []
+    fake_wandb(monkeypatch, calls, known_runs=("kept",))
+    (run_dir).mkdir(parents=True)
+    (run_dir / WANDB_RUN_FILE).write_text(json.dumps({"run_id": "kept"}))
+    WandbLogger(Tracking(run_dir), resume_step=4).start({}, "run")
+    assert [(c[1].get("id"), c[1].get("resume")) for c in calls] == [("kept", "must")]
+    assert capsys.readouterr().err == ""
+
+    (run_dir / WANDB_RUN_FILE).write_text(json.dumps({"run_id": "gone"}))
+    logger = WandbLogger(Tracking(run_dir), resume_step=4)
+    logger.start({}, "run")
+    assert [(c[1].get("id"), c[1].get("resume")) for c in calls[1:]] == [("gone", "must"), (None, None)]
+    assert capsys.readouterr().err == ("ptlab: warning: wandb could not resume the earlier attempt's run (run gone "
+                                       f"not found); started a new run {logger.run.id}\n")
+    assert json.loads((run_dir / WANDB_RUN_FILE).read_text()) == {"run_id": logger.run.id}
+
+
+def test_an_mlflow_run_that_cannot_be_resumed_is_one_warning_line_and_a_new_run(tmp_path, capsys):
+    run_dir = tmp_path / "exp" / "r1"
+    run_dir.mkdir(parents=True)
+
+    def attempt(resume_step):
+        logger = MlflowLogger(Tracking(run_dir), resume_step)
+        logger.start({"model": {"d_model": 8}}, "r1")
+        logger.finish(None, "KILLED")
+        return logger.run_id, capsys.readouterr().err
+
+    first, _ = attempt(None)
+    assert attempt(5) == (first, "")  # continued, silently
+    client_for(tmp_path / "exp" / "mlruns").delete_run(first)
+    second, err = attempt(5)
+    assert second != first and err == (f"ptlab: warning: mlflow could not resume the earlier attempt's run (run "
+                                       f"{first} is deleted); started a new run {second}\n")
+    (run_dir / MLFLOW_RUN_FILE).unlink()
+    third, err = attempt(5)
+    assert third not in (first, second) and err == (
+        f"ptlab: warning: mlflow could not resume the earlier attempt's run (no {MLFLOW_RUN_FILE} from the earlier "
+        f"attempt); started a new run {third}\n")
+    assert json.loads((run_dir / MLFLOW_RUN_FILE).read_text())["run_id"] == third
 
 
 def test_the_deprecated_tensorboard_switch_still_adds_or_removes_tensorboard():
@@ -174,8 +299,6 @@ def test_the_deprecated_tensorboard_switch_still_adds_or_removes_tensorboard():
 
 
 def test_the_mlflow_run_file_is_valid_json_beside_the_metrics(tmp_path):
-    from ptlab.train.loggers import MLFLOW_RUN_FILE, MlflowLogger
-
     run_dir = tmp_path / "exp" / "r1"
     run_dir.mkdir(parents=True)
     logger = MlflowLogger(Tracking(run_dir), None)

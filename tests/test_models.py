@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from ptlab.config import ModelConfig
+from ptlab.config import Config, ModelConfig
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
 from ptlab.models.generate import filter_logits, generate
-from ptlab.train.checkpoint import load_model
+from ptlab.models.hf import UNTIED_T5_NOTE
+from ptlab.train.checkpoint import load_model, write_checkpoint
 from ptlab.train.interop import export_hf, import_hf
 
 transformers = pytest.importorskip("transformers")
@@ -100,24 +101,61 @@ def test_export_round_trip_gives_the_same_logits_in_hf(tmp_path, family, overrid
     assert (logits(reloaded, family, x, y, mask, hf=True) - logits(ours, family, x, y, mask)).abs().max() <= 1e-4
 
 
-def test_untied_t5_export_loads_in_transformers_with_the_same_logits(tmp_path):
-    torch.manual_seed(0)
-    cfg = ModelConfig(family="t5", vocab_size=V, d_model=32, num_heads=4, num_layers=2, d_ff=64, pad_token_id=0,
-                      eos_token_id=1)
-    from ptlab.config import Config
-    from ptlab.train.checkpoint import write_checkpoint
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
+
+@pytest.mark.parametrize("family", ["t5", "bart", "gpt2", "llama"])
+def test_an_untied_export_keeps_its_own_head_through_tie_weights_save_and_resize(tmp_path, family):
+    """What a user does next with an export (tie_weights, save_pretrained and from_pretrained, adding tokens),
+    loaded as the export's notes and model card say: the output head stays its own, the logits ptlab's."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(family=family, vocab_size=V, d_model=32, num_heads=4, num_kv_heads=2 if family == "llama"
+                      else None, num_layers=2, d_ff=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                      bos_token_id=2, tie_word_embeddings=False)
     model = build_model(cfg).eval()
+    with torch.no_grad():  # norms and biases away from their initial ones and zeros
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     write_checkpoint(tmp_path / "ckpt", model, Config(model=cfg), None)
     out, notes = export_hf(tmp_path / "ckpt", tmp_path / "hf")
-    assert notes == []  # nothing to warn about: transformers loads it as it is
+    assert notes == ([UNTIED_T5_NOTE] if family == "t5" else [])
+    assert ("model.config.tie_word_embeddings = False" in (out / "README.md").read_text()) == (family == "t5")
     config = json.loads((out / "config.json").read_text())
-    assert config["tie_word_embeddings"] is False and config["scale_decoder_outputs"] is False
-    # transformers 5.24 keeps the two matrices apart when both are stored with different values (with a warning)
-    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
-    assert hf.lm_head.weight is not hf.shared.weight
+    assert config["tie_word_embeddings"] is False
+    auto = transformers.AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else transformers.AutoModelForCausalLM
+    if family == "t5" and TRANSFORMERS_5:  # why the note: loaded plainly, tie_weights() ties the head
+        plain = auto.from_pretrained(out).eval()
+        assert plain.lm_head.weight is not plain.shared.weight
+        plain.tie_weights()
+        assert plain.lm_head.weight is plain.shared.weight
+
+    def load(path):
+        hf = auto.from_pretrained(path).eval()
+        if UNTIED_T5_NOTE in notes:
+            hf.config.tie_word_embeddings = False
+        return hf
+
     x, y, mask = random_inputs()
-    assert (logits(hf, "t5", x, y, mask, hf=True) - logits(model, "t5", x, y, mask)).abs().max() <= 1e-4
+    expected = logits(model, family, x, y, mask)
+
+    def check(hf):
+        assert hf.get_output_embeddings().weight is not hf.get_input_embeddings().weight
+        assert (logits(hf, family, x, y, mask, hf=True)[..., :V] - expected).abs().max() <= 1e-4
+
+    hf = load(out)
+    check(hf)
+    hf.tie_weights()
+    check(hf)
+    hf.save_pretrained(tmp_path / "saved")
+    check(load(tmp_path / "saved"))
+    hf.resize_token_embeddings(V + 7)  # new tokens: the embedding and the head grow, the old rows stay
+    assert hf.get_output_embeddings().weight.shape[0] == hf.get_input_embeddings().weight.shape[0] == V + 7
+    check(hf)
+    if family != "bart" or not TRANSFORMERS_5:
+        # transformers 5 saves a resized untied BART's encoder and decoder embeddings (by then the same tensor as
+        # `shared`) under no name: one built by transformers itself loses them too, so this step is not ptlab's
+        hf.save_pretrained(tmp_path / "resized")
+        check(load(tmp_path / "resized"))
 
 
 # ---- mT5 (README: import-hf reads mT5) -----------------------------------------------------------------------------

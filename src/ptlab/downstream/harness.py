@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ptlab.config import ModelConfig
 from ptlab.data.tasks import TASKS_DIR, Task
 from ptlab.errors import PtlabError
 from ptlab.files import json_text, prepare_output, write_text_atomic
@@ -121,21 +122,17 @@ def _offline() -> None:
         datasets.config.HF_HUB_OFFLINE = True
 
 
-def _harness_model(hf_dir: Path, encoder_decoder: bool, batch_size: int):
-    """The harness's HF model on the export. HFLM calls `tie_weights()`, which in transformers 5 ties T5's output
-    head to its embedding even when the config says untied (T5 v1.1's head, ptlab's default): the head read from
-    the export is put back, so that the model scored is the checkpoint."""
+def _harness_model(hf_dir: Path, model_cfg: ModelConfig, batch_size: int):
+    """The harness's HF model on the export, loaded as the export's note for an untied T5 says (HFLM calls
+    `tie_weights()`, which transformers 5 would otherwise let tie the head to the embedding)."""
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    loader = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    loader = AutoModelForSeq2SeqLM if model_cfg.is_encoder_decoder else AutoModelForCausalLM
     model = loader.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    head = model.get_output_embeddings().weight.detach().clone()
-    harness = HFLM(pretrained=model, tokenizer=str(hf_dir), backend="seq2seq" if encoder_decoder else "causal",
-                   batch_size=batch_size)
-    if not torch.equal(model.get_output_embeddings().weight, head):  # tied over the loaded, untied head
-        model.get_output_embeddings().weight = torch.nn.Parameter(head)
-    return harness
+    model.config.tie_word_embeddings = model_cfg.tie_word_embeddings
+    return HFLM(pretrained=model, tokenizer=str(hf_dir), backend="seq2seq" if model_cfg.is_encoder_decoder
+                else "causal", batch_size=batch_size)
 
 
 def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, num_fewshot: int = 0,
@@ -154,12 +151,12 @@ def run_harness(checkpoint: str | Path, tasks: str, limit: int | None = None, nu
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise PtlabError(f"--harness needs lm-evaluation-harness: pip install 'ptlab[harness]' ({err})") from None
-    encoder_decoder = load_checkpoint_config(checkpoint).model.family in ("t5", "bart")
+    model_cfg = load_checkpoint_config(checkpoint).model
     with tempfile.TemporaryDirectory(prefix="ptlab-harness-") as scratch:
         scratch = Path(scratch)
         hf_dir, _ = export_hf(checkpoint, scratch / "hf")
         task_names, folder = _local_task_files(names, scratch)
-        model = _harness_model(hf_dir, encoder_decoder, batch_size)
+        model = _harness_model(hf_dir, model_cfg, batch_size)
         # the harness's own tasks are indexed (seconds) only when asked for; their data must be in the local cache
         local = {p.stem for p in folder.glob("*.yaml")} | {str(yaml.safe_load(p.read_text())["task"])
                                                              for p in folder.glob("*.yaml")}

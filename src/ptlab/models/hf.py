@@ -19,6 +19,14 @@ ARCHITECTURES = {"t5": "T5ForConditionalGeneration", "bart": "BartForConditional
                  "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 HF_MODEL_TYPES = {"t5": "t5", "mt5": "t5", "bart": "bart", "gpt2": "gpt2", "llama": "llama"}
 
+# No config.json field keeps a T5 head untied in transformers 5: T5Config reads tie_word_embeddings only to decide
+# whether to scale the decoder output (scale_decoder_outputs) and then sets it to True, so `tie_weights()` ties the
+# head to the embedding. from_pretrained keeps the head only because both matrices are stored with different values.
+UNTIED_T5_NOTE = ("transformers 5 ties a T5's output head to its embedding whenever tie_weights() runs (so do "
+                  "resize_token_embeddings and lm-evaluation-harness): its T5Config sets tie_word_embeddings=True "
+                  "whatever config.json says. from_pretrained loads this export with its own head; keep it with "
+                  "`model.config.tie_word_embeddings = False` after from_pretrained (transformers 4 needs nothing)")
+
 
 def _require(hf: dict, key: str, allowed: tuple, default: Any = None) -> Any:
     value = hf.get(key, default)
@@ -137,7 +145,10 @@ def hf_config_from_model(cfg: ModelConfig) -> tuple[dict, list[str]]:
     if cfg.prefix_lm:
         raise PtlabError("model.prefix_lm: transformers has no prefix-LM attention for GPT-2 or Llama; the export "
                          "would attend differently")
-    notes: list[str] = []
+    if cfg.qk_norm:
+        raise PtlabError("model.qk_norm: transformers' T5, BART, GPT-2 and Llama have no normalised queries and keys; "
+                         "the export would attend differently")
+    notes: list[str] = [UNTIED_T5_NOTE] if cfg.family == "t5" and not cfg.tie_word_embeddings else []
     # Every id is written, null included: a missing key would take transformers' default (GPT-2's 50256).
     ids = {k: getattr(cfg, k) for k in ("pad_token_id", "eos_token_id", "bos_token_id")}
     if cfg.is_encoder_decoder:
@@ -308,6 +319,11 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     """HF state dict from a ptlab one (contiguous copies, safe to save)."""
     out = {hf: (state[ours].t() if _conv1d_transposed(cfg, ours) else state[ours]).contiguous().clone()
            for ours, hf in KEY_MAPS[cfg.family](cfg).items()}
+    if cfg.family == "bart" and not cfg.tie_word_embeddings:
+        # transformers 5 ties BART's encoder and decoder embeddings to `model.shared` only under
+        # tie_word_embeddings=true: with an untied head they load from their own names, or at random
+        for stack in ("encoder", "decoder"):
+            out[f"model.{stack}.embed_tokens.weight"] = out["model.shared.weight"].clone()
     if cfg.family == "gpt2":
         for i in range(cfg.num_layers):
             attn = f"blocks.{i}.attn"

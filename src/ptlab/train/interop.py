@@ -1,7 +1,8 @@
 """Checkpoints in and out of Hugging Face transformers' `save_pretrained` layout.
 
     import_hf("hf_dir", "runs/imported")      # config.json + *.safetensors (+ tokenizer.json) -> ptlab checkpoint
-    export_hf("runs/t5/checkpoints/step_0002000", "hf_out")   # loadable by transformers' Auto classes
+    export_hf("runs/t5/checkpoints/step_0002000", "hf_out")   # loadable by transformers' Auto classes, with a
+                                                              # model card (README.md, see ptlab.train.model_card)
 
 Weights are read and written as safetensors only (never pickle). Both directions write into OUT.tmp and rename.
 """
@@ -20,7 +21,7 @@ from ptlab.config import Config
 from ptlab.data.tokenizer import EXTRA_SPECIALS, PtlabTokenizer, count_sentinels, external_special_ids
 from ptlab.errors import PtlabError
 from ptlab.files import read_json_object
-from ptlab.models import build_model
+from ptlab.models import build_model, count_parameters
 from ptlab.models.hf import from_hf_state_dict, hf_config_from_model, model_config_from_hf, to_hf_state_dict
 from ptlab.models.size import check_fits_weights
 from ptlab.train.checkpoint import (
@@ -31,6 +32,7 @@ from ptlab.train.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
+from ptlab.train.model_card import model_card
 
 
 def _read_json(path: Path) -> dict:
@@ -108,8 +110,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, list[str]]:
-    """An HF model directory (config.json, model.safetensors, tokenizer files) from a ptlab checkpoint; returns
-    the directory and notes the user must read."""
+    """An HF model directory (config.json, model.safetensors, tokenizer files, README.md) from a ptlab checkpoint;
+    returns the directory and notes the user must read (the model card repeats them)."""
     directory = resolve_checkpoint(checkpoint)
     cfg = load_checkpoint_config(directory).model
     hf_config, notes = hf_config_from_model(cfg)
@@ -127,6 +129,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, list[s
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     if (directory / "tokenizer.json").is_file():
         _export_tokenizer(directory, tmp, cfg)
+    card = model_card(directory, cfg, count_parameters(model, trainable_only=False), notes)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     os.replace(tmp, out_dir)
     return out_dir, notes
 

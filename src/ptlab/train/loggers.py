@@ -6,6 +6,9 @@ record (start, resume, skipped_step, interrupted, end, ...), and `finish(checkpo
 
 MLflow writes to `train.tracking_uri`, else $MLFLOW_TRACKING_URI, else a local file store `mlruns/` beside the
 run directory; W&B runs offline unless $WANDB_MODE says otherwise. Neither needs a network by default.
+
+A resumed run continues the tracked run its earlier attempt started (its id is kept in the run directory); when
+that run cannot be continued, one warning line says so and a new tracked run is started.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
 
 MLFLOW_RUN_FILE = "mlflow-run.json"  # the run id, so that a resumed run continues its MLflow run
+WANDB_RUN_FILE = "wandb-run.json"  # the same for W&B
 
 
 @dataclass
@@ -85,6 +89,31 @@ class RunLogger:
         pass
 
 
+def _saved_run(tracking: Tracking, file_name: str) -> dict:
+    """The tracked run an earlier attempt of this run saved in RUN_DIR/`file_name`; a missing or unreadable file
+    is an error whose message says why the run cannot be continued."""
+    path = tracking.run_dir / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {file_name} from the earlier attempt")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{file_name} is not valid JSON") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("run_id"), str):
+        raise ValueError(f"{file_name} names no run_id")
+    return saved
+
+
+def _save_run(tracking: Tracking, file_name: str, saved: dict) -> None:
+    write_text_atomic(tracking.run_dir / file_name, json.dumps(saved) + "\n")
+
+
+def _warn_new_run(name: str, err: BaseException, run_id: str) -> None:
+    """The one line that says a resumed run's tracker could not continue its run and started another."""
+    print(f"ptlab: warning: {name} could not resume the earlier attempt's run ({_first_line(err)}); started a new "
+          f"run {run_id}", file=sys.stderr)
+
+
 class TensorBoardLogger(RunLogger):
     """Scalars to RUN_DIR/tensorboard; a resumed run purges the events after its resume step."""
 
@@ -120,8 +149,13 @@ class MlflowLogger(RunLogger):
     def start(self, config: dict[str, Any], run_name: str) -> None:
         from mlflow.entities import Param
 
+        not_resumed = None
+        if self.resuming:
+            try:
+                self.run_id = self._resume()
+            except Exception as err:  # noqa: BLE001 - any reason is one warning line, then a new run
+                not_resumed = err
         try:
-            self.run_id = self._resumed_run() if self.resuming else None
             if self.run_id is None:
                 tags = {**self.tracking.tag_map(), "ptlab.run_dir": str(self.tracking.run_dir.resolve())}
                 run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
@@ -135,8 +169,9 @@ class MlflowLogger(RunLogger):
                 self.client.log_artifact(self.run_id, str(config_file))
         except Exception as err:  # noqa: BLE001 - any MLflow failure at start is one line for the user
             raise PtlabError(f"train.loggers: mlflow at {self.uri}: {_first_line(err)}") from None
-        write_text_atomic(self.tracking.run_dir / MLFLOW_RUN_FILE,
-                          json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}) + "\n")
+        if not_resumed is not None:
+            _warn_new_run("mlflow", not_resumed, self.run_id)
+        _save_run(self.tracking, MLFLOW_RUN_FILE, {"run_id": self.run_id, "tracking_uri": self.uri})
 
     def _experiment_id(self) -> str:
         name = self.tracking.experiment_name
@@ -151,15 +186,17 @@ class MlflowLogger(RunLogger):
                 raise
             return found.experiment_id
 
-    def _resumed_run(self) -> str | None:
-        try:
-            saved = json.loads((self.tracking.run_dir / MLFLOW_RUN_FILE).read_text(encoding="utf-8"))
-            if saved.get("tracking_uri") != self.uri:
-                return None
-            self.client.update_run(saved["run_id"], status="RUNNING")
-            return saved["run_id"]
-        except Exception:  # no file, another store, or a deleted run: a new run
-            return None
+    def _resume(self) -> str:
+        """The earlier attempt's MLflow run, set running again; raises when it cannot be continued (no run file,
+        another store, a deleted run)."""
+        saved = _saved_run(self.tracking, MLFLOW_RUN_FILE)
+        if saved.get("tracking_uri") != self.uri:
+            raise ValueError(f"it was tracked at {saved.get('tracking_uri')}")
+        run = self.client.get_run(saved["run_id"])
+        if run.info.lifecycle_stage != "active":
+            raise ValueError(f"run {saved['run_id']} is {run.info.lifecycle_stage}")
+        self.client.update_run(saved["run_id"], status="RUNNING")
+        return saved["run_id"]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -184,18 +221,32 @@ class MlflowLogger(RunLogger):
 
 
 class WandbLogger(RunLogger):
-    """A W&B run in RUN_DIR/wandb; offline unless $WANDB_MODE is set (then `wandb sync` uploads it)."""
+    """A W&B run in RUN_DIR/wandb; offline unless $WANDB_MODE is set (`wandb sync RUN_DIR/wandb/offline-run-*`
+    uploads an offline one). A resumed run continues the W&B run of its earlier attempt (under the same id)."""
 
     def __init__(self, tracking: Tracking, resume_step: int | None):
         self.tracking = tracking
+        self.resuming = resume_step is not None
         self.run = None
 
     def start(self, config: dict[str, Any], run_name: str) -> None:
         import wandb
 
-        self.run = wandb.init(project=self.tracking.experiment_name, name=run_name, config=config,
-                              dir=str(self.tracking.run_dir), tags=list(self.tracking.tags),
-                              mode=os.environ.get("WANDB_MODE", "offline"))
+        settings = dict(project=self.tracking.experiment_name, name=run_name, config=config,
+                        dir=str(self.tracking.run_dir), tags=list(self.tracking.tags),
+                        mode=os.environ.get("WANDB_MODE", "offline"))
+        not_resumed = None
+        if self.resuming:
+            try:  # "must": online, a run the server no longer has is an error here, not a new run under its id
+                self.run = wandb.init(**settings, id=_saved_run(self.tracking, WANDB_RUN_FILE)["run_id"],
+                                      resume="must")
+            except Exception as err:  # noqa: BLE001 - any reason is one warning line, then a new run
+                not_resumed = err
+        if self.run is None:
+            self.run = wandb.init(**settings)
+        if not_resumed is not None:
+            _warn_new_run("wandb", not_resumed, self.run.id)
+        _save_run(self.tracking, WANDB_RUN_FILE, {"run_id": self.run.id})
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
