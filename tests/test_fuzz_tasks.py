@@ -141,3 +141,39 @@ def test_a_corrupted_file_gives_its_records_or_is_refused(tmp_path_factory, reco
     ok, got = accepted_or_refused(lambda: _all_examples(_task(tmp, files)))
     if kind == "long field":
         assert ok and got["train"][0] == (TEMPLATE.format(**records[0]), records[0]["label"])
+
+
+@examples(60)
+@given(records=RECORDS, row=st.integers(0, 5), field=st.sampled_from(["text", "label"]),
+       value=st.sampled_from(["null", "missing", "list", "object"]), blank_lines=st.integers(0, 2),
+       gz=st.booleans())
+def test_a_null_or_missing_field_is_refused_naming_the_file_line_and_field(tmp_path_factory, records, row, field,
+                                                                          value, blank_lines, gz):
+    """Never the word "None" (or a Python repr) as an input or a label: the record's line and field are named."""
+    tmp = tmp_path_factory.mktemp("task")
+    row %= len(records)
+    bad = dict(records[row])
+    if value == "missing":
+        del bad[field]
+    else:
+        bad[field] = {"null": None, "list": ["positive"], "object": {"x": 1}}[value]
+    if field == "text" and value in ("list", "object"):
+        return  # a template may index into a list or an object field ({text[0]}): not a wrong value
+    text = "\n" * blank_lines + _jsonl_text(records[:row] + [bad] + records[row + 1:])
+    name = f"train.jsonl{'.gz' if gz else ''}"
+    files = {s: _write(tmp / name, text) if s == "train" else _write(tmp / f"{s}.jsonl", _jsonl_text(records))
+             for s in SPLITS}
+    for labels in (LABELS, []):  # a custom task without labels takes the distinct targets: "None" is never one
+        task = _task(tmp, files, labels=labels)
+        assert "None" not in task.labels
+        with pytest.raises(PtlabError, match=rf"{name} line {blank_lines + row + 1}: .*'{field}'") as err:
+            task.examples("train")
+        assert "\n" not in str(err.value)
+
+
+def test_a_csv_error_names_the_line_a_record_starts_on(tmp_path):
+    path = _write(tmp_path / "train.csv", 'text,label\n"two\nlines",positive\none line,\n')
+    task = resolve_task(TaskConfig(train=str(path), input_template="{text} {label:>{missing}}", target_field="label",
+                                   metrics=["accuracy"]))
+    with pytest.raises(PtlabError, match=r"train.csv line 2: no field 'missing'"):
+        task.examples("train")

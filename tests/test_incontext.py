@@ -233,7 +233,7 @@ def test_a_bad_prompt_key_is_one_line_and_writes_nothing(tmp_path, bpe_tokenizer
     run = run_cli(checkpoint, "--task", "rt_polarity", "--set", "prompt=Review: {review}", "--shots", 0, *outputs)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().count("\n") == 0 and "no field 'review' for task.prompt" in run.stderr
-    assert "rt_polarity/test.jsonl.gz record 1" in run.stderr
+    assert "rt_polarity/test.jsonl.gz line 1" in run.stderr
     assert not any(tmp_path.glob("p.jsonl*")) and not any(tmp_path.glob("s.json*"))
     with pytest.raises(PtlabError, match="task.verbalizer.*'good' not among the labels"):
         resolve_task(from_dict(TaskConfig, {"name": "rt_polarity", "verbalizer": {"good": " +"}}, "task."))

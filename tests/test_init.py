@@ -133,9 +133,15 @@ def test_init_from_a_hugging_face_directory_starts_from_its_weights(tmp_path, sm
         pretrain(load(config, "train.max_steps=2"), show_progress=False, resume="never")
 
 
-def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_checkpoint, tokenizer_dir):
+def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_checkpoint, tokenizer_dir,
+                                                  bpe_tokenizer):
     agreeing = run_config(tmp_path / "agree", small_corpus, init=str(ptlab_checkpoint), model=T5)
     assert pretrain(load(agreeing), show_progress=False).steps == 1  # keys that agree with the init are fine
+    # so is a data.tokenizer holding the init's own tokenizer (the checkpoint was saved with the same one)
+    same = run_config(tmp_path / "same-tokenizer", small_corpus, init=str(ptlab_checkpoint))
+    assert pretrain(load(same, f"data.tokenizer={tokenizer_dir}"), show_progress=False).steps == 1
+    other_tokenizer = tmp_path / "bpe"
+    bpe_tokenizer.save(other_tokenizer)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
     mistakes = [
@@ -143,8 +149,11 @@ def test_init_config_mistakes_are_one_line_errors(tmp_path, small_corpus, ptlab_
          r"config key 'model.d_model': 64 conflicts with the init model's 32"),
         (run_config(tmp_path, small_corpus, init=str(ptlab_checkpoint), model={**T5, "family": "gpt2"}), [],
          r"config key 'model.family': 'gpt2' conflicts with the init model's 't5'"),
-        (run_config(tmp_path, small_corpus, init=str(ptlab_checkpoint)), [f"data.tokenizer={tokenizer_dir}"],
-         "config key 'data.tokenizer': the tokenizer comes from init"),
+        (run_config(tmp_path, small_corpus, init=str(ptlab_checkpoint)), [f"data.tokenizer={other_tokenizer}"],
+         rf"config key 'data.tokenizer': {other_tokenizer} \(fingerprint \w+\) is not the tokenizer of init "
+         rf"{ptlab_checkpoint} \(fingerprint \w+\)"),
+        (run_config(tmp_path, small_corpus, init=str(ptlab_checkpoint)), [f"data.tokenizer={tmp_path / 'none'}"],
+         "config key 'data.tokenizer': .*none holds no tokenizer.json, and the tokenizer comes from init"),
         (run_config(tmp_path, small_corpus, init=str(tmp_path / "missing")), [],
          "config key 'init': .* does not exist"),
         (run_config(tmp_path, small_corpus, init=str(tmp_path)), [], "no checkpoint at"),

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from ptlab.config import Config, ObjectiveConfig
+from ptlab.config import Config, ObjectiveConfig, check_seed
 from ptlab.data.mixture import Mixture, MixtureSampler
 from ptlab.data.shards import ChunkSampler, TokenShard
 from ptlab.errors import PtlabError
@@ -141,6 +141,7 @@ class PretrainBatches:
 def pretrain_batches(cfg: Config, objective: BoundObjective, shard: TokenShard | Mixture, specials: SpecialIds,
                      validation: bool = False) -> PretrainBatches:
     """The configured batches from `shard` (validation data uses seed + 1, so it never repeats training draws)."""
+    check_seed(cfg.seed, "config key 'seed'")  # a config that skipped validate(): not numpy's error from a batch
     model = cfg.model
     return PretrainBatches(shard, objective, cfg.objective.inputs_length, specials,
                            seed=cfg.seed + 1 if validation else cfg.seed,

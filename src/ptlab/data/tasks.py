@@ -87,10 +87,13 @@ class Task:
         return self.verbalizer[target] if self.labels else " " + target
 
     def records(self, split: str) -> list[dict]:
+        return [record for _, record in self._numbered_records(split)]
+
+    def _numbered_records(self, split: str) -> list[tuple[int, dict]]:
         path = self.files.get(split)
         if path is None:
             raise PtlabError(f"task {self.name} has no {split} split (set task.{split})")
-        return read_records(path)
+        return numbered_records(path)
 
     def examples(self, split: str) -> list[tuple[str, str]]:
         """(input text, target text) pairs; capped by max_train_examples / max_eval_examples (first N)."""
@@ -101,27 +104,34 @@ class Task:
         return self._pairs(split, self.prompt or self.input_template, "task.prompt")
 
     def _pairs(self, split: str, template: str, key: str) -> list[tuple[str, str]]:
-        records = self.records(split)
+        records = self._numbered_records(split)
         limit = self.max_train_examples if split == "train" else self.max_eval_examples
         if limit:
             records = records[:limit]
         path = self.files[split]
         pairs = []
-        for number, record in enumerate(records, start=1):
+        for line, record in records:
+            where = f"{path} line {line}"
             try:
-                source = template.format_map(record)
+                source = template.format_map(_Fields(record))
             except KeyError as err:
-                raise PtlabError(f"{path} record {number}: no field {err} for {key} "
+                raise PtlabError(f"{where}: no field {err} for {key} "
                                  f"{template!r} (fields: {', '.join(sorted(record))})") from None
+            except _NullField as err:
+                raise PtlabError(f"{where}: field {err.args[0]!r} is null, and {key} {template!r} "
+                                 "uses it") from None
             except (ValueError, TypeError, IndexError, AttributeError) as err:  # e.g. {text:d} on a string
-                raise PtlabError(f"{path} record {number}: {key} {template!r} cannot "
+                raise PtlabError(f"{where}: {key} {template!r} cannot "
                                  f"format this record ({err})") from None
             if self.target_field not in record:
-                raise PtlabError(f"{path} record {number}: no target field {self.target_field!r} "
+                raise PtlabError(f"{where}: no target field {self.target_field!r} "
                                  f"(fields: {', '.join(sorted(record))})")
-            target = str(record[self.target_field])
+            target = target_text(record[self.target_field])
+            if target is None:
+                raise PtlabError(f"{where}: target field {self.target_field!r} is "
+                                 f"{_json_kind(record[self.target_field])}, not text or a number")
             if self.labels and target not in self.labels:
-                raise PtlabError(f"{path} record {number}: label {target!r} is not one of task.labels "
+                raise PtlabError(f"{where}: label {target!r} is not one of task.labels "
                                  f"{self.labels}")
             pairs.append((source, target))
         if not pairs:
@@ -129,8 +139,42 @@ class Task:
         return pairs
 
 
+class _NullField(Exception):
+    """A template field whose value is JSON null."""
+
+
+class _Fields(dict):
+    """A record as `str.format_map` reads it: a null field is an error (formatted, it would be the word "None")."""
+
+    def __getitem__(self, name: str):
+        value = super().__getitem__(name)  # a missing field: KeyError, reported as such
+        if value is None:
+            raise _NullField(name)
+        return value
+
+
+def target_text(value: object) -> str | None:
+    """A record's target as text: a string, or a number or boolean as str() writes it; None for null, a list or
+    an object (str() would turn them into "None" or Python's repr, a label nobody wrote)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    return None
+
+
+def _json_kind(value: object) -> str:
+    return "null" if value is None else "a list" if isinstance(value, list) else "an object"
+
+
 def read_records(path: str | Path) -> list[dict]:
     """Records of a JSONL(.gz) or CSV(.gz) file (CSV: the header row names the fields)."""
+    return [record for _, record in numbered_records(path)]
+
+
+def numbered_records(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) of each record of a JSONL(.gz) or CSV(.gz) file, so that an error about a record can
+    name its line (a CSV record's first line; blank lines are skipped, so a record's index is not its line)."""
     path = Path(path)
     if not path.is_file():
         raise PtlabError(f"task file not found: {path}")
@@ -159,21 +203,23 @@ def read_records(path: str | Path) -> list[dict]:
             raise PtlabError(f"{path} line {number}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise PtlabError(f"{path} line {number}: expected a JSON object")
-        records.append(record)
+        records.append((number, record))
     return records
 
 
-def _csv_records(path: Path, text: str) -> list[dict]:
+def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
     """Records of CSV text whose first row names the fields; a row with more or fewer cells than the header is an
     error (csv.DictReader would fill the gap with None, which becomes the label "None")."""
     # newline="": the csv module's own line splitting, which takes \r, \n and \r\n and keeps quoted line breaks
     rows = csv.reader(io.StringIO(text, newline=""))
     if len(text) > csv.field_size_limit():  # the default limit (131,072 characters) would refuse a long document
         csv.field_size_limit(len(text))
-    records: list[dict] = []
+    records: list[tuple[int, dict]] = []
     header: list[str] | None = None
     try:
+        first_line = 1  # the line the next row starts on (a quoted cell may hold line breaks)
         for row in rows:
+            start, first_line = first_line, rows.line_num + 1
             if not row:
                 continue
             if header is None:
@@ -183,7 +229,7 @@ def _csv_records(path: Path, text: str) -> list[dict]:
                 continue
             if len(row) != len(header):
                 raise PtlabError(f"{path} line {rows.line_num}: {len(row)} cells, but the header has {len(header)}")
-            records.append(dict(zip(header, row)))
+            records.append((start, dict(zip(header, row))))
     except csv.Error as err:  # e.g. a field longer than the csv module's limit, a NUL byte
         raise PtlabError(f"{path} line {rows.line_num}: malformed CSV ({err})") from None
     return records
@@ -251,7 +297,9 @@ def resolve_task(cfg: TaskConfig, tasks_dir: Path = TASKS_DIR) -> Task:
                 cfg.max_train_examples, cfg.max_eval_examples)
     if not labels and set(metrics) & {"accuracy", "f1", "mcc"} and files["train"] is not None:
         # a custom classification task without labels: the distinct targets of the training file
-        distinct = sorted({str(r.get(target)) for r in read_records(files["train"])})
+        # (a record without a usable target is left out here; `examples` refuses it, naming its line)
+        distinct = sorted({text for r in read_records(files["train"]) if (text := target_text(r.get(target)))
+                           is not None})
         if len(distinct) <= 50:
             task.labels = distinct
     task.prompt = cfg.prompt or (spec.prompt if spec else "")

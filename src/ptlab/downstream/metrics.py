@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from ptlab.config import check_seed
 from ptlab.errors import PtlabError
 
 
@@ -114,7 +115,7 @@ def paired_bootstrap(first: list[float], second: list[float], rounds: int = 2000
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise ValueError("paired_bootstrap needs two equally long, non-empty score lists")
     difference = a - b
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     means = difference[rng.integers(0, len(difference), size=(rounds, len(difference)))].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
     return float(difference.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptlab.config import TaskConfig
+from ptlab.config import TaskConfig, check_seed
 from ptlab.data.tasks import resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.downstream.evaluate import encode_pairs
@@ -43,6 +43,7 @@ def linear_probe(checkpoint: str | Path | None, task_cfg: TaskConfig, model: nn.
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    seed = check_seed(seed)
     if model is None:
         model, tokenizer = load_model(checkpoint), load_checkpoint_tokenizer(checkpoint)
     task = resolve_task(task_cfg)
@@ -53,6 +54,7 @@ def linear_probe(checkpoint: str | Path | None, task_cfg: TaskConfig, model: nn.
     x_train = pooled_states(model, encode_pairs(train_pairs, tokenizer, task), pad)
     x_eval = pooled_states(model, encode_pairs(eval_pairs, tokenizer, task), pad)
     scaler = StandardScaler().fit(x_train)
-    probe = LogisticRegression(max_iter=2000, random_state=seed).fit(scaler.transform(x_train),
-                                                                     [t for _, t in train_pairs])
+    # scikit-learn takes seeds below 2**32 only
+    probe = LogisticRegression(max_iter=2000, random_state=seed % 2**32)
+    probe.fit(scaler.transform(x_train), [t for _, t in train_pairs])
     return 100.0 * probe.score(scaler.transform(x_eval), [t for _, t in eval_pairs])

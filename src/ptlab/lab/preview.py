@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptlab.config import parse_value
+from ptlab.config import check_seed, parse_value
 from ptlab.errors import PtlabError
 from ptlab.objectives import MODE_TOKENS, REGISTRY, BoundObjective, SpecialIds, build_objective, parameter_defaults
 
@@ -71,6 +71,7 @@ def show_objective(name: str, texts: list[str], tokenizer: str = "words", seed: 
                    settings: list[str] | None = None) -> tuple[BoundObjective, list[dict]]:
     """Apply objective `name` to each text; returns the objective and, per text, its tokens, inputs and targets
     as token strings."""
+    check_seed(seed)
     objective, _ = build_objective(name, parse_settings(settings or []))
     texts = [t for t in texts if t.strip()]
     if not texts:

@@ -4,7 +4,8 @@ the schedule start afresh.
 
 Model keys: those of the init win. A `model` key the config sets (one that differs from the family default) must
 equal the init's, or the run stops with a one-line error naming it. The tokenizer is the init's, copied to
-RUN_DIR/tokenizer (its shards are built under it); `data.tokenizer` must be left unset.
+RUN_DIR/tokenizer (its shards are built under it); a `data.tokenizer` the config sets must hold the same tokenizer
+(the same vocabulary and rules, compared by fingerprint), or the run stops with an error naming both.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from ptlab.config import Config, ModelConfig, config_from_dict
-from ptlab.data.tokenizer import load_tokenizer
+from ptlab.config import Config, DataConfig, ModelConfig, config_from_dict
+from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
 from ptlab.errors import PtlabError
 from ptlab.files import digest_file_ends
 from ptlab.train.checkpoint import latest_valid_checkpoint, load_trainer_state, resolve_checkpoint
@@ -102,6 +103,21 @@ def adopt_model(cfg: Config, init_model: ModelConfig, source: str) -> None:
     cfg.model = copy.deepcopy(init_model)
 
 
+def check_configured_tokenizer(cfg: Config, init_tokenizer: PtlabTokenizer, source: str) -> None:
+    """A `data.tokenizer` set beside `init` is fine when it is the init's own tokenizer (a config naming the
+    tokenizer its checkpoint was trained with); any other would build shards the model cannot read."""
+    configured = cfg.data.tokenizer
+    if configured in (DataConfig.tokenizer, str(Path(cfg.run_dir) / "tokenizer")):  # unset, or the run's own copy
+        return
+    if not (Path(configured) / "tokenizer.json").is_file():
+        raise PtlabError(f"config key 'data.tokenizer': {configured} holds no tokenizer.json, and the tokenizer "
+                         f"comes from init ({source}); leave data.tokenizer unset")
+    mine, theirs = load_tokenizer(configured).fingerprint(), init_tokenizer.fingerprint()
+    if mine != theirs:
+        raise PtlabError(f"config key 'data.tokenizer': {configured} (fingerprint {mine}) is not the tokenizer of "
+                         f"init {source} (fingerprint {theirs}); leave data.tokenizer unset to use the init's")
+
+
 def _resumed_without_source(cfg: Config, run_dir: Path) -> InitSource:
     """A run whose init has gone since it started resumes from its own checkpoint, which holds everything the
     init gave it (the model's config, and the tokenizer copied into the run)."""
@@ -111,6 +127,7 @@ def _resumed_without_source(cfg: Config, run_dir: Path) -> InitSource:
         raise PtlabError(f"config key 'init': {cfg.init} does not exist")
     own = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))
     adopt_model(cfg, own.model, str(checkpoint))
+    check_configured_tokenizer(cfg, load_tokenizer(run_dir / "tokenizer"), cfg.init)
     cfg.data.tokenizer = str(run_dir / "tokenizer")
     print(f"ptlab: note: init {cfg.init} is gone; {run_dir} resumes from its own checkpoint", file=sys.stderr)
     return InitSource(started["path"], Path(started["checkpoint"]), started["sha256"])
@@ -131,6 +148,7 @@ def prepare_init(cfg: Config, create: bool = True, resuming: bool = False) -> In
     tokenizer_dir = run_dir / "tokenizer"
     if create:
         tokenizer = load_tokenizer(checkpoint)
+        check_configured_tokenizer(cfg, tokenizer, str(path))
         current = tokenizer_dir / "tokenizer.json"
         if not current.is_file() or load_tokenizer(tokenizer_dir).fingerprint() != tokenizer.fingerprint():
             tokenizer.save(tokenizer_dir)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ptlab.errors import PtlabError
 from ptlab.train.loggers import RunLogger, Tracking, build_loggers, numbers, warn
 
 # Event records that end a run: the status the trackers record
@@ -36,7 +37,9 @@ class MetricsLog:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        # a new run starts afresh: appending to an earlier attempt's records (a run killed before its first
+        # checkpoint) would repeat its steps and glue a torn last line to this run's first record
+        self._file = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
         self._status, self._checkpoint = "FAILED", None  # until an end or interrupted record says otherwise
         if self._loggers:  # a run that dies of an exception is closed at exit: its tracked run ends as FAILED
             atexit.register(self.close)
@@ -69,14 +72,29 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of RUN_DIR/metrics.jsonl (a line cut short by a crash is skipped)."""
+    """The records of RUN_DIR/metrics.jsonl. Its last line may be cut short by a crash mid-write, and is then
+    skipped; a malformed line anywhere before it is a PtlabError naming it (skipping it would silently drop a record
+    from the middle of the run's history)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
+    # bytes that are not UTF-8 make their line malformed, reported as such, instead of failing the whole file
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+            problem = None if isinstance(record, dict) else "not a JSON object"
+        except json.JSONDecodeError as err:
+            problem = f"invalid JSON: {err.msg}"
+        except RecursionError:
+            problem = "JSON nested too deeply"
+        if problem is None:
+            records.append(record)
+        elif number != last:  # only the last line can be one a crash cut short
+            raise PtlabError(f"{path} line {number}: {problem}; only a last line cut short by a crash is skipped, "
+                             "so fix or remove this one")
     return records

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.config import (
-    MAX_SEED,
     Config,
     DataConfig,
     FinetuneConfig,
@@ -25,6 +24,7 @@ from ptlab.config import (
     from_dict,
     load_config,
     read_yaml,
+    seed_problem,
 )
 from ptlab.errors import PtlabError
 from ptlab.lab.adaptive import adapt_data, task_label, task_reference
@@ -91,7 +91,7 @@ class StudyConfig:
         names = [cell_slug(c) for c in self.cells]
         labels = [task_label(t) for t in self.tasks]
         for key, seeds in (("seeds", self.seeds), ("pretrain_seeds", self.pretrain_seeds)):
-            if len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
+            if len(set(seeds)) != len(seeds) or any(seed_problem(s) for s in seeds):
                 raise PtlabError(f"config key '{key}': seeds must be distinct and in [0, 2**63), got {seeds}")
         earlier: dict[str, StudyCell] = {}
         for i, cell in enumerate(self.cells):
