@@ -64,7 +64,7 @@ class Setting:
     batch: int
     compiled: bool
     mode: str = "default"
-    chunk_tokens: int = TrainConfig.loss_chunk_tokens
+    chunk_tokens: int = 0
     flex: str = "auto"
     float8: bool = False
 
@@ -278,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batches", default=None,
                         help="compiled batch sizes to try instead of the plan's, e.g. 32,64")
-    parser.add_argument("--loss-chunk-tokens", type=_list(int), default=[TrainConfig.loss_chunk_tokens],
+    parser.add_argument("--loss-chunk-tokens", type=_list(int), default=[0],
                         help="train.loss_chunk_tokens values to compare (0: the whole batch's logits)")
     parser.add_argument("--flex", type=_list(str, tuple(FLEX)), default=["auto"],
                         help="T5's attention: auto (flex_attention when compiled on CUDA), on, off")

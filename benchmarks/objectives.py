@@ -17,11 +17,11 @@ import torch
 
 from ptlab.config import load_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.pipeline import PretrainBatches, encoder_decoder_batch, resolve_objective
+from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, encoder_decoder_batch, resolve_objective
 from ptlab.models import build_model
 from ptlab.objectives import REGISTRY, build_objective
 from ptlab.train.host import configure_host
-from ptlab.train.loop import autocast, loss_sum, to_tensors
+from ptlab.train.loop import autocast, summed_loss, to_tensors
 from ptlab.train.optim import build_optimizer
 
 INPUTS_LENGTH = 512
@@ -49,8 +49,8 @@ def model_consumption(cfg, shard, specials, steps: int = 3) -> float:
 
     def step(batch):
         with autocast(cfg.train.precision):
-            loss, count = loss_sum(model, batch)
-        (loss / count).backward()
+            loss = summed_loss(model, batch)
+        (loss / (batch["labels"] != IGNORE_INDEX).sum()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import FAST_CPU_PRECISION
 from ptlab.config import FinetuneConfig, ModelConfig, TaskConfig, load_config
 from ptlab.data.tasks import resolve_task
 from ptlab.downstream.evaluate import encode_pairs, predict
@@ -169,7 +170,7 @@ def test_task_errors_name_the_file_and_field(tmp_path):
     files = write_task(tmp_path)
     task = resolve_task(TaskConfig(train=str(files["train"]), input_template="{text}", target_field="verdict",
                                    metrics=["accuracy"]))
-    with pytest.raises(PtlabError, match=r"train.csv record 1: no field 'text'.*fields: review, verdict"):
+    with pytest.raises(PtlabError, match=r"train.csv line 2: no field 'text'.*fields: review, verdict"):
         task.examples("train")
     with pytest.raises(PtlabError, match="unknown task 'rt_polarty'"):
         resolve_task(TaskConfig(name="rt_polarty"))
@@ -186,7 +187,8 @@ def test_both_architectures_beat_chance_on_rt_polarity(tmp_path, tokenizer_dir, 
                              "task.name=rt_polarity", "task.max_train_examples=3000", "task.max_eval_examples=400",
                              "task.max_input_length=48", "train.batch_size=32", f"train.lr={lr}",
                              f"train.optimizer={optimizer}", "train.warmup_steps=20", "train.eval_every=60",
-                             "train.precision=bf16", "train.threads=2", f"epochs={epochs}", "patience=3"],
+                             f"train.precision={FAST_CPU_PRECISION}", "train.threads=2", f"epochs={epochs}",
+                             "patience=3"],
                       cls=FinetuneConfig)
     result = finetune(cfg, show_progress=False)
     # the first 400 test reviews are 59.75% positive: beat always answering "positive" by more than noise

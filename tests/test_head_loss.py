@@ -1,6 +1,7 @@
 """The fused, chunked head and loss (`ptlab.models.head_loss`) computes what the unfused path computes: the
 summed token loss and every gradient, for each family's head, eager and compiled, fp32 and bf16."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -274,3 +275,73 @@ def test_the_compiled_chunk_kernel_computes_what_the_eager_one_does(tokens):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for g_got, g_want in zip(got_grads, want_grads):
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(tokens=st.integers(0, 40), chunk=st.integers(1, 50), ignored=st.floats(0, 1), biased=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_label_log_probs_are_log_softmax_at_the_labels_chunk_by_chunk(tokens, chunk, ignored, biased, seed):
+    from ptlab.models.head_loss import label_log_probs
+
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, 16, generator=generator, dtype=torch.float64)
+    head = OutputHead(torch.randn(V, 16, generator=generator, dtype=torch.float64),
+                      torch.randn(V, generator=generator, dtype=torch.float64) if biased else None)
+    labels = torch.randint(0, V, (tokens,), generator=generator)
+    labels[torch.rand(tokens, generator=generator) < ignored] = -100
+    want = F.log_softmax(head.logits(hidden), -1).gather(1, labels.clamp(min=0)[:, None])[:, 0] * (labels != -100)
+    torch.testing.assert_close(label_log_probs(hidden, labels, head, chunk_tokens=chunk), want.float())
+
+
+class _LargestVocabularyTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the most rows of any tensor made whose last dimension is the vocabulary (logits, their softmax)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.rows = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and tensor.ndim and tensor.shape[-1] == self.vocab:
+                self.rows = max(self.rows, tensor.numel() // self.vocab)
+        return out
+
+
+@pytest.mark.parametrize("family", ["t5", "gpt2"])
+def test_evaluation_and_scoring_never_hold_a_batchs_whole_logits(family, monkeypatch):
+    """evaluate_loss (the validation pass), label ranking and in-context scoring compute the head a chunk at a
+    time, with the loss the whole logits give."""
+    from ptlab.downstream.evaluate import _label_log_likelihoods
+    from ptlab.downstream.incontext import answer_log_likelihoods
+    from ptlab.models import head_loss
+    from ptlab.models.kernels import cross_entropy_sum
+    from ptlab.train.batches import batch_logits
+    from ptlab.train.loop import evaluate_loss
+
+    cfg = ModelConfig(family=family, vocab_size=V, d_model=16, d_ff=32, num_heads=2, num_layers=1, pad_token_id=0,
+                      eos_token_id=1, bos_token_id=2, decoder_start_token_id=0)
+    cfg.validate()
+    model = build_model(cfg).eval()
+    monkeypatch.setattr(head_loss, "SCORING_CHUNK_LOGITS", 16 * V)  # 16 tokens a chunk
+    ids = torch.randint(3, V, (4, 25), generator=torch.Generator().manual_seed(0))
+    if family == "t5":
+        batch = {"input_ids": ids, "decoder_input_ids": ids, "labels": ids}
+    else:
+        batch = {"input_ids": ids, "position_ids": torch.arange(25).expand(4, 25), "labels": ids}
+    with torch.no_grad():
+        logits = batch_logits(model, batch)
+    want = float(cross_entropy_sum(logits.reshape(-1, V), ids.reshape(-1))) / ids.numel()
+    with _LargestVocabularyTensor(V) as watch:
+        got = evaluate_loss(model, [batch], "fp32")
+    assert got == pytest.approx(want, rel=1e-5)
+    assert 0 < watch.rows <= 16 < ids.numel()
+
+    from ptlab.objectives.base import Example
+
+    rows = [Example(row[:10].numpy(), row[10:14].numpy()) for row in ids]
+    with _LargestVocabularyTensor(V) as watch:
+        scores = answer_log_likelihoods(model, rows, pad=0)
+        ranked = _label_log_likelihoods(model, rows[:2], [rows[2].targets, rows[3].targets], 0, "fp32", "cpu")
+    assert 0 < watch.rows <= 16 and scores.shape == (4,) and ranked.shape == (2, 2)
+    assert np.isfinite(scores).all() and (scores < 0).all()

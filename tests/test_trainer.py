@@ -55,8 +55,14 @@ def curve(run_dir: Path) -> list[tuple]:
             for r in read_metrics(run_dir) if "event" not in r]
 
 
-def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_corpus, tokenizer_dir):
-    slow = {"max_steps": 60, "checkpoint_every": 8, "eval_every": 8}
+# The 2026 recipe: Muon's momentum, the spike guard's history and the batch-size ramp's data position all resume
+NEW_RECIPE = {"optimizer": "muon_scale", "muon_lr": 0.02, "schedule": "wsd", "spike_sigmas": 3.0, "spike_window": 4,
+              "batch_warmup_steps": 10}
+
+
+@pytest.mark.parametrize("recipe", [{}, NEW_RECIPE], ids=["adamw", "muon"])
+def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_corpus, tokenizer_dir, recipe):
+    slow = {"max_steps": 60, "checkpoint_every": 8, "eval_every": 8, **recipe}
     reference = write_config(tmp_path / "a", small_corpus, tokenizer_dir, **slow)
     assert run_ptlab(reference).returncode == 0
     expected = curve(tmp_path / "a" / "run")
@@ -101,15 +107,17 @@ def torchrun(config: Path, processes: int, *overrides: str) -> subprocess.Comple
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.parametrize("mode,chunk", [("ddp", 0), ("fsdp", 0), ("fsdp", 16)])
-def test_two_processes_follow_the_single_process_loss_curve(tmp_path, small_corpus, tokenizer_dir, mode, chunk):
+@pytest.mark.parametrize("mode,chunk,optimizer", [("ddp", 0, "adamw"), ("fsdp", 0, "adamw"), ("fsdp", 16, "adamw"),
+                                                 ("ddp", 0, "muon_scale"), ("fsdp", 0, "muon_scale")])
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, small_corpus, tokenizer_dir, mode, chunk,
+                                                            optimizer):
     """Also with the fused head and loss under FSDP (chunk 16), where the head's weight is read outside the
-    wrapped model's forward."""
-    single = write_config(tmp_path / "one", small_corpus, tokenizer_dir, max_steps=8, checkpoint_every=4,
-                          loss_chunk_tokens=chunk)
+    wrapped model's forward, and with Muon, whose Newton-Schulz sees each sharded matrix whole."""
+    recipe = {"optimizer": optimizer, "loss_chunk_tokens": chunk, "spike_sigmas": 3.0 if "muon" in optimizer else 0}
+    single = write_config(tmp_path / "one", small_corpus, tokenizer_dir, max_steps=8, checkpoint_every=4, **recipe)
     assert run_ptlab(single).returncode == 0
     double = write_config(tmp_path / "two", small_corpus, tokenizer_dir, max_steps=8, checkpoint_every=4,
-                          distributed=mode, loss_chunk_tokens=chunk)
+                          distributed=mode, **recipe)
     result = torchrun(double, 2)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = curve(tmp_path / "one" / "run"), curve(tmp_path / "two" / "run")

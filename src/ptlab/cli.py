@@ -283,7 +283,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     study, base_dir = load_study(args.config, args.overrides)
     plan = plan_study(study, base_dir)
     if args.dry_run:
-        print(format_plan(plan, estimate_seconds(plan)))
+        print(format_plan(plan, estimate_seconds(plan, args.jobs), args.jobs))
         return
     run_study(plan, jobs=args.jobs, show_progress=not args.quiet)
 
@@ -294,6 +294,66 @@ def _cmd_cost(args: argparse.Namespace) -> None:
     targets = list(PRESETS) if args.target == "all" else [args.target]
     print("\n\n".join(format_estimate(estimate(t, args.tokens, args.gpu, args.mfu, args.price_per_hour))
                        for t in targets))
+
+
+def _scaling_outputs(*paths: str | None) -> None:
+    """Check every output path before the fit, so that a mistake there costs no work and writes nothing."""
+    from ptlab.files import prepare_output
+
+    for path in paths:
+        if path:
+            prepare_output(path)
+
+
+def _cmd_scaling_fit(args: argparse.Namespace) -> None:
+    from ptlab.files import json_text, write_text_atomic
+    from ptlab.lab.scaling import compute_frontier, fit_law, isoflop_parabolas, plot_scaling, read_runs
+    from ptlab.lab.scaling.fit import GRIDS
+    from ptlab.lab.scaling.report import format_fit
+
+    _scaling_outputs(args.json, args.plot)
+    runs = read_runs(args.table)
+    fit = fit_law(runs, args.bootstrap, args.seed, args.grid)
+    isoflops = isoflop_parabolas(runs)
+    print(format_fit(fit, len(GRIDS[args.grid]()), [compute_frontier(runs), isoflops]))
+    if args.plot:
+        print(f"plot: {plot_scaling(fit, args.plot, isoflops)}")
+    if args.json:
+        write_text_atomic(args.json, json_text(fit.to_json(), indent=2) + "\n")
+        print(f"fit: {args.json}")
+
+
+def _cmd_scaling_predict(args: argparse.Namespace) -> None:
+    from ptlab.lab.scaling import plot_scaling, predict_holdout, read_runs
+    from ptlab.lab.scaling.report import format_holdout
+
+    _scaling_outputs(args.plot)
+    holdout = predict_holdout(read_runs(args.table), args.holdout, args.bootstrap, args.seed, args.grid)
+    print(format_holdout(holdout))
+    if args.plot:
+        print(f"plot: {plot_scaling(holdout.fit, args.plot, holdout=holdout)}")
+
+
+def _cmd_scaling_allocate(args: argparse.Namespace) -> None:
+    from ptlab.files import read_json_object
+    from ptlab.lab.cost import estimate_size
+    from ptlab.lab.scaling import allocate, fit_from_json, fit_law, price, read_runs
+    from ptlab.lab.scaling.allocate import check_flops
+    from ptlab.lab.scaling.report import format_allocation, format_law
+
+    check_flops(args.flops)
+    estimate_size(1, 1, args.gpu, args.mfu, args.price_per_hour)  # the pricing options' errors, before any fit
+    source = Path(args.source)
+    if source.suffix.lower() == ".json":
+        if not source.is_file():
+            raise PtlabError(f"fit file not found: {source}")
+        fitted = fit_from_json(read_json_object(source), str(source))
+        print(f"law from {source}: {format_law(fitted)} (no bootstrap: no intervals)")
+    else:
+        fitted = fit_law(read_runs(source), args.bootstrap, args.seed, args.grid)
+        print(f"fitted to {len(fitted.runs)} runs of {source}: {format_law(fitted.law)}")
+    allocation = allocate(fitted, args.flops)
+    print(format_allocation(allocation, price(allocation, args.gpu, args.mfu, args.price_per_hour)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -539,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                "common.train.device=cuda run_dir=runs/study-base")
     study.add_argument("config", help="study YAML file")
     study.add_argument("--dry-run", action="store_true", help="print the plan with parameters, FLOPs and a time "
-                                                              "estimate, and run nothing")
+                                                              "estimate (from a few steps of each cell's model, "
+                                                              "timed with --jobs' threads), and run nothing")
     study.add_argument("--jobs", type=int, default=1, help="cells run side by side, each with cores/jobs threads "
                                                            "(default: %(default)s)")
     study.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -559,6 +620,72 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: %(default)s)")
     cost.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand list price)")
     cost.set_defaults(func=_cmd_cost)
+
+    scaling = sub.add_parser(
+        "scaling", help="fit a scaling law to a table of runs; predict a held-out larger run; allocate a budget",
+        description="Chinchilla's law L(N, D) = E + A / N^alpha + B / D^beta, fitted the way Besiroglu et al. 2024 "
+                    "replicated Hoffmann et al. 2022 (Huber loss, delta 1e-3, on log-loss summed over runs; "
+                    "L-BFGS-B from a grid of starts; bootstrap intervals), to a CSV with the columns params, tokens "
+                    "(or flops, then tokens = flops / 6 params) and loss; other columns (name, cell) are allowed. "
+                    "N is whatever the table counts. A bad table is one line naming the file, line and column.",
+        epilog="example: ptlab scaling fit data/scaling/hoffmann-synthetic.csv --json runs/fit.json")
+    scaling.set_defaults(help_parser=scaling)
+    scaling_sub = scaling.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND")
+
+    def fit_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                             help="bootstrap resamples for the 95%% intervals; 0 for none (default: %(default)s)")
+        command.add_argument("--seed", type=_seed, default=0, help="seed of the resampling (default: %(default)s)")
+        command.add_argument("--grid", choices=["coarse", "hoffmann"], default="coarse",
+                             help="L-BFGS-B starts: 72 (coarse) or Hoffmann et al.'s 4,500, minutes (default: "
+                                  "%(default)s)")
+
+    scaling_fit = scaling_sub.add_parser(
+        "fit", help="fit E, A, B, alpha, beta with intervals, and the compute-optimal tokens per parameter",
+        description="Fit the law to every run of TABLE and print E, A, B, alpha and beta with bootstrap intervals, "
+                    "the compute-optimal allocation (N* ~ C^a, tokens per parameter beside Chinchilla's ~20), and "
+                    "Hoffmann's approaches 1 (compute frontier) and 2 (isoFLOP parabolas) where the table allows.",
+        epilog="example: ptlab scaling fit runs.csv --json fit.json --plot fit.png")
+    scaling_fit.add_argument("table", help="CSV of runs: params, tokens (or flops), loss")
+    scaling_fit.add_argument("--json", metavar="OUT", help='write the fit as one JSON object: {"E": {"value": ..., '
+                                                          '"interval": [low, high]}, "A": ..., "B": ..., "alpha": '
+                                                          '..., "beta": ...}')
+    scaling_fit.add_argument("--plot", metavar="OUT.png", help="loss against compute with the law's compute-optimal "
+                                                               "frontier, and the isoFLOP curves if any")
+    fit_options(scaling_fit)
+    scaling_fit.set_defaults(func=_cmd_scaling_fit)
+
+    scaling_predict = scaling_sub.add_parser(
+        "predict", help="fit without the largest-compute run(s), then predict their loss",
+        description="Hold out the K runs with the largest compute (the flops column, else 6ND), fit the law to the "
+                    "rest and print each held-out run's predicted loss with its bootstrap interval against the "
+                    "measured one.",
+        epilog="example: ptlab scaling predict runs.csv --holdout 2 --plot predict.png")
+    scaling_predict.add_argument("table", help="CSV of runs: params, tokens (or flops), loss")
+    scaling_predict.add_argument("--holdout", type=int, default=1, metavar="K",
+                                 help="largest-compute runs to hold out (default: %(default)s)")
+    scaling_predict.add_argument("--plot", metavar="OUT.png", help="loss against compute and predicted against "
+                                                                   "measured")
+    fit_options(scaling_predict)
+    scaling_predict.set_defaults(func=_cmd_scaling_predict)
+
+    scaling_allocate = scaling_sub.add_parser(
+        "allocate", help="the compute-optimal model for a FLOP budget, and its price",
+        description="N* and D* minimising the law on C = 6ND (closed form), the tokens per parameter and the "
+                    "predicted loss there, with bootstrap intervals when fitted from a table; and what training "
+                    "that model costs (ptlab cost at 6N FLOPs per token).",
+        epilog="example: ptlab scaling allocate fit.json --flops 1e21 --gpu h100")
+    scaling_allocate.add_argument("source", help="a CSV of runs (fitted first) or a JSON fit from `ptlab scaling "
+                                                 "fit --json`")
+    scaling_allocate.add_argument("--flops", type=float, required=True, metavar="C", help="the budget in FLOPs")
+    scaling_allocate.add_argument("--gpu", default="h100", help="v100, a100, h100, h200 or b200 (default: "
+                                                                "%(default)s)")
+    scaling_allocate.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: "
+                                                                         "%(default)s)")
+    scaling_allocate.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand "
+                                                                       "list price)")
+    fit_options(scaling_allocate)
+    scaling_allocate.set_defaults(func=_cmd_scaling_allocate)
 
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
                            description="Stream documents (JSON Lines, .txt, each optionally .gz or .zst; Parquet; "
@@ -589,14 +716,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seed(text: str) -> int:
     """An argparse type: a seed numpy and torch both take."""
-    from ptlab.config import MAX_SEED
+    from ptlab.config import seed_problem
 
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    problem = seed_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,12 @@ class ModelConfig:
     layer_norm_eps: float | None = None  # None: t5/llama 1e-6, bart/gpt2 1e-5
     dropout: float = 0.0
     initializer_factor: float = 1.0
+    # Normalise each head's queries and keys (RMSNorm over the head dimension, learned gain) before attention:
+    # bounded attention logits, stable at higher learning rates (OLMo 2, modded-nanogpt). Not in HF's GPT-2/T5/BART
+    qk_norm: bool = False
+    # Start every residual branch's output projection (attention's and the feed-forward's) at zero, so each block
+    # starts as the identity (modded-nanogpt; "ReZero"-like)
+    zero_init_output: bool = False
     # Special ids the model needs to generate (None: taken from the tokenizer when training starts).
     pad_token_id: int | None = None
     eos_token_id: int | None = None
@@ -207,9 +214,10 @@ class DataConfig:
 
 
 SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "wsd")
-OPTIMIZERS = ("adamw", "adamw_scale", "adafactor")
+OPTIMIZERS = ("adamw", "adamw_scale", "adafactor", "muon", "muon_scale")
 
 
+AUTO_CHUNK_MIN_VOCAB = 32768  # train.loss_chunk_tokens auto: the smallest vocabulary the head and loss are fused for
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # train.loggers, implemented in ptlab.train.loggers
 _LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]"}
 
@@ -228,8 +236,12 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 32  # examples per optimizer step, across all ranks and accumulation steps
     grad_accum: int = 1  # micro-batches per rank and step
-    optimizer: str = "adamw"  # adamw | adamw_scale (step scaled by each tensor's RMS, as nanoT5) | adafactor
-    lr: float = 1e-3
+    # adamw | adamw_scale (step scaled by each tensor's RMS, as nanoT5) | adafactor | muon (Muon for the hidden
+    # matrices, AdamW for embeddings, head, norms and biases) | muon_scale (Muon, and RMS-scaled AdamW for the rest)
+    optimizer: str = "adamw"
+    lr: float = 1e-3  # the peak learning rate (with muon: of the AdamW part)
+    muon_lr: float = 0.02  # muon: the hidden matrices' peak learning rate, before Muon's per-shape adjustment
+    muon_momentum: float = 0.95  # muon: Nesterov momentum of the matrices' updates
     schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt (T5) | wsd (warmup-stable-decay)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine/linear/wsd decay floor, as a fraction of lr
@@ -239,11 +251,11 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     # The LM head and the cross-entropy fused, this many tokens at a time, so the whole batch's logits are never
-    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss. At 8 x 512 tokens and a 32k
-    # vocabulary, a step's peak memory at 128 (256) is 49% (51%) of the unfused one's compiled on CPU and 15% (17%)
-    # eagerly, at 0.8-1.0x the speed (benchmarks/results/head-loss-cpu.md): worth it for large vocabularies and
-    # memory-bound runs; on a GPU use thousands of tokens
-    loss_chunk_tokens: int = 0
+    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss; auto: fused for vocabularies of
+    # 32k and more, in chunks of 2**24 / vocabulary tokens (512 at 32k, 256 at least), where it costs no speed and
+    # saves most memory; unfused below, where the whole logits are small (benchmarks/results/head-loss-cpu.md).
+    # On a GPU use thousands of tokens
+    loss_chunk_tokens: int | str = "auto"
     precision: str = "bf16"  # bf16 (autocast) | fp32
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (runs long enough to repay it)
@@ -255,6 +267,14 @@ class TrainConfig:
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     async_checkpoint: bool = False  # FSDP on several ranks: write periodic checkpoints while training goes on
     max_bad_steps: int = 5  # a non-finite loss skips the step; this many in a row stops the run
+    # Loss-spike guard: skip a step whose loss is more than this many standard deviations above the mean of the
+    # last `spike_window` steps' losses (OLMo-core's skip-step optimizer); 0 disables it
+    spike_sigmas: float = 0.0
+    spike_window: int = 64
+    # Batch-size warmup: the first `batch_warmup_steps` steps grow the batch linearly from `batch_warmup_start`
+    # (a fraction of batch_size) to batch_size; 0 disables it
+    batch_warmup_steps: int = 0
+    batch_warmup_start: float = 0.25
     log_every: int = 10
     # Experiment trackers beside metrics.jsonl: tensorboard (RUN_DIR/tensorboard) | mlflow | wandb (offline)
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -287,13 +307,21 @@ class TrainConfig:
         _check(0.0 <= self.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
         _check(0.0 <= self.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _check(self.loss_chunk_tokens >= 0, "train.loss_chunk_tokens", "must be >= 0 (0: no chunking)")
+        _check(self.loss_chunk_tokens == "auto" or (isinstance(self.loss_chunk_tokens, int)
+                                                    and self.loss_chunk_tokens >= 0),
+               "train.loss_chunk_tokens", "must be auto or an integer >= 0 (0: no chunking)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
         _check(self.threads >= 0, "train.threads", "must be >= 0 (0: torch's default)")
         _check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", "must be positive")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _check(self.muon_lr > 0, "train.muon_lr", "must be positive")
+        _check(0.0 <= self.muon_momentum < 1.0, "train.muon_momentum", "must be in [0, 1)")
+        _check(self.spike_sigmas >= 0, "train.spike_sigmas", "must be >= 0 (0 disables the guard)")
+        _check(self.spike_window >= 2, "train.spike_window", "must be >= 2")
+        _check(self.batch_warmup_steps >= 0, "train.batch_warmup_steps", "must be >= 0 (0 disables it)")
+        _check(0.0 < self.batch_warmup_start <= 1.0, "train.batch_warmup_start", "must be in (0, 1]")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         for name in self.loggers:
             _check(name in LOGGERS, "train.loggers", f"unknown logger {name!r} (known: {', '.join(LOGGERS)})")
@@ -302,6 +330,12 @@ class TrainConfig:
             check_logger_installed(name)
         for tag in self.tags:
             _check(bool(tag.split("=", 1)[0].strip()), "train.tags", f"{tag!r} needs a name before '='")
+
+    def chunk_tokens(self, vocab_size: int) -> int:
+        """`loss_chunk_tokens` with auto resolved for a model of `vocab_size` tokens."""
+        if self.loss_chunk_tokens != "auto":
+            return self.loss_chunk_tokens
+        return 0 if vocab_size < AUTO_CHUNK_MIN_VOCAB else max(256, 2**24 // vocab_size)
 
     def logger_names(self) -> list[str]:
         """`loggers` with the deprecated `tensorboard` switch applied."""
@@ -364,7 +398,7 @@ class FinetuneConfig:
                "a model trained from scratch (init: none) needs a tokenizer directory")
         if self.init == "none":
             self.model.validate()
-        _check_seed(self.seed)
+        check_seed(self.seed, "config key 'seed'")
         _check(self.patience >= 1, "patience", "must be >= 1")
         _check(self.epochs > 0, "epochs", "must be positive")
         _check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: train for `epochs`)")
@@ -387,13 +421,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        _check_seed(self.seed)
+        check_seed(self.seed, "config key 'seed'")
         for section in (self.model, self.objective, self.data, self.train):
             section.validate()
         if self.init is not None:
+            # a data.tokenizer set beside init must be the init's own tokenizer: that needs both tokenizers' files,
+            # so it is checked when the run starts (ptlab.train.continued.prepare_init)
             _check(bool(self.init.strip()), "init", "must name a checkpoint, run or Hugging Face directory")
-            _check(self.data.tokenizer in (DataConfig.tokenizer, str(Path(self.run_dir) / "tokenizer")),
-                   "data.tokenizer", f"the tokenizer comes from init ({self.init}); leave data.tokenizer unset")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -409,8 +443,23 @@ def _check(ok: bool, key: str, message: str) -> None:
 MAX_SEED = 2**63 - 1  # numpy and torch both take seeds in [0, 2**63)
 
 
-def _check_seed(seed: int) -> None:
-    _check(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**63), got {seed}")
+def seed_problem(seed: object) -> str | None:
+    """What keeps `seed` from being a seed numpy and torch both take ("must be in [0, 2**63), got -1"), or None:
+    the one check behind the `seed` config keys, the command line's --seed and the Python functions taking a seed."""
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):  # an int or a numpy integer, not 1.5 or True
+        return f"must be an integer in [0, 2**63), got {seed!r}"
+    if not 0 <= operator.index(seed) <= MAX_SEED:
+        return f"must be in [0, 2**63), got {seed}"
+    return None
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """`seed` as an int, or a one-line PtlabError naming `name` when numpy or torch would refuse it (numpy's own
+    error for a negative seed is a ValueError from deep inside, after any work done before drawing)."""
+    problem = seed_problem(seed)
+    if problem is not None:
+        raise PtlabError(f"{name}: {problem}")
+    return operator.index(seed)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = None) -> Any:

@@ -12,19 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from ptlab.config import TaskConfig
-from ptlab.data.pipeline import IGNORE_INDEX, decoder_batch, encoder_decoder_batch
+from ptlab.data.pipeline import decoder_batch, encoder_decoder_batch
 from ptlab.data.tasks import Task, resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.downstream.metrics import compute_metrics
 from ptlab.models.generate import generate
 from ptlab.objectives import Example
-from ptlab.train.batches import autocast, batch_logits, model_inputs, to_tensors
+from ptlab.train.batches import autocast, batch_label_log_probs, model_inputs, to_tensors
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+
+
+EVAL_BATCH_SIZE = 32  # rows per scoring batch: examples x labels when ranking labels, examples when decoding
 
 
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PtlabTokenizer, task: Task) -> list[Example]:
@@ -49,16 +51,12 @@ def _label_log_likelihoods(model: nn.Module, examples: list[Example], label_ids:
     rows = [Example(e.inputs, label) for e in examples for label in label_ids]
     batch = to_tensors(model_inputs(make_batch(model, rows, pad)), device)
     with torch.no_grad(), autocast(precision, device):
-        logits = batch_logits(model, batch).float()
-    labels = batch["labels"]
-    log_probs = F.log_softmax(logits, dim=-1)
-    mask = labels != IGNORE_INDEX
-    picked = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
+        picked = batch_label_log_probs(model, batch)
     return picked.sum(dim=1).view(len(examples), len(label_ids)).cpu().numpy()
 
 
 def predict(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, examples: list[Example], precision: str = "fp32",
-            batch_size: int = 32, device="cpu", show_progress: bool = False) -> list[str]:
+            batch_size: int = EVAL_BATCH_SIZE, device="cpu", show_progress: bool = False) -> list[str]:
     """Predicted target strings: the most likely label (classification) or the greedy decoding."""
     model.eval()
     pad = tokenizer.specials.pad

@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm import tqdm
 
-from ptlab.config import Config, FinetuneConfig, save_config
+from ptlab.config import Config, FinetuneConfig, check_seed, save_config
 from ptlab.data.tasks import Task, resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
 from ptlab.downstream.evaluate import _write_predictions, encode_pairs, make_batch, score
@@ -97,6 +97,7 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
 
 def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> FinetuneResult:
     train_cfg = cfg.train
+    check_seed(cfg.seed, "config key 'seed'")  # a config that skipped validate(): not numpy's error mid-run
     configure_host(train_cfg.threads)
     task = resolve_task(cfg.task)
     train = task.examples("train")
@@ -144,7 +145,7 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
     loss_fn = training_loss(model, compile_enabled(schedule, device), on_fallback=lambda error: (
         print(f"ptlab: warning: compiling failed, fine-tuning eagerly ({error})", file=sys.stderr),
         record({"step": start_step, "event": "compile_fallback", "error": error})),
-        chunk_tokens=train_cfg.loss_chunk_tokens)
+        chunk_tokens=train_cfg.chunk_tokens(model.config.vocab_size))
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])

@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ptlab.config import Config, TaskConfig
-from ptlab.data.pipeline import IGNORE_INDEX
+from ptlab.config import Config, TaskConfig, check_seed
 from ptlab.data.tasks import Task, resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.downstream.evaluate import make_batch
@@ -40,7 +38,7 @@ from ptlab.errors import PtlabError
 from ptlab.files import json_text, prepare_output, write_text_atomic
 from ptlab.models.generate import generate
 from ptlab.objectives import Example
-from ptlab.train.batches import autocast, batch_logits, model_inputs, to_tensors
+from ptlab.train.batches import autocast, batch_label_log_probs, model_inputs, to_tensors
 from ptlab.train.checkpoint import (
     load_checkpoint_config,
     load_checkpoint_tokenizer,
@@ -70,7 +68,7 @@ def build_prompt(demonstrations: list[str], query: str) -> str:
 def draw_demonstrations(candidates: int, shots: int, seed: int, example_number: int) -> list[int]:
     """`shots` distinct candidate numbers (all of them when there are fewer), from (seed, example number) alone: an
     example gets the same demonstrations whichever other examples are evaluated with it."""
-    rng = np.random.default_rng([seed, example_number])
+    rng = np.random.default_rng([check_seed(seed), example_number])
     return rng.choice(candidates, size=min(shots, candidates), replace=False).tolist()
 
 
@@ -107,6 +105,7 @@ def prompted_examples(task: Task, tokenizer: PtlabTokenizer, split: str, shots: 
     fitted into `budget` tokens (an encoder-decoder's encoder; a decoder-only model's prompt and answer)."""
     if shots < 0:
         raise PtlabError(f"--shots must be >= 0, got {shots}")
+    check_seed(seed)  # before any prompt is built, even when no demonstration is drawn
     evaluated = task.prompts(split)
     candidates: list[tuple[str, str]] = []
     if shots:
@@ -140,10 +139,7 @@ def answer_log_likelihoods(model: nn.Module, rows: list[Example], pad: int, prec
     for start in range(0, len(rows), batch_size):
         batch = to_tensors(model_inputs(make_batch(model, rows[start:start + batch_size], pad)), device)
         with torch.no_grad(), autocast(precision, device):
-            logits = batch_logits(model, batch).float()
-        labels = batch["labels"]
-        picked = F.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        sums.append((picked * (labels != IGNORE_INDEX)).sum(dim=1).cpu().numpy())
+            sums.append(batch_label_log_probs(model, batch).sum(dim=1).cpu().numpy())
     return np.concatenate(sums) if sums else np.zeros(0)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ptlab.config import ModelConfig
 from ptlab.models.head_loss import OutputHead
-from ptlab.models.layers import Attention, GeluFeedForward, KVCache, init_gpt_style
+from ptlab.models.layers import Attention, GeluFeedForward, KVCache, init_gpt_style, zero_output_projections
 from ptlab.models.masks import causal_bias, padding_bias
 
 POSITION_OFFSET = 2
@@ -23,7 +23,8 @@ POSITION_OFFSET = 2
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
+                              qk_norm=cfg.qk_norm)
         self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ff = GeluFeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout)
         self.ff_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
@@ -38,9 +39,11 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout)
+        self.self_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
+                              qk_norm=cfg.qk_norm)
         self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout)
+        self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
+                              qk_norm=cfg.qk_norm)
         self.cross_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ff = GeluFeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout)
         self.ff_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
@@ -79,6 +82,8 @@ class Bart(nn.Module):
 
     def reset_parameters(self) -> None:
         init_gpt_style(self, std=0.02 * self.config.initializer_factor)
+        if self.config.zero_init_output:
+            zero_output_projections(self)
 
     def _embed(self, ids: torch.Tensor, positions: nn.Embedding, norm: nn.LayerNorm, past_length: int = 0):
         position_ids = torch.arange(past_length, past_length + ids.shape[1], device=ids.device) + POSITION_OFFSET

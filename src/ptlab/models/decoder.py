@@ -24,6 +24,7 @@ from ptlab.models.layers import (
     RotaryEmbedding,
     SwiGLUFeedForward,
     init_gpt_style,
+    zero_output_projections,
 )
 from ptlab.models.masks import decoder_bias
 
@@ -36,7 +37,7 @@ class Block(nn.Module):
             lambda: nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps))
         self.attn_norm = norm()
         self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, num_kv_heads=cfg.num_kv_heads, bias=not llama,
-                              dropout=cfg.dropout)
+                              dropout=cfg.dropout, qk_norm=cfg.qk_norm)
         self.ff_norm = norm()
         self.ff = (SwiGLUFeedForward(cfg.d_model, cfg.d_ff) if llama
                    else GeluFeedForward(cfg.d_model, cfg.d_ff, approximate="tanh", dropout=cfg.dropout))
@@ -75,6 +76,8 @@ class DecoderLM(nn.Module):
             for block in self.blocks:
                 for projection in (block.attn.o, block.ff.fc_out):
                     nn.init.normal_(projection.weight, std=std / math.sqrt(2 * self.config.num_layers))
+        if self.config.zero_init_output:
+            zero_output_projections(self)
 
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]

@@ -183,3 +183,31 @@ class _HeadLossSum(torch.autograd.Function):
         if grad_bias is not None:
             grad_bias = grad_bias.mul_(grad).reshape(bias_like[0]).to(bias_like[1])
         return grad_hidden, None, grad_weight, grad_bias, None, None, None, None, None
+
+
+# Scoring holds one chunk's float32 logits at a time: this many of them (64 MiB), whatever the vocabulary
+SCORING_CHUNK_LOGITS = 1 << 24
+
+
+def scoring_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per chunk when scoring: a whole small-vocabulary batch in one product, a 32k one 512 at a time."""
+    return max(16, SCORING_CHUNK_LOGITS // max(vocab_size, 1))
+
+
+@torch.no_grad()
+def label_log_probs(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, ignore_index: int = -100,
+                    chunk_tokens: int | None = None) -> torch.Tensor:
+    """log p(label) at every position of `labels` ([...], float32; 0 where the label is `ignore_index`), from the
+    final hidden states ([..., d_model]) through `head`, `chunk_tokens` tokens at a time (default: by the
+    vocabulary, `scoring_chunk_tokens`): what evaluation and scoring need, without ever holding the whole batch's
+    logits. The products run in the autocast dtype when autocast is on, the softmax in float32, as the loss does."""
+    chunk = chunk_tokens or scoring_chunk_tokens(head.weight.shape[0])
+    flat_hidden, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    out = torch.zeros(flat_labels.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, flat_labels.shape[0], chunk):
+        part = flat_labels[start:start + chunk]
+        valid = part != ignore_index
+        logits = head.logits(flat_hidden[start:start + chunk]).float()
+        picked = logits.gather(1, part.masked_fill(~valid, 0)[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+        out[start:start + chunk] = picked * valid
+    return out.reshape(labels.shape)

@@ -54,11 +54,12 @@ class Attention(nn.Module):
 
     `num_kv_heads < num_heads` is grouped-query attention (each key/value head serves a group of query heads).
     `scale=None` is the usual 1/sqrt(d_head); T5 uses 1.0 (folded into its init). `bias` adds biases to the four
-    projections (BART, GPT-2).
+    projections (BART, GPT-2). `qk_norm` RMS-normalises each head's queries and keys (with a learned gain) before
+    the rotary encoding and the scores.
     """
 
     def __init__(self, d_model: int, num_heads: int, d_head: int, *, num_kv_heads: int | None = None,
-                 bias: bool = False, scale: float | None = None, dropout: float = 0.0):
+                 bias: bool = False, scale: float | None = None, dropout: float = 0.0, qk_norm: bool = False):
         super().__init__()
         self.num_heads, self.d_head, self.scale, self.dropout = num_heads, d_head, scale, dropout
         self.num_kv_heads = num_kv_heads or num_heads
@@ -66,6 +67,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_model, self.num_kv_heads * d_head, bias=bias)
         self.v = nn.Linear(d_model, self.num_kv_heads * d_head, bias=bias)
         self.o = nn.Linear(num_heads * d_head, d_model, bias=bias)
+        self.q_norm, self.k_norm = (RMSNorm(d_head), RMSNorm(d_head)) if qk_norm else (None, None)
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -79,6 +81,8 @@ class Attention(nn.Module):
         `FlexBias` mask runs the attention on flex_attention instead (T5's bias and masks, see `ptlab.models.flex`)."""
         if context is not None and cache is not None and cache.k is not None:
             q = self._heads(self.q(x), self.num_heads)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
             k, v = cache.k, cache.v  # cross-attention: the encoder's keys and values, computed at the first step
         else:
             if context is None:
@@ -87,6 +91,8 @@ class Attention(nn.Module):
                 q, (k, v) = self.q(x), fused_linear(context, self.k, self.v)
             q = self._heads(q, self.num_heads)
             k, v = self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
@@ -231,6 +237,19 @@ class RelativePositionBias(nn.Module):
         relative = torch.arange(first, first + query_length + key_length - 1, device=self.embedding.weight.device)
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
         return self.embedding(buckets).t()
+
+
+@torch.no_grad()
+def zero_output_projections(model: nn.Module) -> None:
+    """Zero every residual branch's last projection (attention's output and the feed-forward's down projection,
+    biases included): each block starts as the identity (`model.zero_init_output`)."""
+    outputs = {Attention: "o", GatedGeluFeedForward: "wo", ReluFeedForward: "wo", SwiGLUFeedForward: "down",
+               GeluFeedForward: "fc_out"}
+    for module in model.modules():
+        name = outputs.get(type(module))
+        if name is not None:
+            for param in getattr(module, name).parameters():
+                nn.init.zeros_(param)
 
 
 @torch.no_grad()

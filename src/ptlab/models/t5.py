@@ -14,7 +14,15 @@ from torch import nn
 from ptlab.config import ModelConfig
 from ptlab.models.flex import FlexBias, flex_bias, use_flex_attention
 from ptlab.models.head_loss import OutputHead
-from ptlab.models.layers import Attention, GatedGeluFeedForward, KVCache, RelativePositionBias, ReluFeedForward, RMSNorm
+from ptlab.models.layers import (
+    Attention,
+    GatedGeluFeedForward,
+    KVCache,
+    RelativePositionBias,
+    ReluFeedForward,
+    RMSNorm,
+    zero_output_projections,
+)
 from ptlab.models.masks import add_biases, causal_bias, padding_bias
 
 
@@ -24,7 +32,9 @@ def _feed_forward(cfg: ModelConfig) -> nn.Module:
 
 
 def _attention(cfg: ModelConfig) -> Attention:
-    return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout=cfg.dropout, scale=1.0)
+    # Unscaled scores, the 1/sqrt(d_kv) folded into q's init; normalised queries and keys need the usual scale
+    return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout=cfg.dropout, scale=None if cfg.qk_norm else 1.0,
+                     qk_norm=cfg.qk_norm)
 
 
 class EncoderBlock(nn.Module):
@@ -120,6 +130,8 @@ class T5(nn.Module):
             elif isinstance(module, ReluFeedForward):
                 nn.init.normal_(module.wi.weight, std=factor * d_model**-0.5)
                 nn.init.normal_(module.wo.weight, std=factor * cfg.d_ff**-0.5)
+        if cfg.zero_init_output:
+            zero_output_projections(self)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[1]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ptlab.data.pipeline import IGNORE_INDEX
+from ptlab.models.head_loss import label_log_probs
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
@@ -39,6 +40,13 @@ def batch_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
         return model(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"), return_hidden=True)
     return model(batch["input_ids"], position_ids=batch["position_ids"], segment_ids=batch.get("segment_ids"),
                  prefix_mask=batch.get("prefix_mask"), return_hidden=True)
+
+
+def batch_label_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p(label) at every position of the batch's labels (0 where ignored), the head applied in chunks
+    (`ptlab.models.head_loss.label_log_probs`): every pass that scores text goes through here, so none holds a
+    batch's whole logits."""
+    return label_log_probs(batch_hidden(model, batch), batch["labels"], unwrapped(model).output_head(), IGNORE_INDEX)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

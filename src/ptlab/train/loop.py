@@ -1,6 +1,7 @@
 """The pre-training loop, the same on a laptop CPU and under torchrun.
 
-Each step reads the global batch's examples `[step * batch_size, (step + 1) * batch_size)`; rank r of W takes its
+Each step reads the global batch's examples `[step * batch_size, (step + 1) * batch_size)` (shifted by a batch-size
+warmup's smaller first batches, `examples_before`); rank r of W takes its
 contiguous share, split into `grad_accum` micro-batches. The loss is token-weighted over the global batch, so any
 rank count and accumulation gives the same gradient. The learning rate is a pure function of the step, batches a
 pure function of (seed, step), and checkpoints hold model, optimizer (keyed by parameter name), RNG state and
@@ -38,7 +39,16 @@ from ptlab.models.head_loss import head_loss_sum
 from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
-from ptlab.train.batches import autocast, batch_hidden, batch_logits, batch_tokens, model_inputs, to_tensors, unwrapped
+from ptlab.train.batches import (
+    autocast,
+    batch_hidden,
+    batch_label_log_probs,
+    batch_logits,
+    batch_tokens,
+    model_inputs,
+    to_tensors,
+    unwrapped,
+)
 from ptlab.train.checkpoint import (
     CHECKPOINTS,
     checkpoint_dir,
@@ -60,6 +70,7 @@ from ptlab.train.runlog import MetricsLog, read_metrics
 from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, load_sharded_weights, save_sharded
 from ptlab.train.step import (
     PendingStep,
+    SpikeGuard,
     StepOutcome,
     StopSignals,
     label_count,
@@ -98,16 +109,16 @@ def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: 
 
 
 def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed token cross-entropy, and how many labels it covers."""
-    return summed_loss(model, batch), int((batch["labels"] != IGNORE_INDEX).sum())
+    """Summed token cross-entropy, and how many labels it covers, for evaluation: the head applied a chunk of
+    tokens at a time (`batch_label_log_probs`), so the batch's whole logits are never held."""
+    return -batch_label_log_probs(model, batch).sum(dtype=torch.float64), int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a backend that records the graph, or one that fails
 
 
 def training_loss(model: nn.Module, compiled: bool, on_fallback: Callable[[str], None] = lambda error: None,
-                  chunk_tokens: int = TrainConfig.loss_chunk_tokens
-                  ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+                  chunk_tokens: int = 0) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """The trainer's per-batch summed loss, the head and loss fused in chunks of `chunk_tokens` tokens
     (`train.loss_chunk_tokens`; 0: the whole batch's logits, then the loss). Compiled, the model and the loss are
     one graph. Should the compiler fail, this run continues eagerly and `on_fallback` gets the error in one line."""
@@ -161,6 +172,23 @@ def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], prec
         count += n
     model.train(was_training)
     return total / max(count, 1)
+
+
+def batch_rows(step: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """Examples in step `step`'s global batch: train.batch_size, or during the batch-size warmup a linear ramp
+    from batch_warmup_start of it, rounded down to a multiple of the rank count (at least one example per rank).
+    With the warmup on, the data stream therefore depends on the rank count, as the batch's split always does."""
+    cfg_steps = cfg.batch_warmup_steps
+    if not cfg_steps or step >= cfg_steps:
+        return cfg.batch_size
+    fraction = cfg.batch_warmup_start + (1 - cfg.batch_warmup_start) * step / cfg_steps
+    return max(world_size, int(cfg.batch_size * fraction) // world_size * world_size)
+
+
+def examples_before(step: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """Examples the steps before `step` read: where step `step`'s batch starts in the example stream."""
+    warmup = min(step, cfg.batch_warmup_steps)
+    return sum(batch_rows(s, cfg, world_size) for s in range(warmup)) + (step - warmup) * cfg.batch_size
 
 
 # torch.compile pays for its compilation (tens of seconds on a CPU) only over a run this long.
@@ -221,6 +249,8 @@ def data_identity(cfg: Config, train: TokenShard | Mixture, tokenizer_fingerprin
     identity = {"train_data": fingerprint, "tokenizer": tokenizer_fingerprint,
                 "objective": cfg.objective.to_dict(), "seed": cfg.seed, "batch_size": cfg.train.batch_size,
                 "inputs_length": cfg.objective.inputs_length}
+    if cfg.train.batch_warmup_steps:  # the ramp moves every later batch's examples
+        identity["batch_warmup"] = [cfg.train.batch_warmup_steps, cfg.train.batch_warmup_start]
     if init is not None:
         identity["init"] = init.record()
     return identity
@@ -403,6 +433,10 @@ class _Trainer:
             torch.set_rng_state(self.state["rng"]["torch"])
             if device.type == "cuda" and self.state["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(self.state["rng"]["cuda"], device)
+        self.spike_guard = (SpikeGuard(train_cfg.spike_sigmas, train_cfg.spike_window, device)
+                            if train_cfg.spike_sigmas else None)
+        if self.spike_guard is not None and self.state is not None and "spike_guard" in self.state:
+            self.spike_guard.load_state_dict(self.state["spike_guard"])
         model.train()
 
     def _open_log(self) -> None:
@@ -455,16 +489,22 @@ class _Trainer:
         initial_val = self._evaluate(0) if self.state is None else next(
             (r["val_loss"] for r in read_metrics(self.run_dir) if r.get("step") == 0 and "val_loss" in r), None)
         val_loss, bad_in_row, last_checkpoint, step = initial_val, 0, None, self.start_step
-        share = train_cfg.batch_size // runtime.world_size
         bar = tqdm(total=train_cfg.max_steps, initial=self.start_step, desc="pre-training", unit="step",
                    disable=not self.show, dynamic_ncols=True)
-        batches = _Prefetcher(lambda n: self.train_data.batch(n * train_cfg.batch_size + runtime.rank * share, share))
+
+        def rank_batch(n: int) -> dict:
+            share = batch_rows(n, train_cfg, runtime.world_size) // runtime.world_size
+            return self.train_data.batch(examples_before(n, train_cfg, runtime.world_size) + runtime.rank * share,
+                                         share)
+
+        batches = _Prefetcher(rank_batch)
 
         def compile_fallback(error: str) -> None:
             self.note(f"warning: torch.compile failed, this run continues eagerly ({error})")
             self.record({"step": step + 1, "event": "compile_fallback", "error": error})
 
-        loss_fn = training_loss(self.trained, self.compiled, compile_fallback, train_cfg.loss_chunk_tokens)
+        loss_fn = training_loss(self.trained, self.compiled, compile_fallback,
+                                train_cfg.chunk_tokens(self.cfg.model.vocab_size))
         pending: list[tuple[int, PendingStep]] = []  # steps not read back yet: (step number, its figures)
         outcome = None
         with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
@@ -476,7 +516,7 @@ class _Trainer:
                     label_count(batch), batch_tokens(batch), self._flops(batch))
                 done = step + 1
                 pending.append((done, step_on_device(self.trained, self.optimizer, loss_fn, batch, lr, total_labels,
-                                                     train_cfg, runtime)))
+                                                     train_cfg, runtime, self.spike_guard)))
                 evaluate = train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps
                 stop = runtime.any(signals.received is not None)
                 save = stop or (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
@@ -532,7 +572,7 @@ class _Trainer:
 
     def _source_tokens(self, done: int) -> dict:
         """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""
-        tokens = self.train_data.source_tokens(done * self.cfg.train.batch_size)
+        tokens = self.train_data.source_tokens(examples_before(done, self.cfg.train, self.runtime.world_size))
         return {"source_tokens": tokens} if tokens else {}
 
     @functools.cache
@@ -564,7 +604,10 @@ class _Trainer:
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda" else None}
         trainer_state = {"step": step, "rng": rng, "progress": progress,
-                         "data": {**identity, "examples_seen": step * self.cfg.train.batch_size}}
+                         "data": {**identity, "examples_seen": examples_before(step, self.cfg.train,
+                                                                               self.runtime.world_size)}}
+        if self.spike_guard is not None:
+            trainer_state["spike_guard"] = self.spike_guard.state_dict()
         if self.runtime.distributed and self.cfg.train.distributed == "fsdp":
             return self._save_sharded(step, trained, optimizer, tokenizer, trainer_state, metrics)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -6,8 +6,10 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ptlab.config import TrainConfig
+from ptlab.errors import PtlabError
 
 
 class AdamWScale(torch.optim.Optimizer):
@@ -64,7 +66,8 @@ class AdamWScale(torch.optim.Optimizer):
             torch._foreach_add_(new_params, updates)
             for olds, news in ((params, new_params), (exp_avgs, new_avgs), (exp_avg_sqs, new_sqs)):
                 if found_inf is None:
-                    torch._foreach_copy_(olds, news)
+                    for old, new in zip(olds, news):  # one by one: DTensors (FSDP) have no foreach copy
+                        old.copy_(new)
                 else:
                     keep = found_inf.to(olds[0].device) > 0
                     for old, new in zip(olds, news):
@@ -77,20 +80,168 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
+def hidden_matrices(model: nn.Module) -> list[str]:
+    """Names of the weights Muon takes: every linear layer's matrix inside the blocks (attention and feed-forward
+    projections), not the token or position embeddings, T5's relative-bias tables or the output head, whose
+    gradients are not the "hidden layer" kind Newton-Schulz orthogonalisation is meant for (Keller Jordan's Muon,
+    modded-nanogpt and torchtitan group them the same way)."""
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.weight.requires_grad and not module_name.endswith("lm_head"):
+            names.append(_plain_name(f"{module_name}.weight" if module_name else "weight"))
+    return names
+
+
+class MuonWithAdam(torch.optim.Optimizer):
+    """`torch.optim.Muon` for the hidden matrices and an Adam variant for everything else, as one optimizer.
+
+    The two inner optimizers share this one's `state` and param-group dicts (their parameters are disjoint), so
+    the state dict, `torch.distributed.checkpoint` and the trainer see a single ordinary optimizer: resuming,
+    resharding and the per-group learning rate (`lr_ratio`, see `ptlab.train.step`) work as for AdamW.
+
+    Under FSDP a matrix is sharded by rows across ranks; Newton-Schulz needs the whole matrix, so each rank gathers
+    every matrix with its gradient and momentum and updates it whole (`_Muon`). That costs three
+    all-gathers of the matrices per step (weights, gradients, momentum: three times the weights' bytes, where
+    FSDP's own forward and backward gather the weights twice) and the Newton-Schulz FLOPs on every rank instead
+    of once in all: at this lab's sizes small next to the forward and backward, and exact (each rank computes
+    what one process would). Sharding the Newton-Schulz work across ranks, as torchtitan's `dist_muon` does,
+    is the step to take when that cost matters.
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, adam: torch.optim.Optimizer):
+        self.parts = (muon, adam)
+        super().__init__([group for part in self.parts for group in part.param_groups], {})
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (after building or loading a state dict)."""
+        start = 0
+        for part in self.parts:
+            count = len(part.param_groups)
+            part.param_groups = self.param_groups[start:start + count]
+            part.state = self.state
+            start += count
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for part in self.parts:
+            part.step()
+        return loss
+
+
+class _Muon(torch.optim.Muon):
+    """torch's Muon with two changes, both about exactness, neither about the algorithm:
+
+    - the matrices of a sharded (FSDP) model are updated whole: each rank gathers a matrix, its gradient and its
+      momentum, runs the update on them (the same work on every rank, so no Newton-Schulz sees part of a matrix)
+      and keeps its own rows;
+    - in a float32 run (`train.precision: fp32`) Newton-Schulz runs in float32, where torch's runs in bfloat16:
+      summed in another order, the gradient of two ranks differs from one process's in its last float32 bits, and
+      bfloat16 rounding turned that into losses 1e-4 apart after a few steps (float32 keeps them within 1e-6).
+    Everything else (the Nesterov momentum, the shape adjustment of the learning rate, the decoupled weight decay,
+    the coefficients) is torch's own.
+    """
+
+    float32 = False  # set by `build_optimizer` for float32 runs
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        sharded = any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"])
+        if not sharded and not self.float32:
+            return super().step(closure)
+        for group in self.param_groups:
+            hyper = {key: group[key] for key in ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients",
+                                                 "ns_steps", "eps", "adjust_lr_fn")}
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param.grad)
+                weight, grad, momentum = (_whole(t) for t in (param, param.grad, state["momentum_buffer"]))
+                if self.float32:
+                    _muon_update_float32(weight, grad, momentum, **hyper)
+                else:
+                    torch.optim._muon.muon([weight], [grad], [momentum], has_complex=False, **hyper)
+                for target, whole in ((param, weight), (state["momentum_buffer"], momentum)):
+                    if isinstance(target, DTensor):
+                        own = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None)
+                        target.to_local().copy_(own.to_local())
+        return None
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole; a plain one as it is (updated in place)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _muon_update_float32(param, grad, momentum_buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients,
+                         ns_steps, eps, adjust_lr_fn) -> None:
+    """torch's `_single_tensor_muon` for one matrix, with its Newton-Schulz iteration in float32."""
+    momentum_buffer.lerp_(grad, 1 - momentum)
+    update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+    a, b, c = ns_coefficients
+    x = update.float()
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.T if tall else x
+    param.mul_(1 - lr * weight_decay)
+    param.add_(x.to(param.dtype), alpha=-torch.optim._muon._adjust_lr(lr, adjust_lr_fn, param.shape))
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (fused: one kernel for the whole update, on CPU as on GPU), RMS-scaled AdamW (`adamw_scale`) or
-    Adafactor (T5's optimizer, with the relative step: `lr` caps it); weight decay only on matrices, not on norms,
-    biases or position-bias tables."""
-    decay, no_decay = [], []
+    """AdamW (fused: one kernel for the whole update, on CPU as on GPU), RMS-scaled AdamW (`adamw_scale`),
+    Adafactor (T5's optimizer, with the relative step: `lr` caps it), or Muon for the hidden matrices with AdamW
+    (`muon`) or RMS-scaled AdamW (`muon_scale`) for the rest. Weight decay only on matrices, not on norms, biases
+    or position-bias tables."""
+    muon_names = set(hidden_matrices(model)) if cfg.optimizer in MUON_OPTIMIZERS else set()
+    if cfg.optimizer in MUON_OPTIMIZERS and not muon_names:
+        raise PtlabError(f"config key 'train.optimizer': {cfg.optimizer} found no hidden matrices to optimize")
+    matrices, decay, no_decay = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and "position_bias" not in name else no_decay).append(param)
+        if _plain_name(name) in muon_names:
+            matrices.append(param)
+        else:
+            (decay if param.ndim >= 2 and "position_bias" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    adam = _build_adam(groups, cfg, "adamw_scale" if cfg.optimizer in ("adamw_scale", "muon_scale") else
+                       cfg.optimizer)
+    if not muon_names:
+        return adam
+    # Muon's own learning rate, scaled per matrix by sqrt(max(1, rows / columns)) (Keller Jordan's adjustment);
+    # `lr_ratio` keeps it in step with the schedule, which sets every group's lr from train.lr
+    muon = _Muon([{"params": matrices, "lr_ratio": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr,
+                 weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original")
+    muon.float32 = cfg.precision == "fp32"
+    return MuonWithAdam(muon, adam)
+
+
+MUON_OPTIMIZERS = ("muon", "muon_scale")
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (torch.compile's, DDP's, activation checkpointing's)."""
+    for prefix in ("_orig_mod.", "module.", "_checkpoint_wrapped_module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+def _build_adam(groups: list[dict], cfg: TrainConfig, kind: str) -> torch.optim.Optimizer:
     betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "adamw_scale":
+    if kind == "adamw_scale":
         return AdamWScale(groups, lr=cfg.lr, betas=betas, eps=1e-8)
-    if cfg.optimizer == "adafactor":
+    if kind == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
 

@@ -3,9 +3,10 @@
 Each rank's share of the batch is split into `grad_accum` micro-batches; each runs forward under autocast and
 backward with its summed token loss divided by the global label count, so the gradient is the token-weighted mean
 over the global batch whatever the rank count and accumulation. A step whose loss or gradient norm is not finite is
-skipped: the weights and the optimizer's moments stay the last good ones. That is decided on the device (the
-optimizer gets a `found_inf` flag, as under a GradScaler), so a step never waits for the device: the loss and the
-gradient norm stay there until the caller reads a run of steps back at once (`read_steps`, at log steps).
+skipped: the weights and the optimizer's moments stay the last good ones. So is, with a `SpikeGuard`, a step whose
+loss jumps far above its recent mean. That is decided on the device (the optimizer gets a `found_inf` flag, as under
+a GradScaler), so a step never waits for the device: the loss and the gradient norm stay there until the caller
+reads a run of steps back at once (`read_steps`, at log steps).
 """
 
 from __future__ import annotations
@@ -38,11 +39,48 @@ def gradient_norm(model: nn.Module, clip: float) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
+class SpikeGuard:
+    """Skips a step whose loss is more than `sigmas` standard deviations above the mean of the last `window` steps'
+    losses (OLMo-core's skip-step optimizer), decided on the device. A spike enters the history clipped to the
+    threshold it crossed, so one wild batch does not blind the guard for a window, while a lasting shift of the
+    loss (a new data source) is absorbed within a few windows instead of skipping every step. Its history is part
+    of the trainer state, so a resumed run skips the same steps."""
+
+    def __init__(self, sigmas: float, window: int, device: torch.device):
+        self.sigmas, self.window = sigmas, window
+        self.losses = torch.zeros(window, dtype=torch.float64, device=device)
+        self.seen = torch.zeros((), dtype=torch.int64, device=device)
+
+    def check(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether `loss` (the global batch's mean, a float64 scalar on the device) is a spike; records it."""
+        threshold = self.losses.mean() + self.sigmas * self.losses.std()
+        spike = (self.seen >= self.window) & (loss > threshold)
+        finite = torch.isfinite(loss)
+        slot = (self.seen % self.window).reshape(1)
+        kept = torch.where(spike, threshold, loss).reshape(1)
+        self.losses.index_copy_(0, slot, torch.where(finite, kept, self.losses.index_select(0, slot)))
+        self.seen += finite.long()
+        return spike
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses.cpu(), "seen": self.seen.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["losses"].shape != self.losses.shape:  # train.spike_window changed: start the history afresh
+            return
+        self.losses.copy_(state["losses"])
+        self.seen.copy_(state["seen"])
+
+
 @dataclass
 class StepOutcome:
     loss: float  # token-weighted mean over the global batch
     grad_norm: float  # before clipping
-    skipped: str | None = None  # "loss" or "gradient" when the update was not applied
+    skipped: str | None = None  # "loss", "gradient" or "spike" when the update was not applied
+
+    @property
+    def finite(self) -> bool:
+        return self.skipped in (None, "spike")
 
     @property
     def applied(self) -> bool:
@@ -55,6 +93,7 @@ class PendingStep:
     loss_sum: torch.Tensor  # this rank's summed token loss
     grad_norm: torch.Tensor  # the gradients' total norm before clipping
     total_labels: float  # the global batch's label count
+    spike: torch.Tensor | None = None  # whether the spike guard skipped the step
 
 
 def label_count(batch: dict[str, np.ndarray]) -> int:
@@ -66,13 +105,16 @@ def read_steps(pending: list[PendingStep], runtime: Runtime) -> list[StepOutcome
     """The steps' losses (summed over ranks) and gradient norms as Python floats: one device sync for them all."""
     if not pending:
         return []
+    no_spike = torch.zeros((), dtype=torch.bool)
     values = torch.stack([v.to(pending[0].loss_sum.device, torch.float64)
-                          for p in pending for v in (p.loss_sum, p.grad_norm)]).tolist()
-    losses = runtime.sum(*values[0::2])
+                          for p in pending for v in (p.loss_sum, p.grad_norm,
+                                                     no_spike if p.spike is None else p.spike)]).tolist()
+    losses = runtime.sum(*values[0::3])
     outcomes = []
-    for p, local_loss, grad_norm in zip(pending, losses, values[1::2]):
+    for p, local_loss, grad_norm, spike in zip(pending, losses, values[1::3], values[2::3]):
         loss = local_loss / max(p.total_labels, 1)
-        skipped = "loss" if not math.isfinite(loss) else "gradient" if not math.isfinite(grad_norm) else None
+        skipped = ("loss" if not math.isfinite(loss) else "gradient" if not math.isfinite(grad_norm)
+                   else "spike" if spike else None)
         outcomes.append(StepOutcome(loss, grad_norm, skipped))
     return outcomes
 
@@ -93,13 +135,16 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
 
 def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
                    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, np.ndarray],
-                   lr: float, total_labels: float, cfg: TrainConfig, runtime: Runtime) -> PendingStep:
+                   lr: float, total_labels: float, cfg: TrainConfig, runtime: Runtime,
+                   spike_guard: SpikeGuard | None = None) -> PendingStep:
     """Forward and backward over `batch` (this rank's share), then clip and update unless the loss or the gradient
-    norm is not finite, decided on the device: the host waits for nothing (but with Adafactor, which cannot skip
-    on the device). `total_labels` is the label count of the global batch, summed over ranks."""
+    norm is not finite or `spike_guard` finds the loss a spike, decided on the device: the host waits for nothing
+    (but with Adafactor and Muon, which cannot skip on the device). `total_labels` is the label count of the
+    global batch, summed over ranks. `lr` is train.lr's scheduled value; a group with an `lr_ratio` (Muon's
+    matrices) takes that multiple of it."""
     device = runtime.device
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
     rows = len(batch["labels"])
     parts = np.array_split(np.arange(rows), min(cfg.grad_accum, rows))
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
@@ -117,6 +162,13 @@ def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
     finite = (torch.isfinite(loss_total) & torch.isfinite(grad_norm)).float()
     if runtime.distributed:  # one rank's non-finite loss skips the step on every rank
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    spike = None
+    if spike_guard is not None:
+        global_loss = loss_total.clone()
+        if runtime.distributed:
+            dist.all_reduce(global_loss)
+        spike = spike_guard.check(global_loss / max(total_labels, 1))
+        finite = finite * (~spike).float()
     if skips_on_device(optimizer):
         optimizer.found_inf = 1.0 - finite
         try:
@@ -126,22 +178,27 @@ def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
     elif bool(finite):  # a host sync, for the optimizers that cannot skip on the device
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return PendingStep(loss_total, grad_norm.detach(), total_labels)
+    return PendingStep(loss_total, grad_norm.detach(), total_labels, spike)
 
 
 def read_pending(pending: list[tuple[int, PendingStep]], bad_in_row: int, runtime: Runtime, max_bad_steps: int,
                  record: Callable[[dict], None], checkpoint: Callable[[int, StepOutcome], object]
                  ) -> tuple[list[StepOutcome], int]:
     """Read back the (step number, figures) of the steps since the last read (one device sync), record each skipped
-    one and count them in a row; once `max_bad_steps` came in a row, stop the run with `checkpoint(newest step,
-    its outcome)` (a skipped step changes nothing, so that holds the last good weights). Read at log, evaluation
-    and checkpoint steps only, the stop may come up to `train.log_every` - 1 steps after the limit was reached.
+    one and count the non-finite ones in a row; once `max_bad_steps` came in a row, stop the run with
+    `checkpoint(newest step, its outcome)` (a skipped step changes nothing, so that holds the last good weights).
+    Read at log, evaluation and checkpoint steps only, the stop may come up to `train.log_every` - 1 steps after
+    the limit was reached. A spike the guard skipped is recorded but neither counts nor breaks a run of bad steps.
     Returns the outcomes and the bad steps in a row."""
     outcomes = read_steps([figures for _, figures in pending], runtime)
     limit_reached = None
     for (done, _), outcome in zip(pending, outcomes):
         if outcome.applied:
             bad_in_row = 0
+            continue
+        if outcome.finite:  # the spike guard's skip
+            record({"step": done, "event": "skipped_step", "reason": outcome.skipped, "loss": outcome.loss,
+                    "grad_norm": outcome.grad_norm})
             continue
         bad_in_row += 1
         record({"step": done, "event": "skipped_step", "reason": outcome.skipped, "loss": outcome.loss,
