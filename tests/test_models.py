@@ -410,3 +410,17 @@ def test_prefix_and_packed_masks_compile_without_graph_breaks_and_match_eager():
         eager = model(x, position_ids=positions, segment_ids=segments, prefix_mask=prefix)
         torch.testing.assert_close(compiled(x, position_ids=positions, segment_ids=segments, prefix_mask=prefix),
                                    eager, rtol=1e-5, atol=1e-5)
+
+
+def test_an_hf_config_with_special_ids_outside_its_vocabulary_imports_with_a_warning(capsys):
+    """transformers builds and loads a small GPT-2 whose config keeps GPT-2's 50256 for BOS/EOS: ptlab imports it
+    too, without those ids, and says which it left out (it used to refuse the whole model)."""
+    from ptlab.models.hf import model_config_from_hf
+
+    hf = {"model_type": "gpt2", "vocab_size": 100, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64,
+          "bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 7}
+    cfg = model_config_from_hf(hf)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (None, None, 7)
+    warning = capsys.readouterr().err.strip()
+    assert warning.count("\n") == 0 and "eos_token_id=50256" in warning and "bos_token_id=50256" in warning
+    assert "pad_token_id" not in warning

@@ -8,6 +8,7 @@ not implement is a `PtlabError` naming the key, never a silently different model
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import torch
@@ -54,9 +55,28 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         raise PtlabError(f"config.json: no {err} key") from None
     except (TypeError, ValueError, ZeroDivisionError) as err:  # arithmetic on a value of the wrong type, or zero
         raise PtlabError(f"config.json: a value has the wrong type or is zero ({err})") from None
+    _drop_ids_outside_the_vocabulary(cfg)
     cfg = from_dict(ModelConfig, dataclasses.asdict(cfg), "model.")
     cfg.validate()
     return cfg
+
+
+def _drop_ids_outside_the_vocabulary(cfg: ModelConfig) -> None:
+    """Special ids the vocabulary does not hold (a small model built from GPT-2's config keeps its 50256): transformers
+    loads such a model, so ptlab imports it too, without those ids and with a warning naming them (generation then
+    takes them from the tokenizer, or has none)."""
+    vocab = cfg.vocab_size
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        return  # validation names the vocabulary size itself
+    keys = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")
+    outside = {key: getattr(cfg, key) for key in keys if getattr(cfg, key) is not None
+               and not 0 <= getattr(cfg, key) < vocab}
+    if outside:
+        named = ", ".join(f"{key}={value}" for key, value in outside.items())
+        print(f"ptlab: warning: config.json: {named} outside the vocabulary of {vocab}: imported without "
+              f"{'it' if len(outside) == 1 else 'them'}", file=sys.stderr)
+        for key in outside:
+            setattr(cfg, key, None)
 
 
 def _mapping(hf: dict, key: str) -> dict:
