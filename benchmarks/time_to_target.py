@@ -158,8 +158,9 @@ def bench(name: str, setup: Setup, seeds: int, log) -> dict:
 
 
 def markdown(results: dict, machine: str) -> str:
-    lines = ["# Time to target (CPU)", "", f"Machine: {machine}, {PRECISION}. `benchmarks/time_to_target.py`; seconds are "
-             "training seconds (evaluation excluded), both sides run one after another in one process.", "",
+    lines = ["# Time to target (CPU)", "", f"Machine: {machine}, {PRECISION}, {THREADS} thread(s) a run. "
+             "`benchmarks/time_to_target.py`; seconds are training seconds (evaluation excluded), both sides run one "
+             "after another in one process.", "",
              "| model | baseline (best lr) | target loss | baseline s | new final loss | new s to target | ratio "
              "| tokens to target (baseline) | p(loss < target) | p(time < bound) |",
              "|---|---|---|---|---|---|---|---|---|---|"]

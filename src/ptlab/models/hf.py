@@ -318,7 +318,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
         keys["embed.weight"] = "model.encoder.embed_tokens.weight"
     needed = list(keys.values())
     if cfg.family == "gpt2":  # the fused query/key/value projection, split below
-        needed += [f"transformer.h.{i}.attn.c_attn.{part}" for i in range(cfg.num_layers) for part in ("weight", "bias")]
+        needed += [f"transformer.h.{i}.attn.c_attn.{part}" for i in range(cfg.num_layers)
+                   for part in ("weight", "bias")]
     missing = [hf for hf in needed if hf not in hf_state]
     if missing:
         raise PtlabError(f"the checkpoint lacks {len(missing)} of the {cfg.family} weights the config implies, "
