@@ -86,10 +86,13 @@ def test_the_batch_size_warmup_trains_on_the_ramps_examples(tmp_path, small_corp
 
 
 def test_loss_chunk_tokens_auto_fuses_only_large_vocabularies():
+    from ptlab.models.head_loss import training_chunk_tokens
+
     train = TrainConfig()
     assert train.loss_chunk_tokens == "auto"
-    assert [train.chunk_tokens(v) for v in (1024, 8192, 32768, 50257, 131072)] == [0, 0, 512, 333, 256]
-    assert TrainConfig(loss_chunk_tokens=64).chunk_tokens(131072) == 64
+    assert [training_chunk_tokens(train.loss_chunk_tokens, v) for v in (1024, 8192, 32768, 50257, 131072)] == [
+        0, 0, 512, 333, 256]
+    assert training_chunk_tokens(TrainConfig(loss_chunk_tokens=64).loss_chunk_tokens, 131072) == 64
     with pytest.raises(PtlabError, match="loss_chunk_tokens"):
         TrainConfig(loss_chunk_tokens="sometimes").validate()
 

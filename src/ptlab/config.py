@@ -217,7 +217,6 @@ SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "wsd")
 OPTIMIZERS = ("adamw", "adamw_scale", "adafactor", "muon", "muon_scale")
 
 
-AUTO_CHUNK_MIN_VOCAB = 32768  # train.loss_chunk_tokens auto: the smallest vocabulary the head and loss are fused for
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # train.loggers, implemented in ptlab.train.loggers
 _LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "ptlab[mlflow]", "wandb": "ptlab[wandb]"}
 
@@ -253,7 +252,7 @@ class TrainConfig:
     # The LM head and the cross-entropy fused, this many tokens at a time, so the whole batch's logits are never
     # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss; auto: fused for vocabularies of
     # 32k and more, in chunks of 2**24 / vocabulary tokens (512 at 32k, 256 at least), where it costs no speed and
-    # saves most memory; unfused below, where the whole logits are small (benchmarks/results/head-loss-cpu.md).
+    # saves most memory; unfused below, where the whole logits are small (`head_loss.training_chunk_tokens`).
     # On a GPU use thousands of tokens
     loss_chunk_tokens: int | str = "auto"
     precision: str = "bf16"  # bf16 (autocast) | fp32
@@ -330,12 +329,6 @@ class TrainConfig:
             check_logger_installed(name)
         for tag in self.tags:
             _check(bool(tag.split("=", 1)[0].strip()), "train.tags", f"{tag!r} needs a name before '='")
-
-    def chunk_tokens(self, vocab_size: int) -> int:
-        """`loss_chunk_tokens` with auto resolved for a model of `vocab_size` tokens."""
-        if self.loss_chunk_tokens != "auto":
-            return self.loss_chunk_tokens
-        return 0 if vocab_size < AUTO_CHUNK_MIN_VOCAB else max(256, 2**24 // vocab_size)
 
     def logger_names(self) -> list[str]:
         """`loggers` with the deprecated `tensorboard` switch applied."""

@@ -33,6 +33,7 @@ from ptlab.downstream.evaluate import _write_predictions, encode_pairs, make_bat
 from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
 from ptlab.models import build_model, count_parameters
+from ptlab.models.head_loss import training_chunk_tokens
 from ptlab.train.checkpoint import (
     CHECKPOINTS,
     latest_valid_checkpoint,
@@ -145,7 +146,7 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
     loss_fn = training_loss(model, compile_enabled(schedule, device), on_fallback=lambda error: (
         print(f"ptlab: warning: compiling failed, fine-tuning eagerly ({error})", file=sys.stderr),
         record({"step": start_step, "event": "compile_fallback", "error": error})),
-        chunk_tokens=train_cfg.chunk_tokens(model.config.vocab_size))
+        chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, model.config.vocab_size))
     pad = tokenizer.specials.pad
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])

@@ -185,13 +185,23 @@ class _HeadLossSum(torch.autograd.Function):
         return grad_hidden, None, grad_weight, grad_bias, None, None, None, None, None
 
 
-# Scoring holds one chunk's float32 logits at a time: this many of them (64 MiB), whatever the vocabulary
-SCORING_CHUNK_LOGITS = 1 << 24
+# A chunk's logits, when the chunk is sized by the vocabulary: 64 MiB in float32, whatever the vocabulary
+CHUNK_LOGITS = 1 << 24
+FUSE_FROM_VOCAB = 32768  # train.loss_chunk_tokens auto: the smallest vocabulary the head and loss are fused for
 
 
 def scoring_chunk_tokens(vocab_size: int) -> int:
     """Tokens per chunk when scoring: a whole small-vocabulary batch in one product, a 32k one 512 at a time."""
-    return max(16, SCORING_CHUNK_LOGITS // max(vocab_size, 1))
+    return max(16, CHUNK_LOGITS // max(vocab_size, 1))
+
+
+def training_chunk_tokens(setting: int | str, vocab_size: int) -> int:
+    """`train.loss_chunk_tokens` for a model of `vocab_size` tokens, auto resolved: unfused below 32k, where the
+    whole logits are small and the unfused step is faster; from 32k, `CHUNK_LOGITS` logits a chunk (512 tokens at
+    32k), 256 tokens at least, where fusing costs no speed and saves most memory."""
+    if setting != "auto":
+        return setting
+    return 0 if vocab_size < FUSE_FROM_VOCAB else max(256, CHUNK_LOGITS // vocab_size)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from ptlab.data.shards import TokenShard
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
 from ptlab.models.flops import peak_tflops, training_flops
-from ptlab.models.head_loss import head_loss_sum
+from ptlab.models.head_loss import head_loss_sum, training_chunk_tokens
 from ptlab.models.kernels import cross_entropy_sum
 from ptlab.objectives import SpecialIds
 from ptlab.train import distributed
@@ -504,7 +504,7 @@ class _Trainer:
             self.record({"step": step + 1, "event": "compile_fallback", "error": error})
 
         loss_fn = training_loss(self.trained, self.compiled, compile_fallback,
-                                train_cfg.chunk_tokens(self.cfg.model.vocab_size))
+                                training_chunk_tokens(train_cfg.loss_chunk_tokens, self.cfg.model.vocab_size))
         pending: list[tuple[int, PendingStep]] = []  # steps not read back yet: (step number, its figures)
         outcome = None
         with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):

@@ -65,12 +65,7 @@ def _loss_against_compute(axis, fit: Fit, holdout: Holdout | None) -> None:
         if all(band):
             axis.fill_between(grid, [b[0] for b in band], [b[1] for b in band], color="black", alpha=0.12,
                               label=f"{fit.level:.0%} bootstrap interval")
-    axis.set_xscale("log")
-    axis.set_xlabel("compute C = 6ND (FLOPs)")
-    axis.set_ylabel("loss")
-    axis.set_title("loss against compute")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, "compute C = 6ND (FLOPs)", "loss", "loss against compute", log_x=True)
 
 
 def _isoflop_curves(axis, isoflops: Approach) -> None:
@@ -81,12 +76,7 @@ def _isoflop_curves(axis, isoflops: Approach) -> None:
         axis.plot(np.exp(x), np.polyval(parabola.coefficients, x), color=color, label=f"C {parabola.flops:.2g}")
         vertex = -parabola.coefficients[1] / (2 * parabola.coefficients[0])
         axis.plot(np.exp(vertex), np.polyval(parabola.coefficients, vertex), marker="v", color=color)
-    axis.set_xscale("log")
-    axis.set_xlabel("parameters N")
-    axis.set_ylabel("loss")
-    axis.set_title("isoFLOP curves (approach 2)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, "parameters N", "loss", "isoFLOP curves (approach 2)", log_x=True)
 
 
 def _predicted_against_measured(axis, holdout: Holdout) -> None:
@@ -101,8 +91,15 @@ def _predicted_against_measured(axis, holdout: Holdout) -> None:
     pad = (high - low) * 0.2 or high * 0.02
     axis.plot([low - pad, high + pad], [low - pad, high + pad], color="gray", linestyle="--",
               label="predicted = measured")
-    axis.set_xlabel("measured loss")
-    axis.set_ylabel("predicted loss (fit without these runs)")
-    axis.set_title(f"{len(predictions)} held-out run(s)")
+    _label(axis, "measured loss", "predicted loss (fit without these runs)", f"{len(predictions)} held-out run(s)")
+
+
+def _label(axis, x: str, y: str, title: str, log_x: bool = False) -> None:
+    """Every panel's axes, title, grid and legend, alike."""
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

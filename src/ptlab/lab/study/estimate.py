@@ -175,6 +175,7 @@ class StepTimer:
     @staticmethod
     def _trainer(model_cfg: ModelConfig, train: TrainConfig, batch: dict[str, np.ndarray]) -> tuple:
         """(model, optimizer, a call that takes one optimizer step on `batch`) as a run builds them."""
+        from ptlab.models.head_loss import training_chunk_tokens
         from ptlab.train.distributed import Runtime, pick_device
         from ptlab.train.loop import enable_activation_checkpointing, training_loss
         from ptlab.train.optim import build_optimizer
@@ -185,7 +186,8 @@ class StepTimer:
         if train.activation_checkpointing:
             enable_activation_checkpointing(model)
         optimizer = build_optimizer(model, train)
-        loss_fn = training_loss(model, compiled=False, chunk_tokens=train.chunk_tokens(model.config.vocab_size))
+        chunk_tokens = training_chunk_tokens(train.loss_chunk_tokens, model.config.vocab_size)
+        loss_fn = training_loss(model, compiled=False, chunk_tokens=chunk_tokens)
         runtime, labels = Runtime(0, 1, device), label_count(batch)
 
         def step():  # optimizer_step reads the loss back: its time includes waiting for the device, as runs do
