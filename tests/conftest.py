@@ -2,6 +2,10 @@ import gzip
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,64 @@ def tokenizer_dir(tmp_path_factory, unigram_tokenizer):
     path = tmp_path_factory.mktemp("tok")
     unigram_tokenizer.save(path)
     return path
+
+
+class KilledProcess:
+    """`kill_after(command, run_dir, step)`: start COMMAND (a list of arguments after the Python interpreter), wait
+    until RUN_DIR's metrics.jsonl records a step at or past STEP (then `pause` seconds more), and SIGKILL it with
+    every process it started (torchrun's ranks), as a crash or a lost machine would. Returns whether the process
+    was still running when it was killed (False: it ended first)."""
+
+    def __call__(self, command: list[str], run_dir: Path, step: int, pause: float = 0.0, timeout: float = 300,
+                 env: dict | None = None, stderr=subprocess.DEVNULL) -> bool:
+        from ptlab.train.runlog import read_metrics
+
+        process = subprocess.Popen([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, **(env or {})})
+        deadline = time.time() + timeout
+        try:
+            while (time.time() < deadline and process.poll() is None
+                   and not any(r.get("step", 0) >= step for r in read_metrics(run_dir))):
+                time.sleep(0.02)
+            time.sleep(pause)
+            running = process.poll() is None
+        finally:
+            kill_tree(process.pid)
+            process.wait()
+        return running
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL PID and every process below it. torchrun starts each rank in a session of its own, so killing the
+    launcher's session alone would leave the ranks training on: each is stopped first, then all are killed."""
+    def children(parent: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+        return found
+
+    tree, frontier = [pid], [pid]
+    while frontier:
+        for member in frontier:
+            try:
+                os.kill(member, signal.SIGSTOP)  # no more children, no more writes
+            except ProcessLookupError:
+                pass
+        frontier = [child for member in frontier for child in children(member)]
+        tree += frontier
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def kill_after() -> KilledProcess:
+    return KilledProcess()

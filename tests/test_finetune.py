@@ -78,6 +78,7 @@ def test_a_custom_yaml_task_trains_and_evaluates_from_the_command_line(tmp_path,
     assert [r["target"] for r in evaluated_rows] == [p["target"] for p in predictions] == verdicts
     accuracy = 100 * np.mean([r["prediction"] == v for r, v in zip(evaluated_rows, verdicts)])
     assert f"accuracy {accuracy:.2f}" in evaluated.stdout
+    assert "target_bpb " in evaluated.stdout  # the loss on the reference targets, in bits per byte
     # the same checkpoint predicts the same, and fine-tuning scored its test predictions the same way
     assert [r["prediction"] for r in evaluated_rows] == [p["prediction"] for p in predictions]
     assert scores["test"]["accuracy"] == pytest.approx(

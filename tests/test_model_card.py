@@ -51,6 +51,8 @@ def test_a_pretrained_checkpoints_card_says_what_it_is_what_it_saw_and_how_to_ma
         val_loss = [r["val_loss"] for r in records if r.get("val_loss") is not None and r["step"] == step][-1]
         assert rows["final validation loss"] == f"{val_loss:.4f} (step {step})"
         assert step != 6 or val_loss == result.final_val_loss
+        val_bpb = [r["val_bpb"] for r in records if r.get("val_loss") is not None and r["step"] == step][-1]
+        assert rows["final validation bits per byte"] == f"{val_bpb:.4f} (step {step})"
         assert "`ptlab pretrain --config config.yaml`" in card
         assert config_block(card) == (result.run_dir / "config.yaml").read_text()
         assert yaml.safe_load(config_block(card))["objective"]["noise_density"] == 0.2

@@ -132,8 +132,8 @@ def test_a_single_seed_study_keeps_its_results_when_pre_training_seeds_are_added
 
     def pretrain(cfg, **kwargs):
         calls["pretrain"].append(Path(cfg.run_dir).relative_to(run_dir / "cells").as_posix())
-        return SimpleNamespace(interrupted=None, checkpoint=Path(cfg.run_dir), final_val_loss=None, train_seconds=2.0,
-                               tokens_per_second=1.0, parameters=1)
+        return SimpleNamespace(interrupted=None, checkpoint=Path(cfg.run_dir), final_val_loss=None, final_val_bpb=None,
+                               train_seconds=2.0, tokens_per_second=1.0, parameters=1)
 
     monkeypatch.setattr(ptlab.downstream.finetune, "finetune", finetune)
     monkeypatch.setattr(ptlab.train.loop, "pretrain", pretrain)

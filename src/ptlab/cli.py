@@ -31,9 +31,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         print(f"ptlab: {result.interrupted} at step {result.steps}: saved {result.checkpoint}; run the same command "
               "again to resume", file=sys.stderr)
         sys.exit(130 if result.interrupted == "SIGINT" else 143)
-    first = f"{result.initial_val_loss:.3f}" if result.initial_val_loss is not None else "-"
-    last = f"{result.final_val_loss:.3f}" if result.final_val_loss is not None else "-"
-    print(f"done: {result.steps} steps, validation loss {first} -> {last}, "
+    def figure(value: float | None) -> str:
+        return f"{value:.3f}" if value is not None else "-"
+
+    bpb = (f" ({figure(result.initial_val_bpb)} -> {figure(result.final_val_bpb)} bits per byte)"
+           if result.final_val_bpb is not None else "")
+    print(f"done: {result.steps} steps, validation loss {figure(result.initial_val_loss)} -> "
+          f"{figure(result.final_val_loss)}{bpb}, "
           f"{result.tokens_per_second:,.0f} tokens/s; checkpoint {result.checkpoint}")
 
 
@@ -356,26 +360,49 @@ def _cmd_scaling_allocate(args: argparse.Namespace) -> None:
     print(format_allocation(allocation, price(allocation, args.gpu, args.mfu, args.price_per_hour)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ptlab",
-        description="ptlab: a pre-training lab for T5, BART, GPT-2 and Llama-style Transformer language models, "
-                    "from a laptop CPU up. End to end: clean raw text (C4's rules) -> train a tokenizer and tokenize "
-                    "-> pre-train (T5, BART, UL2 or LM objectives) -> fine-tune and evaluate on downstream tasks -> "
-                    "compare pre-training strategies in a study -> export to Hugging Face transformers.",
-        epilog="Run `ptlab COMMAND --help` for each command's options. Configs are YAML files (see configs/); any "
-               "key can be overridden on the command line as section.key=value.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+# ---- the parser: one function per command (or pair of commands), listed in `COMMANDS` ---------------------------
 
+Subparsers = argparse._SubParsersAction
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_corpus_input(parser: argparse.ArgumentParser) -> None:
+    """--input and the reader options of the commands that read a corpus to tokenize it."""
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="corpus files, directories or glob patterns (quote globs)")
+    _add_reader_options(parser, "skip (and count) corrupt files and records instead of stopping at the first")
+
+
+def _add_gpu_price(parser: argparse.ArgumentParser, gpu_default: str | None, gpu_default_help: str) -> None:
+    """--gpu, --mfu and --price-per-hour: what a run costs on a GPU (`cost`, `scaling allocate`)."""
+    parser.add_argument("--gpu", default=gpu_default,
+                        help=f"v100, a100, h100, h200 or b200 (default: {gpu_default_help})")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: %(default)s)")
+    parser.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand list price)")
+
+
+def _add_group(sub: Subparsers, name: str, **texts) -> Subparsers:
+    """A command whose subcommands do the work (`ptlab tokenizer train`); on its own it prints its help."""
+    group = sub.add_parser(name, **texts)
+    group.set_defaults(help_parser=group)
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def _add_demo(sub: Subparsers) -> None:
     demo = sub.add_parser("demo", help="the whole path on the bundled corpus in a few minutes",
                           description="Train (or reuse) a tokenizer on the bundled corpus, build token shards, "
                                       "pre-train a tiny T5 with span corruption, and show validation loss against a "
                                       "unigram baseline plus the model's predictions on held-out passages.")
     demo.add_argument("--config", default="configs/demo.yaml", help="demo config (default: %(default)s)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(demo)
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_pretrain(sub: Subparsers) -> None:
     pre = sub.add_parser("pretrain", help="pre-train a model from a YAML config",
                          description="Pre-train as configured: the tokenizer and token shards are built on first "
                                      "use; metrics go to RUN_DIR/metrics.jsonl (and RUN_DIR/tensorboard) and "
@@ -391,31 +418,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete run_dir's checkpoints and metrics and start afresh")
     pre.add_argument("--allow-data-change", action="store_true",
                      help="resume even though the data, tokenizer, objective, seed or batch size changed")
-    pre.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(pre)
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     pre.set_defaults(func=_cmd_pretrain)
 
-    tok = sub.add_parser("tokenizer", help="train a tokenizer", description="Tokenizer commands.")
-    tok.set_defaults(help_parser=tok)
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+
+def _add_tokenizer(sub: Subparsers) -> None:
+    tok_sub = _add_group(sub, "tokenizer", help="train a tokenizer", description="Tokenizer commands.")
     train = tok_sub.add_parser(
         "train", help="train a Unigram (T5-style) or byte-level BPE (GPT-style) tokenizer",
         description="Train a tokenizer on corpus files (JSON Lines, .txt, each optionally .gz or .zst; Parquet; "
                     "`datasets` save_to_disk directories; directories and glob patterns). Special ids: "
                     "<pad>=0, </s>=1, <unk>=2; sentinels <extra_id_0..K-1> at the top of the vocabulary with "
                     "<extra_id_0> highest, as in T5. Writes OUTPUT/tokenizer.json (standard HF format).")
-    train.add_argument("--input", nargs="+", required=True,
-                       help="corpus files, directories or glob patterns (quote globs)")
-    _add_reader_options(train, "skip (and count) corrupt files and records instead of stopping at the first")
+    _add_corpus_input(train)
     train.add_argument("--kind", choices=["unigram", "bpe"], default="unigram",
                        help="unigram: SentencePiece-style with byte fallback; bpe: byte-level (default: %(default)s)")
     train.add_argument("--vocab-size", type=int, default=8192, help="total ids, specials included (default: %(default)s)")
     train.add_argument("--sentinels", type=int, default=100, help="number of <extra_id_N> tokens (default: %(default)s)")
     train.add_argument("--source", action="append", help="only records with this 'source' value (repeatable)")
     train.add_argument("--output", required=True, help="directory to write tokenizer.json into")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(train)
     train.set_defaults(func=_cmd_tokenizer_train)
 
+
+def _add_clean(sub: Subparsers) -> None:
     from ptlab.clean.rules import ALL_RULES, RULES
 
     clean = sub.add_parser(
@@ -448,13 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stop at the first bad input record instead of skipping")
     _add_reader_options(clean, "skip and report bad input records (clean's default; --strict stops instead)",
                         bad_input)
-    clean.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(clean)
     clean.set_defaults(func=_cmd_clean)
 
-    obj = sub.add_parser("objectives", help="list the pre-training objectives or show one on a text",
+
+def _add_objectives(sub: Subparsers) -> None:
+    obj_sub = _add_group(sub, "objectives", help="list the pre-training objectives or show one on a text",
                          description="The pre-training objectives and their parameters.")
-    obj.set_defaults(help_parser=obj)
-    obj_sub = obj.add_subparsers(dest="objectives_command", metavar="SUBCOMMAND")
     listing = obj_sub.add_parser("list", help="every objective with its parameters and defaults",
                                  description="Every objective name usable as objective.name in a config, with its "
                                              "parameters (set them as objective.KEY in a config).")
@@ -478,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='one JSON object per document: {"inputs": [...], "targets": [...]} with token strings')
     show.set_defaults(func=_cmd_objectives_show)
 
+
+def _add_finetune(sub: Subparsers) -> None:
     ft = sub.add_parser("finetune", help="fine-tune a checkpoint (or a fresh model) on a text-to-text task",
                         description="Fine-tune from `init` (a checkpoint or run directory; `none` trains from "
                                     "scratch) on a bundled task (rt_polarity, bible_paraphrase, debian_summaries, "
@@ -493,10 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "one: a killed fine-tune resumes to the scores of an uninterrupted one)")
     again.add_argument("--restart", action="store_true",
                        help="delete RUN_DIR's checkpoints, best weights, metrics and scores, and start afresh")
-    ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(ft)
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.name=spam_ham")
     ft.set_defaults(func=_cmd_finetune)
 
+
+def _add_tapt(sub: Subparsers) -> None:
     tapt = sub.add_parser(
         "tapt", help="task-adaptive pre-training: continue pre-training on a task's inputs, then fine-tune",
         description="Task-adaptive pre-training (TAPT; Gururangan et al. 2020, \"Don't Stop Pretraining\"): "
@@ -508,10 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     tapt.add_argument("--steps", type=int, help="continued pre-training steps (default: about 3 passes over the "
                                                 "task's training inputs, printed)")
     tapt.add_argument("--out", help="run directory for adapt/ and finetune/ (default: the config's run_dir)")
-    tapt.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(tapt)
     tapt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fine-tuning config overrides")
     tapt.set_defaults(func=_cmd_tapt)
 
+
+def _add_evaluate_and_probe(sub: Subparsers) -> None:
+    """Two commands that score a checkpoint on a task split, with the same first options."""
     for name, helper, func in (("evaluate", "score a checkpoint on a task split (writes predictions)", _cmd_evaluate),
                                ("probe", "linear probe: logistic regression on a checkpoint's frozen, mean-pooled "
                                          "states", _cmd_probe)):
@@ -540,9 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="run lm-evaluation-harness (extra [harness]) on the transformers export, "
                                       "offline: comma-separated harness task names or YAML files (e.g. "
                                       "ptlab_rt_polarity, shipped)")
-            command.add_argument("--quiet", action="store_true", help="no progress bars")
+            _add_quiet(command)
         command.set_defaults(func=func)
 
+
+def _add_plot(sub: Subparsers) -> None:
     plot = sub.add_parser("plot", help="draw the loss curves of one or several runs into a PNG",
                           description="Training loss (lines) and validation loss (markers) from each RUN_DIR's "
                                       "metrics.jsonl, one colour per run.")
@@ -552,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--log", action="store_true", help="logarithmic loss axis")
     plot.set_defaults(func=_cmd_plot)
 
+
+def _add_hf(sub: Subparsers) -> None:
     imp = sub.add_parser("import-hf", help="import a Hugging Face transformers model as a ptlab checkpoint",
                          description="Read a save_pretrained directory of T5ForConditionalGeneration, "
                                      "BartForConditionalGeneration, GPT2LMHeadModel or LlamaForCausalLM (config.json "
@@ -569,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out_dir", help="the directory to create")
     exp.set_defaults(func=_cmd_export_hf)
 
+
+def _add_generate(sub: Subparsers) -> None:
     gen = sub.add_parser("generate", help="generate text from a checkpoint",
                          description="Encoder-decoders generate the target for the prompt; decoder-only models "
                                      "continue it. Greedy by default; --num-beams for beam search, --sample for "
@@ -589,6 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--show-special", action="store_true", help="print sentinels and other special tokens")
     gen.set_defaults(func=_cmd_generate)
 
+
+def _add_study(sub: Subparsers) -> None:
     study = sub.add_parser(
         "study", help="a grid of pre-training settings, each fine-tuned on downstream tasks: T5's tables in miniature",
         description="Run a study config (configs/study-*.yaml): every cell pre-trains from the same base config and "
@@ -603,11 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "timed with --jobs' threads), and run nothing")
     study.add_argument("--jobs", type=int, default=1, help="cells run side by side, each with cores/jobs threads "
                                                            "(default: %(default)s)")
-    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(study)
     study.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="override study keys, e.g. size=small seeds=[0] common.train.max_steps=500")
     study.set_defaults(func=_cmd_study)
 
+
+def _add_cost(sub: Subparsers) -> None:
     cost = sub.add_parser(
         "cost", help="FLOPs, GPU-hours and money of a pre-training run (a config or a published model)",
         description="Estimate a pre-training run: FLOPs = (6N + 12 * layers * d_model * seq) per token, GPU-hours = "
@@ -616,30 +660,29 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("target", help="a ptlab pre-training config file, a preset (bert-base, bert-large, gpt2, gpt3, "
                                      "t5-base, t5-11b, llama-7b, llama-13b, llama-33b, llama-65b), or 'all'")
     cost.add_argument("--tokens", type=float, help="training tokens (default: the preset's or the config's)")
-    cost.add_argument("--gpu", help="v100, a100, h100, h200 or b200 (default: the preset's own; h100 for configs)")
-    cost.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: %(default)s)")
-    cost.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand list price)")
+    _add_gpu_price(cost, None, "the preset's own; h100 for configs")
     cost.set_defaults(func=_cmd_cost)
 
-    scaling = sub.add_parser(
-        "scaling", help="fit a scaling law to a table of runs; predict a held-out larger run; allocate a budget",
+
+def _add_fit_options(command: argparse.ArgumentParser) -> None:
+    """How `ptlab scaling` fits the law: its bootstrap and its starting grid."""
+    command.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                         help="bootstrap resamples for the 95%% intervals; 0 for none (default: %(default)s)")
+    command.add_argument("--seed", type=_seed, default=0, help="seed of the resampling (default: %(default)s)")
+    command.add_argument("--grid", choices=["coarse", "hoffmann"], default="coarse",
+                         help="L-BFGS-B starts: 72 (coarse) or Hoffmann et al.'s 4,500, minutes (default: "
+                              "%(default)s)")
+
+
+def _add_scaling(sub: Subparsers) -> None:
+    scaling_sub = _add_group(
+        sub, "scaling", help="fit a scaling law to a table of runs; predict a held-out larger run; allocate a budget",
         description="Chinchilla's law L(N, D) = E + A / N^alpha + B / D^beta, fitted the way Besiroglu et al. 2024 "
                     "replicated Hoffmann et al. 2022 (Huber loss, delta 1e-3, on log-loss summed over runs; "
                     "L-BFGS-B from a grid of starts; bootstrap intervals), to a CSV with the columns params, tokens "
                     "(or flops, then tokens = flops / 6 params) and loss; other columns (name, cell) are allowed. "
                     "N is whatever the table counts. A bad table is one line naming the file, line and column.",
         epilog="example: ptlab scaling fit data/scaling/hoffmann-synthetic.csv --json runs/fit.json")
-    scaling.set_defaults(help_parser=scaling)
-    scaling_sub = scaling.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND")
-
-    def fit_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--bootstrap", type=int, default=200, metavar="N",
-                             help="bootstrap resamples for the 95%% intervals; 0 for none (default: %(default)s)")
-        command.add_argument("--seed", type=_seed, default=0, help="seed of the resampling (default: %(default)s)")
-        command.add_argument("--grid", choices=["coarse", "hoffmann"], default="coarse",
-                             help="L-BFGS-B starts: 72 (coarse) or Hoffmann et al.'s 4,500, minutes (default: "
-                                  "%(default)s)")
-
     scaling_fit = scaling_sub.add_parser(
         "fit", help="fit E, A, B, alpha, beta with intervals, and the compute-optimal tokens per parameter",
         description="Fit the law to every run of TABLE and print E, A, B, alpha and beta with bootstrap intervals, "
@@ -652,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           '..., "beta": ...}')
     scaling_fit.add_argument("--plot", metavar="OUT.png", help="loss against compute with the law's compute-optimal "
                                                                "frontier, and the isoFLOP curves if any")
-    fit_options(scaling_fit)
+    _add_fit_options(scaling_fit)
     scaling_fit.set_defaults(func=_cmd_scaling_fit)
 
     scaling_predict = scaling_sub.add_parser(
@@ -666,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="largest-compute runs to hold out (default: %(default)s)")
     scaling_predict.add_argument("--plot", metavar="OUT.png", help="loss against compute and predicted against "
                                                                    "measured")
-    fit_options(scaling_predict)
+    _add_fit_options(scaling_predict)
     scaling_predict.set_defaults(func=_cmd_scaling_predict)
 
     scaling_allocate = scaling_sub.add_parser(
@@ -678,15 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
     scaling_allocate.add_argument("source", help="a CSV of runs (fitted first) or a JSON fit from `ptlab scaling "
                                                  "fit --json`")
     scaling_allocate.add_argument("--flops", type=float, required=True, metavar="C", help="the budget in FLOPs")
-    scaling_allocate.add_argument("--gpu", default="h100", help="v100, a100, h100, h200 or b200 (default: "
-                                                                "%(default)s)")
-    scaling_allocate.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default: "
-                                                                         "%(default)s)")
-    scaling_allocate.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: an on-demand "
-                                                                       "list price)")
-    fit_options(scaling_allocate)
+    _add_gpu_price(scaling_allocate, "h100", "%(default)s")
+    _add_fit_options(scaling_allocate)
     scaling_allocate.set_defaults(func=_cmd_scaling_allocate)
 
+
+def _add_tokenize(sub: Subparsers) -> None:
     shard = sub.add_parser("tokenize", help="tokenize a corpus into memory-mapped token shards",
                            description="Stream documents (JSON Lines, .txt, each optionally .gz or .zst; Parquet; "
                                        "`datasets` directories; directories and globs) through a tokenizer into "
@@ -696,9 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "OUTPUT/pieces/ and OUTPUT/manifest.json. List shard directories in "
                                        "data.train_files to train on them.")
     shard.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
-    shard.add_argument("--input", nargs="+", required=True,
-                       help="corpus files, directories or glob patterns (quote globs)")
-    _add_reader_options(shard, "skip (and count) corrupt files and records instead of stopping at the first")
+    _add_corpus_input(shard)
     shard.add_argument("--output", required=True, help="shard directory to write")
     shard.add_argument("--separator", choices=["eos", "none"], default="eos",
                        help="what goes between documents (default: %(default)s)")
@@ -709,8 +747,42 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="local processes, or Ray Data tasks on the cluster RAY_ADDRESS names, else a local one "
                             "(pip install 'ptlab[ray]'; default: %(default)s)")
-    shard.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(shard)
     shard.set_defaults(func=_cmd_tokenize)
+
+
+# The commands in the order `ptlab --help` lists them, each with the stage of the pipeline it belongs to.
+COMMANDS = (
+    _add_demo,  # lab: the whole path in a few minutes
+    _add_pretrain,  # train
+    _add_tokenizer,  # data
+    _add_clean,  # clean
+    _add_objectives,  # objectives
+    _add_finetune,  # downstream
+    _add_tapt,  # lab: task-adaptive pre-training
+    _add_evaluate_and_probe,  # downstream
+    _add_plot,  # lab: loss curves
+    _add_hf,  # models: import-hf, export-hf
+    _add_generate,  # models
+    _add_study,  # lab: studies
+    _add_cost,  # lab: cost
+    _add_scaling,  # lab: scaling laws
+    _add_tokenize,  # data
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptlab",
+        description="ptlab: a pre-training lab for T5, BART, GPT-2 and Llama-style Transformer language models, "
+                    "from a laptop CPU up. End to end: clean raw text (C4's rules) -> train a tokenizer and tokenize "
+                    "-> pre-train (T5, BART, UL2 or LM objectives) -> fine-tune and evaluate on downstream tasks -> "
+                    "compare pre-training strategies in a study -> export to Hugging Face transformers.",
+        epilog="Run `ptlab COMMAND --help` for each command's options. Configs are YAML files (see configs/); any "
+               "key can be overridden on the command line as section.key=value.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

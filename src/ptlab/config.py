@@ -264,7 +264,9 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 0  # 0: only the final checkpoint (and one on SIGTERM/Ctrl-C)
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
-    async_checkpoint: bool = False  # FSDP on several ranks: write periodic checkpoints while training goes on
+    # Write periodic checkpoints while training goes on (from a host copy of the state: memory for one more copy
+    # of weights and optimizer); the final checkpoint is always written before the run ends
+    async_checkpoint: bool = False
     max_bad_steps: int = 5  # a non-finite loss skips the step; this many in a row stops the run
     # Loss-spike guard: skip a step whose loss is more than this many standard deviations above the mean of the
     # last `spike_window` steps' losses (OLMo-core's skip-step optimizer); 0 disables it

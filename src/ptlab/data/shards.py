@@ -19,9 +19,10 @@ import json
 import os
 import shutil
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -190,13 +191,9 @@ def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     sources = list(sources)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     doc_starts: list[np.ndarray] = []
     total = 0
-    bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit=" docs", disable=not show_progress, leave=False)
-    try:
+    with shard_in_progress(out_dir, show_progress) as (tmp, bar):
         with open(tmp / "tokens.bin", "wb") as out:
             for texts in batched(iter_texts(paths, sources, **reader_options), batch_docs):
                 tokens, starts = encode_piece(tokenizer, texts, separator)
@@ -211,17 +208,25 @@ def build_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str | Path
         np.save(tmp / "doc_starts.npy", starts)
         index = shard_index(paths, tokenizer, separator, sources, total, len(starts), **reader_options)
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return open_shard(out_dir)
+
+
+@contextmanager
+def shard_in_progress(out_dir: Path, show_progress: bool = True) -> Iterator[tuple[Path, tqdm]]:
+    """Build a shard in `OUT.tmp/` with a progress bar: yields the (fresh, empty) directory and the bar. When the
+    block ends it renames the directory to `out_dir`, replacing what was there; on any error (Ctrl-C included) it
+    removes the directory and leaves `out_dir` as it was. `build_shard` and `tokenize_parallel` both write this way."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit=" docs", disable=not show_progress, leave=False)
+    try:
+        yield tmp, bar
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
-    replace_directory(tmp, out_dir)
-    return open_shard(out_dir)
-
-
-def replace_directory(tmp: Path, out_dir: Path) -> None:
-    """Move a finished `tmp` directory to `out_dir`, replacing what was there."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

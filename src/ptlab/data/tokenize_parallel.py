@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,7 +43,7 @@ from ptlab.data.shards import (
     iter_texts,
     no_text_error,
     open_shard,
-    replace_directory,
+    shard_in_progress,
     shard_index,
 )
 from ptlab.data.tokenizer import PtlabTokenizer
@@ -223,12 +222,9 @@ def tokenize_to_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str 
         return build_shard(paths, tokenizer, out_dir, separator, sources, show_progress=show_progress,
                            **reader_options)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / PIECES).mkdir(parents=True)
     run = _run_local if engine == "local" else _run_ray
-    bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit=" docs", disable=not show_progress, leave=False)
-    try:
+    with shard_in_progress(out_dir, show_progress) as (tmp, bar):
+        (tmp / PIECES).mkdir()
         chunks = iter_chunks(iter_texts(paths, sources, **reader_options), chunk_chars)
         pieces = run(chunks, TokenizerSpec.of(tokenizer), separator, tmp, workers, bar)
         num_tokens = sum(p["num_tokens"] for p in pieces)
@@ -238,10 +234,4 @@ def tokenize_to_shard(paths: list[str], tokenizer: PtlabTokenizer, out_dir: str 
                                   sum(p["num_documents"] for p in pieces), **reader_options),
                     "version": MANIFEST_VERSION, "engine": engine, "workers": workers, "pieces": pieces}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    replace_directory(tmp, out_dir)
     return open_shard(out_dir)

@@ -101,6 +101,32 @@ class PtlabTokenizer:
         return out
 
     @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """[vocab_size] int64: the UTF-8 bytes each id contributes to the text it decodes to, for bits per byte
+        (`ptlab.train.batches.target_bytes`). Special tokens (pad, EOS, unk, <mask>, mode tokens, sentinels, any
+        added special) count 0. Byte-level BPE: one byte per character of the piece (GPT-2's byte-to-unicode
+        table maps each byte to one character, "Ġ" the space); otherwise a byte piece <0xNN> is one byte and a
+        "▁" one space. So the ids of `encode(text)` sum to `len(text.encode("utf-8"))` exactly for ptlab's own
+        tokenizers (its Unigram prepends no "▁"). An external SentencePiece tokenizer that prepends "▁" to the
+        text counts that space too (one byte per encoded text, part of its first word)."""
+        spec = json.loads(self.tokenizer.to_str())
+        byte_level = "ByteLevel" in _decoder_types(spec.get("decoder"))
+        byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self.tokenizer.get_vocab(with_added_tokens=True).items():
+            if byte_level:
+                counts[i] = sum(1 if c in alphabet else len(c.encode("utf-8")) for c in token)
+            elif byte_fallback and _BYTE_PIECE.fullmatch(token):
+                counts[i] = 1
+            else:
+                counts[i] = len(token.replace("\u2581", " ").encode("utf-8", "replace"))
+        for added_id, added in self.tokenizer.get_added_tokens_decoder().items():  # sentinels, <mask>, ...
+            counts[added_id] = 0 if added.special else len(added.content.encode("utf-8", "replace"))
+        counts[[self.pad_id, self.eos_id, self.unk_id]] = 0
+        return counts
+
+    @cached_property
     def _byte_ids(self) -> list[int]:
         return [self.tokenizer.token_to_id(piece) for piece in BYTE_PIECES]
 
@@ -131,6 +157,16 @@ class PtlabTokenizer:
                 "pad_id": self.pad_id, "eos_id": self.eos_id, "unk_id": self.unk_id,
                 "fingerprint": self.fingerprint()}
         write_text_atomic(directory / "ptlab_tokenizer.json", json.dumps(meta, indent=2) + "\n")
+
+
+_BYTE_PIECE = re.compile("<0x[0-9A-F]{2}>")
+
+
+def _decoder_types(decoder: dict | None) -> list[str]:
+    """The types of a tokenizer.json decoder, a Sequence's parts included."""
+    if not decoder:
+        return []
+    return [decoder.get("type"), *(t for part in decoder.get("decoders") or [] for t in _decoder_types(part))]
 
 
 def load_tokenizer(directory: str | Path) -> PtlabTokenizer:

@@ -22,7 +22,14 @@ from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.downstream.metrics import compute_metrics
 from ptlab.models.generate import generate
 from ptlab.objectives import Example
-from ptlab.train.batches import autocast, batch_label_log_probs, model_inputs, to_tensors
+from ptlab.train.batches import (
+    autocast,
+    batch_label_log_probs,
+    bits_per_byte,
+    model_inputs,
+    target_bytes,
+    to_tensors,
+)
 from ptlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 
 
@@ -101,6 +108,22 @@ def score(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, split: str, p
     return scores, rows
 
 
+@torch.no_grad()
+def target_bits_per_byte(model: nn.Module, tokenizer: PtlabTokenizer, examples: list[Example],
+                         precision: str = "fp32", batch_size: int = EVAL_BATCH_SIZE, device="cpu") -> float | None:
+    """The model's loss on the reference targets given their inputs (teacher-forced), in bits per UTF-8 byte of
+    the target text (its EOS counts no bytes; `ptlab.train.loop.Validation`). None when the targets hold no text."""
+    model.eval()
+    pad, nats, num_bytes = tokenizer.specials.pad, 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = make_batch(model, examples[start:start + batch_size], pad)
+        num_bytes += target_bytes(batch["labels"], tokenizer.token_bytes)
+        with autocast(precision, device):
+            picked = batch_label_log_probs(model, to_tensors(model_inputs(batch), device))
+        nats -= float(picked.sum(dtype=torch.float64))
+    return bits_per_byte(nats, num_bytes)
+
+
 def _write_predictions(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -111,10 +134,14 @@ def _write_predictions(path: Path, rows: list[dict]) -> None:
 
 def evaluate_checkpoint(checkpoint: str | Path, task_cfg: TaskConfig, split: str = "test",
                         output: str | Path | None = None, show_progress: bool = True) -> dict[str, float]:
-    """Scores of a checkpoint on a task split; predictions are written to `output` (JSONL) when given."""
+    """Scores of a checkpoint on a task split, and `target_bpb`, its loss on the reference targets in bits per
+    byte (`target_bits_per_byte`); predictions are written to `output` (JSONL) when given."""
     model, tokenizer = load_model(checkpoint), load_checkpoint_tokenizer(checkpoint)
     task = resolve_task(task_cfg)
     scores, rows = score(model, tokenizer, task, split, show_progress=show_progress)
+    bpb = target_bits_per_byte(model, tokenizer, encode_pairs(task.examples(split), tokenizer, task))
+    if bpb is not None:
+        scores["target_bpb"] = bpb
     if output is not None:
         _write_predictions(Path(output), rows)
     return scores

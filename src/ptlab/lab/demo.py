@@ -92,6 +92,9 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     print(f"  parameters                 {result.parameters:,}", file=out)
     print(f"  validation loss            {result.initial_val_loss:.3f} -> {result.final_val_loss:.3f} nats "
           f"(a unigram model of the targets: {baseline:.3f})", file=out)
+    if result.final_val_bpb is not None:
+        print(f"  validation bits per byte   {result.initial_val_bpb:.3f} -> {result.final_val_bpb:.3f} "
+              f"(of the text the targets decode to)", file=out)
     print(f"  training throughput        {result.tokens_per_second:,.0f} tokens/s (inputs + targets, "
           f"{torch.get_num_threads()} threads)", file=out)
     print(f"  checkpoint                 {result.checkpoint}", file=out)
@@ -109,6 +112,7 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
         print(f"  {comparison.verdict()}", file=out)
     print(f"\ndemo finished in {elapsed / 60:.1f} min", file=out)
     return {"initial_val_loss": result.initial_val_loss, "final_val_loss": result.final_val_loss,
+            "initial_val_bpb": result.initial_val_bpb, "final_val_bpb": result.final_val_bpb,
             "baseline": baseline, "tokens_per_second": result.tokens_per_second, "seconds": elapsed,
             "checkpoint": str(result.checkpoint), **summaries.figures(), **sentiment.figures()}
 

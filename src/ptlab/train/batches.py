@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -74,3 +75,17 @@ def batch_tokens(batch: dict[str, np.ndarray]) -> int:
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
     return int((batch["segment_ids"] > 0).sum())
+
+
+def target_bytes(labels: np.ndarray | torch.Tensor, token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes of the text the labels that are not IGNORE_INDEX decode to (`PtlabTokenizer.token_bytes`:
+    special tokens such as EOS and sentinels count 0), the denominator of bits per byte."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.cpu().numpy()
+    labels = np.asarray(labels).reshape(-1)
+    return int(token_bytes[labels[labels != IGNORE_INDEX]].sum())
+
+
+def bits_per_byte(nats: float, num_bytes: int) -> float | None:
+    """A summed negative log-likelihood in nats as bits per byte of `num_bytes` bytes (None for no bytes)."""
+    return nats / (math.log(2) * num_bytes) if num_bytes > 0 else None

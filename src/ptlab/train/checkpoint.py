@@ -18,6 +18,7 @@ warning in favour of the previous one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -117,23 +118,52 @@ def finish_checkpoint(target: str | Path, config: Config, tokenizer: PtlabTokeni
             _fsync_dir(path)
     _fsync_dir(tmp)
     if target.exists():
-        shutil.rmtree(target)
+        remove_checkpoint(target)
     os.replace(tmp, target)
     _fsync_dir(target.parent)
     return target
 
 
+def remove_checkpoint(directory: Path) -> None:
+    """Delete a checkpoint so that no reader ever lists it half-deleted: it is renamed out of the listing first
+    (a kill mid-delete leaves a `.deleting` folder, removed by the next prune)."""
+    doomed = directory.with_name(directory.name + ".deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(directory, doomed)
+    _fsync_dir(directory.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def failed_writes_named(target: str | Path, run_dir: str | Path | None = None):
+    """An OSError while writing TARGET (a full disk, a lost mount) becomes one line naming it and, for a run's
+    checkpoint, the one still to resume from; the partial staging directory is removed, so nothing half-written
+    is left."""
+    try:
+        yield
+    except OSError as err:
+        shutil.rmtree(staging_dir(target), ignore_errors=True)
+        reason = err.strerror or str(err) or type(err).__name__
+        message = f"could not write the checkpoint {target}: {reason}"
+        if run_dir is not None:
+            kept = [c for c in list_checkpoints(run_dir) if c != Path(target)]
+            message += f"; the last good checkpoint, {kept[-1]}, is kept" if kept else "; no earlier checkpoint exists"
+        raise PtlabError(message) from None
+
+
 def write_checkpoint(target: str | Path, weights: nn.Module | dict[str, torch.Tensor], config: Config,
                      tokenizer: PtlabTokenizer | None, step: int = 0, trainer_state: dict | None = None,
-                     metrics: dict | None = None, replace: bool = True) -> Path:
-    """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place."""
+                     metrics: dict | None = None, replace: bool = True, run_dir: str | Path | None = None) -> Path:
+    """Write a checkpoint directory atomically: built under TARGET.tmp, fsynced, renamed into place. A write that
+    fails (full disk) is a one-line error naming the last good checkpoint of RUN_DIR."""
     target = Path(target)
     if target.exists() and not replace:
         raise PtlabError(f"{target} already exists; choose a new directory")
     state = state_dict_for_saving(weights) if isinstance(weights, nn.Module) else weights
-    tmp = start_checkpoint(target)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    return finish_checkpoint(target, config, tokenizer, step, trainer_state, metrics)
+    with failed_writes_named(target, run_dir):
+        tmp = start_checkpoint(target)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        return finish_checkpoint(target, config, tokenizer, step, trainer_state, metrics)
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -144,7 +174,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int | None) -> None:
     """Delete all but the newest `keep` checkpoints (all kept when keep is None or 0)."""
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
+        for leftover in (Path(run_dir) / CHECKPOINTS).glob("*.deleting"):  # a kill mid-delete
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, weights: nn.Module | dict[str, torch.Tensor], config: Config,
@@ -152,7 +184,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: nn.Module | dict[st
                     keep: int | None = None) -> Path:
     """RUN_DIR/checkpoints/step_NNNNNNN, written atomically; then only the newest `keep` checkpoints remain."""
     path = write_checkpoint(checkpoint_dir(run_dir, step), weights, config, tokenizer, step, trainer_state,
-                            metrics)
+                            metrics, run_dir=run_dir)
     prune_checkpoints(run_dir, keep)
     return path
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ptlab.errors import PtlabError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,6 +44,23 @@ class Runtime:
 
     def any(self, flag: bool) -> bool:
         return self.sum(float(flag))[0] > 0
+
+    def main_first(self, what: str, main: Callable[[], T], others: Callable[[], T]) -> T:
+        """Rank 0 runs `main` (which writes files: a tokenizer, shards, an imported model), then the other ranks run
+        `others` (which reads them); the result is this rank's. A failure on rank 0 is shared with every rank, so all
+        fail alike instead of the others waiting at a collective forever: rank 0 raises its own error, the others
+        "rank 0 failed while WHAT (see its error)"."""
+        error, result = None, None
+        if self.is_main:
+            try:
+                result = main()
+            except Exception as err:  # re-raised below, after telling the other ranks
+                error = err
+        if self.any(error is not None):
+            if error is not None:
+                raise error
+            raise PtlabError(f"rank 0 failed while {what} (see its error)")
+        return result if self.is_main else others()
 
 
 def pick_device(device: str, local_rank: int = 0) -> torch.device:

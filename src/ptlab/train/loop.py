@@ -45,13 +45,16 @@ from ptlab.train.batches import (
     batch_label_log_probs,
     batch_logits,
     batch_tokens,
+    bits_per_byte,
     model_inputs,
+    target_bytes,
     to_tensors,
     unwrapped,
 )
 from ptlab.train.checkpoint import (
     CHECKPOINTS,
     checkpoint_dir,
+    failed_writes_named,
     finish_checkpoint,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -67,7 +70,7 @@ from ptlab.train.continued import InitSource, prepare_init
 from ptlab.train.host import configure_host, denormals_restored
 from ptlab.train.optim import build_optimizer, lr_factor
 from ptlab.train.runlog import MetricsLog, read_metrics
-from ptlab.train.sharded import BackgroundSaves, is_sharded, load_sharded, load_sharded_weights, save_sharded
+from ptlab.train.sharded import BackgroundSaves, host_snapshot, is_sharded, load_sharded, load_sharded_weights, save_sharded
 from ptlab.train.step import (
     PendingStep,
     SpikeGuard,
@@ -94,6 +97,8 @@ class PretrainResult:
     interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
     skipped_steps: int = 0
     mfu: float | None = None
+    initial_val_bpb: float | None = None  # bits per UTF-8 byte of the validation targets (`Validation`)
+    final_val_bpb: float | None = None
 
 
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int = 0) -> torch.Tensor:
@@ -159,19 +164,43 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+@dataclass(frozen=True)
+class Validation:
+    """One validation pass: `loss`, the mean cross-entropy in nats per target token, and `bpb`, the same
+    likelihood in bits per UTF-8 byte of the text the target tokens decode to: summed nats / (ln 2 x target bytes),
+    special tokens (EOS, sentinels) counting no bytes. bpb does not depend on the tokenizer; it is None without the
+    tokenizer's byte counts or when the targets hold no text."""
+
+    loss: float | None
+    bpb: float | None = None
+    tokens: int = 0
+    bytes: int = 0
+
+
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str,
-                  device: torch.device | str = "cpu") -> float:
+def evaluate(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str,
+             device: torch.device | str = "cpu", token_bytes: np.ndarray | None = None) -> Validation:
+    """The validation loss of `batches`, and with `token_bytes` (`PtlabTokenizer.token_bytes`) its bits per
+    byte."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, num_bytes = 0.0, 0, 0
     for batch in batches:
         with autocast(precision, device):
             loss, n = loss_sum(model, batch)
         total += float(loss)
         count += n
+        if token_bytes is not None:
+            num_bytes += target_bytes(batch["labels"], token_bytes)
     model.train(was_training)
-    return total / max(count, 1)
+    bpb = bits_per_byte(total, num_bytes) if token_bytes is not None else None
+    return Validation(total / max(count, 1), bpb, count, num_bytes)
+
+
+def evaluate_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], precision: str,
+                  device: torch.device | str = "cpu") -> float:
+    """The mean cross-entropy in nats per target token of `batches`."""
+    return evaluate(model, batches, precision, device).loss
 
 
 def batch_rows(step: int, cfg: TrainConfig, world_size: int = 1) -> int:
@@ -295,40 +324,20 @@ class _Trainer:
     def _prepare_data(self):
         """One process trains the tokenizer and writes the shards, then the others read them. A failure there is
         shared with every rank (instead of leaving them waiting at a barrier forever)."""
-        cfg, runtime = self.cfg, self.runtime
-        error = None
-        if runtime.is_main:
-            try:
-                tokenizer = ensure_tokenizer(cfg.data, self.show)
-                shards = ensure_shards(cfg.data, tokenizer, self.show)
-            except Exception as err:  # re-raised below, after telling the other ranks
-                error = err
-        if runtime.any(error is not None):
-            if error is not None:
-                raise error
-            raise PtlabError("rank 0 failed while preparing the data (see its error)")
-        if not runtime.is_main:
-            tokenizer = ensure_tokenizer(cfg.data, False)
-            shards = ensure_shards(cfg.data, tokenizer, False)
-        return tokenizer, shards
+        def prepare(show: bool):
+            tokenizer = ensure_tokenizer(self.cfg.data, show)
+            return tokenizer, ensure_shards(self.cfg.data, tokenizer, show)
+
+        return self.runtime.main_first("preparing the data", lambda: prepare(self.show), lambda: prepare(False))
 
     def _prepare_init(self, resume: str) -> InitSource | None:
         """Rank 0 imports the init model and copies its tokenizer into the run, then the others read them; a
         failure there stops every rank."""
         if self.cfg.init is None:
             return None
-        runtime, error, init = self.runtime, None, None
         resuming = resume != "never" and bool(list_checkpoints(self.run_dir))
-        if runtime.is_main:
-            try:
-                init = prepare_init(self.cfg, resuming=resuming)
-            except Exception as err:  # re-raised below, after telling the other ranks
-                error = err
-        if runtime.any(error is not None):
-            if error is not None:
-                raise error
-            raise PtlabError("rank 0 failed while preparing init (see its error)")
-        return init if runtime.is_main else prepare_init(self.cfg, create=False, resuming=resuming)
+        return self.runtime.main_first("preparing init", lambda: prepare_init(self.cfg, resuming=resuming),
+                                       lambda: prepare_init(self.cfg, create=False, resuming=resuming))
 
     def _start_record(self, init: InitSource | None) -> dict:
         """The run's data and starting point, for the start event of metrics.jsonl."""
@@ -458,12 +467,13 @@ class _Trainer:
                         "world_size": runtime.world_size, "device": str(device), "compiled": self.compiled,
                         "peak_tflops": self.peak, "peak_source": peak_source, **self._start_record(self.init)})
 
-    def _evaluate(self, step: int) -> float | None:
+    def _evaluate(self, step: int) -> Validation:
         if not self.eval_set:
-            return None
-        val_loss = evaluate_loss(self.trained, self.eval_set, self.cfg.train.precision, self.runtime.device)  # eager
-        self.record({"step": step, "val_loss": val_loss})
-        return val_loss
+            return Validation(None)
+        validation = evaluate(self.trained, self.eval_set, self.cfg.train.precision, self.runtime.device,  # eager
+                              self.tokenizer.token_bytes)
+        self.record({"step": step, "val_loss": validation.loss, "val_bpb": validation.bpb})
+        return validation
 
     def _checkpoint(self, step: int, metrics: dict) -> Path | None:
         return self._save(step, self.model, self.trained, self.optimizer, self.tokenizer, self.identity,
@@ -475,20 +485,22 @@ class _Trainer:
             return None
         return progress["flops"] / max(progress["seconds"], 1e-9) / 1e12 / (self.peak * self.runtime.world_size)
 
-    def _result(self, steps: int, checkpoint: Path | None, initial_val, final_val, interrupted=None) -> PretrainResult:
+    def _result(self, steps: int, checkpoint: Path | None, initial_val: Validation, final_val: Validation,
+                interrupted=None) -> PretrainResult:
         progress = self.progress
-        return PretrainResult(self.run_dir, checkpoint, steps, initial_val, final_val,
+        return PretrainResult(self.run_dir, checkpoint, steps, initial_val.loss, final_val.loss,
                               progress["tokens"] / max(progress["seconds"], 1e-9), progress["seconds"],
                               self.parameters, self.history, self.start_step if self.state is not None else None,
-                              interrupted, progress["skipped_steps"], self._mfu())
+                              interrupted, progress["skipped_steps"], self._mfu(), initial_val.bpb, final_val.bpb)
 
     def _train(self) -> PretrainResult:
         """The steps from the start (or the checkpoint) to train.max_steps, then the final evaluation and
         checkpoint; SIGINT/SIGTERM stop it after a step with a checkpoint."""
         runtime, train_cfg, progress = self.runtime, self.cfg.train, self.progress
         initial_val = self._evaluate(0) if self.state is None else next(
-            (r["val_loss"] for r in read_metrics(self.run_dir) if r.get("step") == 0 and "val_loss" in r), None)
-        val_loss, bad_in_row, last_checkpoint, step = initial_val, 0, None, self.start_step
+            (Validation(r["val_loss"], r.get("val_bpb")) for r in read_metrics(self.run_dir)
+             if r.get("step") == 0 and "val_loss" in r), Validation(None))  # val_bpb: absent in older runs
+        val, bad_in_row, last_checkpoint, step = initial_val, 0, None, self.start_step
         bar = tqdm(total=train_cfg.max_steps, initial=self.start_step, desc="pre-training", unit="step",
                    disable=not self.show, dynamic_ncols=True)
 
@@ -536,28 +548,30 @@ class _Trainer:
                                  "tflops": progress["flops"] / progress["seconds"] / 1e12, "mfu": mfu,
                                  "seconds": progress["seconds"], **self._source_tokens(done)})
                 if evaluate:
-                    val_loss = self._evaluate(done)
+                    val = self._evaluate(done)
                 if save:
                     last_checkpoint = self._checkpoint(done, {"loss": outcome.loss})
                 bar.update(1)
                 if outcome is not None:
                     bar.set_postfix(loss=f"{outcome.loss:.3f}",
-                                    val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                                    val=f"{val.loss:.3f}" if val.loss is not None else "-",
+                                    bpb=f"{val.bpb:.3f}" if val.bpb is not None else "-",
                                     tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
                 if stop:
                     name = signals.received or "SIGTERM"
                     self.record({"step": done, "event": "interrupted", "signal": name,
                                  "checkpoint": str(last_checkpoint)})
-                    return self._result(done, last_checkpoint, initial_val, val_loss, name)
+                    return self._result(done, last_checkpoint, initial_val, val, name)
         if self.start_step >= train_cfg.max_steps and self.checkpoint is not None:
             self.note(f"{self.run_dir} already finished {self.start_step} steps "
                       f"(train.max_steps={train_cfg.max_steps})")
-            final_val, final = val_loss, self.checkpoint
+            final_val, final = val, self.checkpoint
         else:
             final_val = self._evaluate(train_cfg.max_steps)
-            final = self._checkpoint(train_cfg.max_steps, {"val_loss": final_val})
+            final = self._checkpoint(train_cfg.max_steps, {"val_loss": final_val.loss, "val_bpb": final_val.bpb})
         result = self._result(train_cfg.max_steps, final, initial_val, final_val)
-        self.record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val,
+        self.record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val.loss,
+                     "val_bpb": final_val.bpb,
                      "tokens_per_second": result.tokens_per_second, "mfu": result.mfu,
                      "skipped_steps": progress["skipped_steps"], "checkpoint": str(final)})
         return result
@@ -608,6 +622,7 @@ class _Trainer:
                                                                                self.runtime.world_size)}}
         if self.spike_guard is not None:
             trainer_state["spike_guard"] = self.spike_guard.state_dict()
+        self._background_saves.wait()  # the previous background save is committed before the next starts
         if self.runtime.distributed and self.cfg.train.distributed == "fsdp":
             return self._save_sharded(step, trained, optimizer, tokenizer, trainer_state, metrics)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -615,17 +630,30 @@ class _Trainer:
         if not self.runtime.is_main:
             self.runtime.barrier()
             return None
-        path = save_checkpoint(self.run_dir, step, state_dict_for_saving(model), self.cfg, tokenizer, trainer_state,
-                               metrics, keep=self.cfg.train.keep_checkpoints)
+        weights = state_dict_for_saving(model)
+
+        def write(weights=weights, trainer_state=trainer_state) -> Path:
+            return save_checkpoint(self.run_dir, step, weights, self.cfg, tokenizer, trainer_state, metrics,
+                                   keep=self.cfg.train.keep_checkpoints)
+
+        if self._in_background(step):
+            self._background_saves.start_writing(functools.partial(write, host_snapshot(weights),
+                                                                   host_snapshot(trainer_state)))
+            path = checkpoint_dir(self.run_dir, step)
+        else:
+            path = write()
         self.runtime.barrier()
         return path
+
+    def _in_background(self, step: int) -> bool:
+        """`train.async_checkpoint`: every save but the final one is written while training goes on."""
+        return self.cfg.train.async_checkpoint and step < self.cfg.train.max_steps
 
     def _save_sharded(self, step: int, trained: nn.Module, optimizer, tokenizer, trainer_state: dict,
                       metrics: dict) -> Path:
         """All ranks write into one staging directory; after the last shard (DCP's index is written once every
         rank has reported) rank 0 checksums and renames it, so a crash at any point leaves no partial step_N.
         With `train.async_checkpoint` all but the final save are written in the background."""
-        self._background_saves.wait()  # the previous background save is committed before the next starts
         target = checkpoint_dir(self.run_dir, step)
         if self.runtime.is_main:
             start_checkpoint(target)
@@ -633,10 +661,11 @@ class _Trainer:
 
         def commit() -> None:
             if self.runtime.is_main:
-                finish_checkpoint(target, self.cfg, tokenizer, step, trainer_state, metrics)
+                with failed_writes_named(target, self.run_dir):
+                    finish_checkpoint(target, self.cfg, tokenizer, step, trainer_state, metrics)
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
-        if self.cfg.train.async_checkpoint and step < self.cfg.train.max_steps:
+        if self._in_background(step):
             self._background_saves.start(staging_dir(target), trained, optimizer, commit)
             return target
         save_sharded(staging_dir(target), trained, optimizer)

@@ -125,7 +125,8 @@ def _pretraining(run: dict, records: list[dict], step: int | None, checkpoint: P
             ("tokens trained", f"{tokens:,.0f}" if tokens is not None else UNKNOWN),
             ("optimizer", f"{train.get('optimizer', UNKNOWN)}, lr {train.get('lr', UNKNOWN)}, "
                           f"{train.get('schedule', UNKNOWN)} schedule"),
-            ("final validation loss", _val_loss(records, step))]
+            ("final validation loss", _val_loss(records, step)),
+            ("final validation bits per byte", _val_loss(records, step, "val_bpb"))]
 
 
 def _finetuning(run: dict, records: list[dict], step: int | None) -> list[tuple[str, Any]]:
@@ -164,8 +165,9 @@ def _tokens(checkpoint: Path, records: list[dict], step: int | None) -> float | 
     return float(counts[-1]) if counts else None
 
 
-def _val_loss(records: list[dict], step: int | None) -> str:
-    losses = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None and "event" not in r
+def _val_loss(records: list[dict], step: int | None, key: str = "val_loss") -> str:
+    """The last evaluation's `key` (val_loss, or val_bpb: absent in runs older than it) at or before `step`."""
+    losses = [(r["step"], r[key]) for r in records if r.get(key) is not None and "event" not in r
               and (step is None or r.get("step", 0) <= step)]
     return f"{losses[-1][1]:.4f} (step {losses[-1][0]})" if losses else UNKNOWN
 

@@ -18,7 +18,7 @@ import io
 import pickle
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -128,16 +128,31 @@ def _load(directory: Path, state: dict, no_dist: bool) -> None:
         raise PtlabError(f"{directory}/{DCP_DIR} does not match this model: {str(err).splitlines()[0]}") from None
 
 
+def host_snapshot(state):
+    """STATE (nested dicts and lists) with every tensor copied to host memory, for a background write: without a
+    copy it would read weights and moments that the next steps are changing."""
+    return tree_map(lambda x: x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x, state)
+
+
 class BackgroundSaves:
-    """Sharded saves written while training goes on, one at a time. The state is copied to host memory before
-    `start` returns; `commit` (rank 0 renaming the checkpoint into place) runs once every rank's shards are written,
-    at the next save or at `wait`. The background writes talk over a process group of their own, so their
-    collectives never interleave with the training step's."""
+    """Checkpoints written while training goes on, one at a time. The state is copied to host memory before
+    `start` (sharded, every rank) or `start_writing` (the full state, one process) returns; `commit` (rank 0
+    renaming the checkpoint into place) runs once every rank's shards are written, at the next save or at `wait`.
+    Sharded background writes talk over a process group of their own, so their collectives never interleave with
+    the training step's."""
 
     def __init__(self) -> None:
         self.future: Future | None = None
         self.commit: Callable[[], None] = lambda: None
         self.group = None
+        self.thread: ThreadPoolExecutor | None = None
+
+    def start_writing(self, write: Callable[[], object]) -> None:
+        """Run WRITE (which must only read host copies) in a background thread."""
+        self.wait()
+        if self.thread is None:
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="ptlab-checkpoint")
+        self.future = self.thread.submit(write)
 
     def start(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
               commit: Callable[[], None]) -> None:

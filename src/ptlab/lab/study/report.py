@@ -55,16 +55,18 @@ def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
                 by_seed.setdefault(key[2], []).append(row["score"])
             means = [statistics.mean(v) for s, v in by_seed.items() if s is not None]
             entry["pretrain_seed_std"][task] = _std(means) if len(means) > 1 else None
-        runs = {}  # one entry per pre-training run: its seconds and validation loss
+        runs = {}  # one entry per pre-training run: its seconds, validation loss and bits per byte
         per_task = cell.pretrain and adapts_per_task(plan.study, cell)
         for key, row in mine.items():
-            runs[(key[2], key[1] if per_task else None)] = (row["pretrain_seconds"], row.get("pretrain_val_loss"))
-        losses = [loss for _, loss in runs.values() if loss is not None]
-        entry["pretrain_val_loss"] = statistics.mean(losses) if losses else None
+            runs[(key[2], key[1] if per_task else None)] = (row["pretrain_seconds"], row.get("pretrain_val_loss"),
+                                                            row.get("pretrain_val_bpb"))  # absent in older rows
+        for column, figure in (("pretrain_val_loss", 1), ("pretrain_val_bpb", 2)):
+            values = [run[figure] for run in runs.values() if run[figure] is not None]
+            entry[column] = statistics.mean(values) if values else None
         means = [m for m, _, n in entry["tasks"].values() if n]
         entry["average"] = statistics.mean(means) if len(means) == len(tasks) else None
         entry["minutes"] = (sum(r["finetune_seconds"] for r in mine.values())
-                            + sum(seconds for seconds, _ in runs.values())) / 60
+                            + sum(run[0] for run in runs.values())) / 60
         summary.append(entry)
     return summary
 
@@ -90,7 +92,8 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
     summary = summarize(plan, rows)
     tasks = [task_label(t) for t in plan.study.tasks]
     metric_of = {task: next((e["metric_" + task] for e in summary if "metric_" + task in e), "") for task in tasks}
-    header = ["cell", "architecture", "objective", "params", "FLOPs/ex", "pre-train val loss"] + [
+    header = ["cell", "architecture", "objective", "params", "FLOPs/ex", "pre-train val loss",
+              "pre-train val bpb"] + [
         f"{t} ({metric_of[t]})" for t in tasks] + ["average", "minutes"]
     md = [caption(plan), "",
           "| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
@@ -98,10 +101,12 @@ def write_tables(plan: Plan, rows: list[dict], out=sys.stdout) -> Path:
     for e in summary:
         cells = [e["cell"], e["architecture"], e["objective"], f"{e['parameters'] / 1e6:.1f}M",
                  f"{e['flops_per_example'] / 1e9:.2f}G",
-                 f"{e['pretrain_val_loss']:.2f}" if e["pretrain_val_loss"] is not None else "-"]
+                 f"{e['pretrain_val_loss']:.2f}" if e["pretrain_val_loss"] is not None else "-",
+                 f"{e['pretrain_val_bpb']:.3f}" if e["pretrain_val_bpb"] is not None else "-"]
         record = {"cell": e["cell"], "architecture": e["architecture"], "objective": e["objective"],
                   "parameters": e["parameters"], "flops_per_example": e["flops_per_example"],
-                  "pretrain_tokens": e["pretrain_tokens"], "pretrain_val_loss": e["pretrain_val_loss"]}
+                  "pretrain_tokens": e["pretrain_tokens"], "pretrain_val_loss": e["pretrain_val_loss"],
+                  "pretrain_val_bpb": e["pretrain_val_bpb"]}
         for task in tasks:
             mean, std, n = e["tasks"][task]
             spread = e["pretrain_seed_std"][task]

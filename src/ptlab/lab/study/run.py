@@ -51,6 +51,7 @@ def run_pretraining(run: PretrainRun, init_summary: dict | None = None, threads:
     if result.interrupted:
         raise KeyboardInterrupt(f"pre-training {run.name} interrupted ({result.interrupted})")
     summary = {"checkpoint": str(result.checkpoint), "final_val_loss": result.final_val_loss,
+               "final_val_bpb": result.final_val_bpb,
                "seconds": result.train_seconds, "tokens_per_second": result.tokens_per_second,
                "parameters": result.parameters}
     write_text_atomic(_done_marker(run), json.dumps(summary, indent=2) + "\n")
@@ -75,7 +76,7 @@ def run_finetune(study: StudyConfig, run: FinetuneRun, results_path: Path, summa
            "pretrain_seed": run.pretrain.pretrain_seed if run.pretrain else None, "metric": metric,
            "score": scores[metric], "scores": scores, "split": "test" if result.test else "validation",
            "finetune_seconds": result.seconds, "pretrain_seconds": summary.get("seconds", 0.0),
-           "pretrain_val_loss": summary.get("final_val_loss")}
+           "pretrain_val_loss": summary.get("final_val_loss"), "pretrain_val_bpb": summary.get("final_val_bpb")}
     with open(results_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
     return row
