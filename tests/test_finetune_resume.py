@@ -64,7 +64,7 @@ def outcome(run_dir: Path) -> tuple[dict, list]:
     return scores, records, {k: v.tolist() for k, v in weights.items()}
 
 
-def test_a_fine_tune_killed_with_sigkill_resumes_to_identical_scores(tmp_path, tokenizer_dir):
+def test_a_fine_tune_killed_with_sigkill_resumes_to_identical_scores(tmp_path, tokenizer_dir, kill_after):
     reference = write_config(tmp_path / "a", tokenizer_dir)
     done = run_finetune(reference)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -73,13 +73,7 @@ def test_a_fine_tune_killed_with_sigkill_resumes_to_identical_scores(tmp_path, t
 
     config = write_config(tmp_path / "b", tokenizer_dir)
     run_dir = tmp_path / "b" / "run"
-    process = subprocess.Popen([sys.executable, "-m", "ptlab", "finetune", "--config", str(config), "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(r.get("step", 0) >= 22 for r in read_metrics(run_dir)):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert kill_after(["-m", "ptlab", "finetune", "--config", str(config), "--quiet"], run_dir, 22)
     assert list_checkpoints(run_dir) and not (run_dir / "scores.json").exists()  # killed mid-run, after a checkpoint
     resumed = run_finetune(config)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

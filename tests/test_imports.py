@@ -1,6 +1,6 @@
 """The package's shape: every module imports on its own, no import cycles (not even inside functions), and
 dependencies point one way, from the command line down to the config: cli -> lab -> downstream -> train -> data,
-models, clean -> config -> objectives -> errors, files, schema."""
+models, clean -> config -> objectives -> errors, files, schema, families (the family table, which config reads)."""
 
 import ast
 import subprocess
@@ -11,7 +11,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [  # a module may import from its own layer and the ones below it
-    {"ptlab.errors", "ptlab.files", "ptlab.schema"},
+    {"ptlab.errors", "ptlab.files", "ptlab.schema", "ptlab.families"},
     {"ptlab.objectives"},
     {"ptlab.config"},
     {"ptlab.data", "ptlab.models", "ptlab.clean"},

@@ -2,10 +2,6 @@
 config errors and the mixture study grid."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ from ptlab.config import load_config
 from ptlab.data import ensure_shards
 from ptlab.data.mixture import MixtureSchedule, tokenizer_texts
 from ptlab.data.pipeline import pretrain_batches, resolve_objective
+from ptlab.data.stream import StreamSampler, TrainingStream
 from ptlab.data.tasks import task_input_texts
 from ptlab.data.tokenizer import load_tokenizer
 from ptlab.errors import PtlabError
@@ -114,6 +111,20 @@ def test_the_schedule_is_a_pure_function_of_the_example_index(weights, caps, blo
         assert (np.abs(served - share * stop) <= stop / block + 2).all()
 
 
+def test_a_shard_and_a_mixture_are_one_kind_of_training_stream(tmp_path, two_sources, tokenizer_dir):
+    cfg = load_config(mixture_config(tmp_path, two_sources, tokenizer_dir))
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    mixture, validation = ensure_shards(cfg.data, tokenizer, show_progress=False)
+    objective = resolve_objective(cfg.objective, quiet=True)
+    assert validation.fingerprint == validation.index["data_fingerprint"] != mixture.fingerprint
+    for stream, weights in ((mixture, {"web": 0.7, "books": 0.3}), (validation, {})):
+        assert isinstance(stream, TrainingStream) and stream.weights == weights
+        data = pretrain_batches(cfg, objective, stream, tokenizer.specials)
+        assert isinstance(data.sampler, StreamSampler) and data.sampler.capacity is None
+        assert set(data.source_tokens(16)) == set(weights)  # per-source counts for named sources only
+        assert len(data.batch(0, 4)["input_ids"]) == 4
+
+
 def test_an_epochs_cap_redistributes_the_weight_of_an_exhausted_source(tmp_path, two_sources, tokenizer_dir):
     cfg, data, origin = batches_of(mixture_config(tmp_path, two_sources, tokenizer_dir, weights=(0.5, 0.5),
                                                   caps=(0.5, None)))
@@ -154,7 +165,7 @@ def curve(run_dir: Path) -> list[tuple]:
             for r in read_metrics(run_dir) if "event" not in r]
 
 
-def test_a_killed_mixture_run_resumes_to_identical_losses(tmp_path, two_sources, tokenizer_dir):
+def test_a_killed_mixture_run_resumes_to_identical_losses(tmp_path, two_sources, tokenizer_dir, kill_after):
     train = {"max_steps": 16, "checkpoint_every": 4, "eval_every": 4}
     reference = mixture_config(tmp_path / "a", two_sources, tokenizer_dir, **train)
     pretrain(load_config(reference), show_progress=False)
@@ -163,13 +174,7 @@ def test_a_killed_mixture_run_resumes_to_identical_losses(tmp_path, two_sources,
 
     config = mixture_config(tmp_path / "b", two_sources, tokenizer_dir, **train)
     run_dir = tmp_path / "b" / "run"
-    process = subprocess.Popen([sys.executable, "-m", "ptlab", "pretrain", "--quiet", "--config", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(r.get("step", 0) >= 9 for r in read_metrics(run_dir)):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert kill_after(["-m", "ptlab", "pretrain", "--quiet", "--config", str(config)], run_dir, 9, timeout=120)
     steps = [c.name for c in list_checkpoints(run_dir)]
     assert steps and "step_0000016" not in steps  # killed mid-run, after at least one checkpoint
     resumed = pretrain(load_config(config), show_progress=False)

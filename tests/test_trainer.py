@@ -61,7 +61,8 @@ NEW_RECIPE = {"optimizer": "muon_scale", "muon_lr": 0.02, "schedule": "wsd", "sp
 
 
 @pytest.mark.parametrize("recipe", [{}, NEW_RECIPE], ids=["adamw", "muon"])
-def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_corpus, tokenizer_dir, recipe):
+def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_corpus, tokenizer_dir, recipe,
+                                                                 kill_after):
     slow = {"max_steps": 60, "checkpoint_every": 8, "eval_every": 8, **recipe}
     reference = write_config(tmp_path / "a", small_corpus, tokenizer_dir, **slow)
     assert run_ptlab(reference).returncode == 0
@@ -69,13 +70,7 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, small_
 
     config = write_config(tmp_path / "b", small_corpus, tokenizer_dir, **slow)
     run_dir = tmp_path / "b" / "run"
-    process = subprocess.Popen([sys.executable, "-m", "ptlab", "pretrain", "--config", str(config), "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(r.get("step", 0) >= 30 for r in read_metrics(run_dir)):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert kill_after(["-m", "ptlab", "pretrain", "--config", str(config), "--quiet"], run_dir, 30, timeout=120)
     steps = [c.name for c in list_checkpoints(run_dir)]
     assert steps and "step_0000060" not in steps  # killed mid-run, after at least one checkpoint
     resumed = run_ptlab(config)

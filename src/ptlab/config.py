@@ -19,21 +19,18 @@ from typing import Any, ClassVar
 import yaml
 
 from ptlab.errors import PtlabError
+from ptlab.families import FAMILIES, FamilySpec, families_where, family_spec, unknown_family
 from ptlab.objectives.registry import build_objective
 from ptlab.schema import apply_overrides, from_dict, parse_value, read_yaml, set_dotted  # noqa: F401 - re-exported
 
-FAMILIES = ("t5", "bart", "gpt2", "llama")
 MAX_LAYERS = 2048  # per stack; the deepest published models (DeepNet) have 1,000
-ENCODER_DECODER_FAMILIES = ("t5", "bart")
-# Family defaults for keys left at None: (tie_word_embeddings, layer_norm_eps)
-_FAMILY_DEFAULTS = {"t5": (False, 1e-6), "bart": (True, 1e-5), "gpt2": (True, 1e-5), "llama": (False, 1e-6)}
 
 
 @dataclass
 class ModelConfig:
     """The architecture. Keys left at None take the family's default (see `validate`)."""
 
-    family: str = "t5"  # t5 | bart (encoder-decoders) | gpt2 | llama (decoder-only)
+    family: str = "t5"  # a name in ptlab.families: t5 | bart (encoder-decoders) | gpt2 | llama (decoder-only)
     vocab_size: int | None = None  # None: taken from the tokenizer
     d_model: int = 256
     d_kv: int | None = None  # per-head size; None: d_model // num_heads
@@ -67,13 +64,17 @@ class ModelConfig:
     decoder_start_token_id: int | None = None  # None: t5 pad, bart eos
 
     @property
+    def spec(self) -> FamilySpec:
+        """What the family is (`ptlab.families`): code asks this, never the family's name."""
+        return family_spec(self.family)
+
+    @property
     def is_encoder_decoder(self) -> bool:
-        return self.family in ENCODER_DECODER_FAMILIES
+        return self.spec.encoder_decoder
 
     def validate(self) -> None:
         """Check the keys and fill the family defaults in place."""
-        _check(self.family in FAMILIES, "model.family",
-               f"unknown family {self.family!r} (known: {', '.join(FAMILIES)})")
+        _check(self.family in FAMILIES, "model.family", unknown_family(self.family))
         _check(self.feed_forward in ("gated-gelu", "relu"), "model.feed_forward",
                f"must be 'gated-gelu' or 'relu', got {self.feed_forward!r}")
         for key in ("d_model", "d_ff", "num_heads", "num_layers", "max_position_embeddings"):
@@ -91,31 +92,31 @@ class ModelConfig:
             _check(value is None or 0 <= value < (self.vocab_size or 2**31), f"model.{key}",
                    f"must be a token id in [0, vocab_size), got {value}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-        tie, eps = _FAMILY_DEFAULTS[self.family]
+        spec = self.spec
         if self.tie_word_embeddings is None:
-            self.tie_word_embeddings = tie
+            self.tie_word_embeddings = spec.tie_word_embeddings
         if self.layer_norm_eps is None:
-            self.layer_norm_eps = eps
+            self.layer_norm_eps = spec.layer_norm_eps
         if self.d_kv is None:
             _check(self.d_model % self.num_heads == 0, "model.num_heads",
                    f"must divide model.d_model ({self.d_model}) unless model.d_kv is set")
             self.d_kv = self.d_model // self.num_heads
-        if self.family in ("bart", "gpt2"):
+        if spec.fixed_head_size:
             _check(self.d_kv * self.num_heads == self.d_model, "model.d_kv",
                    f"{self.family} needs d_kv * num_heads == d_model ({self.d_kv} * {self.num_heads} != "
                    f"{self.d_model})")
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        _check(self.num_kv_heads == self.num_heads or self.family == "llama", "model.num_kv_heads",
-               "grouped-query attention is a llama option")
+        _check(self.num_kv_heads == self.num_heads or spec.grouped_query, "model.num_kv_heads",
+               f"grouped-query attention is a {', '.join(families_where(grouped_query=True))} option")
         _check(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads",
                f"must divide model.num_heads ({self.num_heads})")
-        _check(not self.shared_encoder_decoder or self.family == "t5", "model.shared_encoder_decoder",
-               "is a t5 option")
+        _check(not self.shared_encoder_decoder or spec.shared_encoder_decoder, "model.shared_encoder_decoder",
+               f"is a {', '.join(families_where(shared_encoder_decoder=True))} option")
         _check(not self.shared_encoder_decoder or self.num_decoder_layers in (None, self.num_layers),
                "model.shared_encoder_decoder", "needs as many decoder layers as encoder layers")
         _check(not self.prefix_lm or not self.is_encoder_decoder, "model.prefix_lm",
-               "is for decoder-only families (gpt2, llama)")
+               f"is for decoder-only families ({', '.join(families_where(encoder_decoder=False))})")
         _check(self.num_decoder_layers is None or self.is_encoder_decoder, "model.num_decoder_layers",
                "is for encoder-decoder families; decoder-only models use model.num_layers")
 

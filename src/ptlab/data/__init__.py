@@ -6,16 +6,10 @@ import sys
 from pathlib import Path
 
 from ptlab.config import DataConfig
-from ptlab.data.mixture import (
-    Mixture,
-    ensure_mixture,
-    shards_root,
-    tokenizer_texts,
-    training_text_files,
-    validation_files,
-)
+from ptlab.data.mixture import ensure_mixture, shards_root, tokenizer_texts, training_shard, validation_files
 from ptlab.data.readers import ReadStats, reader_options
 from ptlab.data.shards import TokenShard, ensure_shard, lists_shards, open_shards
+from ptlab.data.stream import TrainingStream
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer, train_tokenizer
 from ptlab.errors import PtlabError
 
@@ -42,21 +36,14 @@ def ensure_tokenizer(cfg: DataConfig, show_progress: bool = True) -> PtlabTokeni
 
 
 def ensure_shards(cfg: DataConfig, tokenizer: PtlabTokenizer,
-                  show_progress: bool = True) -> tuple[TokenShard | Mixture, TokenShard | None]:
-    """Train and validation shards for `cfg` (a `Mixture` of shards for `data.mixture`), built on first use and
-    reused while inputs and tokenizer match."""
+                  show_progress: bool = True) -> tuple[TrainingStream, TokenShard | None]:
+    """The training stream for `cfg` (a `Mixture` of shards for `data.mixture`, else the shard of
+    `data.train_files`) and the validation shard, built on first use and reused while inputs and tokenizer match."""
     root = shards_root(cfg)
     stats = ReadStats()
-    if cfg.mixture:
-        train = ensure_mixture(cfg, tokenizer, show_progress)
-    elif lists_shards(cfg.train_files, "data.train_files"):  # already tokenized: read them as one stream, in order
-        train = open_shards(cfg.train_files, tokenizer.fingerprint(), cfg.separator, "config key 'data.train_files'")
-    else:
-        files = training_text_files(cfg.train_files, cfg, cfg.sources, show_progress)
-        # a decontaminated copy gets its own shard, so runs with and without it do not rebuild each other's
-        name = f"train-{Path(files[0]).stem}" if cfg.decontaminate else "train"
-        train = ensure_shard(files, tokenizer, root / name, cfg.separator, cfg.sources, show_progress,
-                             **reader_options(cfg), stats=stats)
+    train = (ensure_mixture(cfg, tokenizer, show_progress, stats) if cfg.mixture else
+             training_shard(cfg.train_files, cfg.sources, "train", "data.train_files", cfg, tokenizer, show_progress,
+                            stats))
     validation, files = None, validation_files(cfg)
     if files and lists_shards(files, "data.validation_files"):
         validation = open_shards(files, tokenizer.fingerprint(), cfg.separator, "config key 'data.validation_files'")

@@ -27,11 +27,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ptlab.config import DataConfig, MixtureSource
+from ptlab.config import DataConfig
 from ptlab.data.corpus import sample_texts
 from ptlab.data.decontaminate import decontaminate_files
-from ptlab.data.readers import reader_options
-from ptlab.data.shards import ChunkSampler, TokenShard, ensure_shard, is_shard_directory, open_shards
+from ptlab.data.readers import ReadStats, reader_options
+from ptlab.data.shards import ChunkSampler, TokenShard, ensure_shard, lists_shards, open_shards
 from ptlab.data.tasks import TASK_PREFIX, task_input_texts
 from ptlab.data.tokenizer import PtlabTokenizer
 from ptlab.errors import PtlabError
@@ -169,11 +169,11 @@ class MixtureSchedule:
 
 @dataclass
 class Mixture:
-    """The training sources of `data.mixture`, each with its token shard."""
+    """The training sources of `data.mixture`, each with its token shard (a `ptlab.data.stream.TrainingStream`)."""
 
     names: list[str]
     shards: list[TokenShard]
-    weights: list[float]  # normalised to sum to 1
+    weights: dict[str, float]  # by name, normalised to sum to 1 (here only: `ensure_mixture`)
     epochs_caps: list[float | None]
 
     @property
@@ -183,8 +183,8 @@ class Mixture:
     @property
     def fingerprint(self) -> str:
         """What the data identity of a resumed run compares: each source's data, weight and cap."""
-        parts = [[n, s.index.get("data_fingerprint"), w, c]
-                 for n, s, w, c in zip(self.names, self.shards, self.weights, self.epochs_caps)]
+        parts = [[n, s.index.get("data_fingerprint"), self.weights[n], c]
+                 for n, s, c in zip(self.names, self.shards, self.epochs_caps)]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def sampler(self, chunk_length: int, seed: int, shuffle: bool = True) -> "MixtureSampler":
@@ -197,7 +197,7 @@ def source_seed(seed: int, name: str) -> int:
 
 
 class MixtureSampler:
-    """The chunk of every global example of a mixture (the interface of `ChunkSampler`)."""
+    """The chunk of every global example of a mixture (a `ptlab.data.stream.StreamSampler`, as `ChunkSampler`)."""
 
     def __init__(self, mixture: Mixture, chunk_length: int, seed: int, shuffle: bool = True):
         self.mixture, self.chunk_length = mixture, chunk_length
@@ -205,7 +205,7 @@ class MixtureSampler:
                          for name, shard in zip(mixture.names, mixture.shards)]
         capacities = [None if cap is None else max(1, int(cap * sampler.num_chunks))
                       for cap, sampler in zip(mixture.epochs_caps, self.samplers)]
-        self.schedule = MixtureSchedule(mixture.weights, capacities)
+        self.schedule = MixtureSchedule([mixture.weights[n] for n in mixture.names], capacities)
 
     @property
     def num_chunks(self) -> int:
@@ -229,33 +229,33 @@ class MixtureSampler:
         return {name: int(c) * self.chunk_length for name, c in zip(self.mixture.names, counts)}
 
 
-def _is_shard_source(source: MixtureSource) -> bool:
-    """Whether a source names token-shard directories (already tokenized) instead of text files."""
-    shards = [is_shard_directory(f) for f in source.files]
-    if any(shards) and not all(shards):
-        raise PtlabError(f"data.mixture source {source.name!r}: mixes token-shard directories and text files; "
-                         "give them as two sources")
-    return all(shards)
+def _files_key(index: int) -> str:
+    return f"data.mixture[{index}].files"
 
 
-def _source_shard(source: MixtureSource, cfg: DataConfig, tokenizer: PtlabTokenizer, root: Path,
-                  show_progress: bool) -> TokenShard:
-    if _is_shard_source(source):
-        return open_shards(source.files, tokenizer.fingerprint(), cfg.separator,
-                           what=f"data.mixture source {source.name!r}")
-    sources = source.sources or cfg.sources
-    files = training_text_files(source.files, cfg, sources, show_progress)
-    return ensure_shard(files, tokenizer, root / f"{source.name}-train", cfg.separator, sources, show_progress,
-                        **reader_options(cfg))
+def training_shard(files: list[str], sources: list[str], name: str, what: str, cfg: DataConfig,
+                   tokenizer: PtlabTokenizer, show_progress: bool = True, stats: ReadStats | None = None) -> TokenShard:
+    """The token shard of training `files` (config key `what`, `data.train_files` or a mixture source's): the shard
+    directories they list, read as one stream in order, or their text (`training_text_files`) tokenized on first
+    use into `<shards root>/NAME`."""
+    if lists_shards(files, what):
+        return open_shards(files, tokenizer.fingerprint(), cfg.separator, f"config key '{what}'")
+    files = training_text_files(files, cfg, sources, show_progress)
+    # a decontaminated copy gets its own shard, so runs with and without it do not rebuild each other's
+    name = f"{name}-{Path(files[0]).stem}" if cfg.decontaminate else name
+    return ensure_shard(files, tokenizer, shards_root(cfg) / name, cfg.separator, sources, show_progress,
+                        **reader_options(cfg), stats=stats)
 
 
-def ensure_mixture(cfg: DataConfig, tokenizer: PtlabTokenizer, show_progress: bool = True) -> Mixture:
-    """Every source's training shard (under `<shards root>/<name>-train`), built on first use."""
-    root = shards_root(cfg)
+def ensure_mixture(cfg: DataConfig, tokenizer: PtlabTokenizer, show_progress: bool = True,
+                   stats: ReadStats | None = None) -> Mixture:
+    """Every source's training shard (under `<shards root>/<name>-train`), built on first use, and the weights
+    normalised to sum to 1 (the one place they are)."""
     total = sum(s.weight for s in cfg.mixture)
     return Mixture([s.name for s in cfg.mixture],
-                   [_source_shard(s, cfg, tokenizer, root, show_progress) for s in cfg.mixture],
-                   [s.weight / total for s in cfg.mixture], [s.epochs_cap for s in cfg.mixture])
+                   [training_shard(s.files, s.sources or cfg.sources, f"{s.name}-train", _files_key(i), cfg,
+                                   tokenizer, show_progress, stats) for i, s in enumerate(cfg.mixture)],
+                   {s.name: s.weight / total for s in cfg.mixture}, [s.epochs_cap for s in cfg.mixture])
 
 
 def validation_files(cfg: DataConfig) -> list[str]:
@@ -271,7 +271,7 @@ def tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
     if not cfg.mixture:
         return sample_texts(materialise_tasks(cfg.train_files, tasks), cfg.sources, cfg.tokenizer_sample_bytes,
                             **reader_options(cfg))
-    sources = [s for s in cfg.mixture if not _is_shard_source(s)]
+    sources = [s for i, s in enumerate(cfg.mixture) if not lists_shards(s.files, _files_key(i))]
     if not sources:
         raise PtlabError(f"data.mixture: every source is a token shard, so there is no text to train the tokenizer "
                          f"{cfg.tokenizer} on; point data.tokenizer at the tokenizer the shards were built with")

@@ -16,8 +16,7 @@ import sys
 import numpy as np
 
 from ptlab.config import Config, ObjectiveConfig, check_seed
-from ptlab.data.mixture import Mixture, MixtureSampler
-from ptlab.data.shards import ChunkSampler, TokenShard
+from ptlab.data.stream import TrainingStream
 from ptlab.errors import PtlabError
 from ptlab.objectives import BoundObjective, Example, SpecialIds, build_objective
 
@@ -96,10 +95,10 @@ def decoder_batch(examples: list[Example], length: int, pad_id: int, pack: bool 
 
 
 class PretrainBatches:
-    """Batches of examples drawn from a token shard (or a weighted mixture of shards) through an objective, laid out
-    for `architecture` ("encoder_decoder" or "decoder")."""
+    """Batches of examples drawn from a training stream (a token shard, or a weighted mixture of shards) through an
+    objective, laid out for `architecture` ("encoder_decoder" or "decoder")."""
 
-    def __init__(self, shard: TokenShard | Mixture, objective: BoundObjective, inputs_length: int,
+    def __init__(self, stream: TrainingStream, objective: BoundObjective, inputs_length: int,
                  specials: SpecialIds, seed: int, architecture: str = "encoder_decoder",
                  decoder_start_id: int | None = None, pack: bool = False, shuffle: bool = True):
         objective.check(inputs_length, specials)
@@ -114,12 +113,11 @@ class PretrainBatches:
         self.pack = pack
         self.requested_length = inputs_length
         self.raw_length, self.inputs_length, self.targets_length = objective.lengths(inputs_length, specials)
-        self.sampler = (shard.sampler(self.raw_length, seed, shuffle) if isinstance(shard, Mixture)
-                        else ChunkSampler(shard, self.raw_length, seed, shuffle))
+        self.sampler = stream.sampler(self.raw_length, seed, shuffle)
 
     def source_tokens(self, examples: int) -> dict[str, int]:
         """A mixture's chunk tokens per source over the first `examples` examples (empty for a single shard)."""
-        return self.sampler.source_tokens(examples) if isinstance(self.sampler, MixtureSampler) else {}
+        return self.sampler.source_tokens(examples)
 
     @property
     def sequence_length(self) -> int:
@@ -138,12 +136,12 @@ class PretrainBatches:
                                      self.decoder_start_id)
 
 
-def pretrain_batches(cfg: Config, objective: BoundObjective, shard: TokenShard | Mixture, specials: SpecialIds,
+def pretrain_batches(cfg: Config, objective: BoundObjective, stream: TrainingStream, specials: SpecialIds,
                      validation: bool = False) -> PretrainBatches:
-    """The configured batches from `shard` (validation data uses seed + 1, so it never repeats training draws)."""
+    """The configured batches from `stream` (validation data uses seed + 1, so it never repeats training draws)."""
     check_seed(cfg.seed, "config key 'seed'")  # a config that skipped validate(): not numpy's error from a batch
     model = cfg.model
-    return PretrainBatches(shard, objective, cfg.objective.inputs_length, specials,
+    return PretrainBatches(stream, objective, cfg.objective.inputs_length, specials,
                            seed=cfg.seed + 1 if validation else cfg.seed,
                            architecture="encoder_decoder" if model.is_encoder_decoder else "decoder",
                            decoder_start_id=model.decoder_start_token_id, pack=cfg.objective.pack)

@@ -146,6 +146,19 @@ class TokenShard:
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def fingerprint(self) -> str:
+        """What the data identity of a resumed run compares: the inputs the shard was built from."""
+        return self.index["data_fingerprint"]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """One unnamed source (a `ptlab.data.stream.TrainingStream` that names none)."""
+        return {}
+
+    def sampler(self, chunk_length: int, seed: int, shuffle: bool = True) -> "ChunkSampler":
+        return ChunkSampler(self, chunk_length, seed, shuffle)
+
 
 def encode_piece(tokenizer: PtlabTokenizer, texts: list[str], separator: str) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of `texts` back to back (EOS after each when the separator is "eos") and each document's start.
@@ -376,6 +389,12 @@ class ChunkSampler:
             raise PtlabError(f"shard {where} has {shard.num_tokens} tokens, fewer than one chunk of "
                              f"{chunk_length}; use more text or a shorter objective.inputs_length")
         self._epoch, self._perm = -1, None
+
+    capacity = None  # examples it can serve in all: unbounded, a fresh permutation per pass
+
+    def source_tokens(self, examples: int) -> dict[str, int]:
+        """Chunk tokens per named source: a single shard names none."""
+        return {}
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:

@@ -190,7 +190,7 @@ def generate_answers(model: nn.Module, tokenizer: PtlabTokenizer, prompted: list
 def context_length(config: Config) -> int:
     """The tokens a model can read: its learned positions (GPT-2, BART), else (T5's relative positions, Llama's
     rotary ones) the sequence length it was pre-trained on."""
-    if config.model.family in ("gpt2", "bart"):
+    if config.model.spec.positions == "learned":
         return config.model.max_position_embeddings
     return config.objective.inputs_length
 

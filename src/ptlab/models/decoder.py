@@ -3,6 +3,8 @@
 A block is the paper's:  x = x + Attention(Norm(x));  x = x + FFN(Norm(x)).
 - gpt2:  LayerNorm, learned absolute positions, GELU (tanh) FFN, biases, tied embeddings.
 - llama: RMSNorm, rotary positions (RoPE), SwiGLU FFN, grouped-query attention, no biases, untied head.
+Which flavour is read from the family's spec (`ptlab.families`: `norm`, `positions`, `feed_forward`, `bias`,
+`scaled_residual_init`), so another decoder-only family can reuse these classes with a table entry.
 With `prefix_lm`, attention is fully visible inside each example's prefix (the batch's `prefix_mask`) and causal
 after it (T5's "prefix LM" architecture); packed rows (`segment_ids`) never attend across examples.
 """
@@ -29,17 +31,22 @@ from ptlab.models.layers import (
 from ptlab.models.masks import decoder_bias
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The family's norm: RMSNorm or LayerNorm (`spec.norm`)."""
+    if cfg.spec.norm == "rms":
+        return RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        llama = cfg.family == "llama"
-        norm = (lambda: RMSNorm(cfg.d_model, cfg.layer_norm_eps)) if llama else (
-            lambda: nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps))
-        self.attn_norm = norm()
-        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, num_kv_heads=cfg.num_kv_heads, bias=not llama,
+        spec = cfg.spec
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, num_kv_heads=cfg.num_kv_heads, bias=spec.bias,
                               dropout=cfg.dropout, qk_norm=cfg.qk_norm)
-        self.ff_norm = norm()
-        self.ff = (SwiGLUFeedForward(cfg.d_model, cfg.d_ff) if llama
+        self.ff_norm = make_norm(cfg)
+        self.ff = (SwiGLUFeedForward(cfg.d_model, cfg.d_ff) if spec.feed_forward == "swiglu"
                    else GeluFeedForward(cfg.d_model, cfg.d_ff, approximate="tanh", dropout=cfg.dropout))
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -56,13 +63,12 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.family == "llama":
+        if cfg.spec.positions == "rope":
             self.positions, self.rotary = None, RotaryEmbedding(cfg.d_kv, cfg.rope_theta)
         else:
             self.positions, self.rotary = nn.Embedding(cfg.max_position_embeddings, cfg.d_model), None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps) if cfg.family == "llama" else nn.LayerNorm(
-            cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm = make_norm(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.reset_parameters()
@@ -72,7 +78,7 @@ class DecoderLM(nn.Module):
         """normal(0, 0.02) weights and zero biases; GPT-2 scales residual projections by 1/sqrt(2 * layers)."""
         std = 0.02 * self.config.initializer_factor
         init_gpt_style(self, std)
-        if self.config.family == "gpt2":
+        if self.config.spec.scaled_residual_init:
             for block in self.blocks:
                 for projection in (block.attn.o, block.ff.fc_out):
                     nn.init.normal_(projection.weight, std=std / math.sqrt(2 * self.config.num_layers))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ptlab.config import ModelConfig
+from ptlab.families import GATED_FEED_FORWARDS
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity).
 GPU_PEAK_TFLOPS = {
@@ -42,7 +43,7 @@ class StackShape:
 
 
 def _stack(cfg: ModelConfig, layers: int) -> StackShape:
-    gated = (cfg.family == "t5" and cfg.feed_forward == "gated-gelu") or cfg.family == "llama"
+    gated = (cfg.spec.feed_forward or cfg.feed_forward) in GATED_FEED_FORWARDS
     return StackShape(layers, cfg.d_model, cfg.num_heads * cfg.d_kv, (cfg.num_kv_heads or cfg.num_heads) * cfg.d_kv,
                       3 if gated else 2, cfg.d_ff)
 

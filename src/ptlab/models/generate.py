@@ -63,7 +63,7 @@ class _Stepper:
             self.tokens = input_ids
             padded = attention_mask is not None and not bool(attention_mask.all())
             self.mask = attention_mask.long() if padded else None
-            if model.config.family == "gpt2":
+            if model.config.spec.positions == "learned":
                 self.limit = model.config.max_position_embeddings
 
     def logits(self) -> torch.Tensor:

@@ -19,11 +19,12 @@ def minimum_parameters(cfg: ModelConfig) -> int:
     attention = 2 * cfg.d_model * d_kv * (cfg.num_heads + kv_heads)
     feed_forward = 2 * cfg.d_model * cfg.d_ff
     total = (cfg.vocab_size or 0) * cfg.d_model + cfg.num_layers * (attention + feed_forward)
-    if cfg.family in ("bart", "gpt2"):
+    spec = cfg.spec
+    if spec.positions == "learned":
         total += cfg.max_position_embeddings * cfg.d_model
-    if cfg.family == "t5":  # the encoder's relative position bias (the decoder has one more)
+    if spec.positions == "relative_bias":  # the encoder's relative position bias (the decoder has one more)
         total += cfg.relative_attention_num_buckets * cfg.num_heads
-    if cfg.family in ("t5", "bart") and not cfg.shared_encoder_decoder:
+    if spec.encoder_decoder and not cfg.shared_encoder_decoder:
         decoder_layers = cfg.num_decoder_layers if cfg.num_decoder_layers is not None else cfg.num_layers
         total += decoder_layers * (2 * attention + feed_forward)
     return total

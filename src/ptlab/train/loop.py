@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from ptlab.config import Config, TrainConfig, save_config
 from ptlab.data import ensure_shards, ensure_tokenizer
-from ptlab.data.mixture import Mixture
 from ptlab.data.pipeline import IGNORE_INDEX, PretrainBatches, pretrain_batches, resolve_objective, validation_batches
-from ptlab.data.shards import TokenShard
+from ptlab.data.stream import TrainingStream
 from ptlab.errors import PtlabError
 from ptlab.models import build_model, count_parameters
 from ptlab.models.flops import peak_tflops, training_flops
@@ -243,8 +242,9 @@ def fill_model_ids(cfg: Config, vocab_size: int, specials: SpecialIds) -> None:
         if getattr(model, key) is None:
             setattr(model, key, value)
     if model.decoder_start_token_id is None and model.is_encoder_decoder:
-        # T5 starts decoding from pad, BART from EOS (fairseq's `</s> <s> ...`)
-        model.decoder_start_token_id = specials.eos if model.family == "bart" else specials.pad
+        # the family's start token (`spec.decoder_start`): T5 starts decoding from pad, BART from EOS (fairseq's
+        # `</s> <s> ...`)
+        model.decoder_start_token_id = getattr(specials, model.spec.decoder_start)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -270,12 +270,11 @@ class _Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def data_identity(cfg: Config, train: TokenShard | Mixture, tokenizer_fingerprint: str,
+def data_identity(cfg: Config, train: TrainingStream, tokenizer_fingerprint: str,
                   init: InitSource | None = None) -> dict:
     """What must not change between a checkpoint and its resumption for the data stream to continue exactly (a
     mixture's sources, weights and caps included), and where the run started (`init`)."""
-    fingerprint = train.fingerprint if isinstance(train, Mixture) else train.index["data_fingerprint"]
-    identity = {"train_data": fingerprint, "tokenizer": tokenizer_fingerprint,
+    identity = {"train_data": train.fingerprint, "tokenizer": tokenizer_fingerprint,
                 "objective": cfg.objective.to_dict(), "seed": cfg.seed, "batch_size": cfg.train.batch_size,
                 "inputs_length": cfg.objective.inputs_length}
     if cfg.train.batch_warmup_steps:  # the ramp moves every later batch's examples
@@ -287,7 +286,7 @@ def data_identity(cfg: Config, train: TokenShard | Mixture, tokenizer_fingerprin
 
 def check_mixture_capacity(data: PretrainBatches, cfg: TrainConfig) -> None:
     """A mixture whose every source is capped must hold the run's examples (checked before the first step)."""
-    capacity = getattr(data.sampler, "capacity", None)
+    capacity = data.sampler.capacity
     if capacity is not None and capacity < cfg.max_steps * cfg.batch_size:
         raise PtlabError(f"config key 'data.mixture': the sources' epochs_cap allow {capacity:,} examples in all, "
                          f"fewer than train.max_steps x train.batch_size = {cfg.max_steps * cfg.batch_size:,}; "
@@ -342,9 +341,8 @@ class _Trainer:
     def _start_record(self, init: InitSource | None) -> dict:
         """The run's data and starting point, for the start event of metrics.jsonl."""
         record = {}
-        if self.cfg.data.mixture:
-            total = sum(s.weight for s in self.cfg.data.mixture)
-            record["mixture"] = {s.name: s.weight / total for s in self.cfg.data.mixture}
+        if self.train_stream.weights:
+            record["mixture"] = dict(self.train_stream.weights)
         if init is not None:
             record["init"] = init.record()
         return record
@@ -390,10 +388,10 @@ class _Trainer:
             self.run_dir, warn=lambda m: self.note(f"warning: {m}"))
         if resume == "always" and checkpoint is None:  # before the data is prepared, which may take long
             raise PtlabError(f"nothing to resume: no valid checkpoint in {self.run_dir / CHECKPOINTS}")
-        self.tokenizer, (self.train_shard, val_shard) = self._prepare_data()
+        self.tokenizer, (self.train_stream, val_shard) = self._prepare_data()
         specials = self.tokenizer.specials
         fill_model_ids(cfg, self.tokenizer.vocab_size, specials)
-        self.identity = data_identity(cfg, self.train_shard, self.tokenizer.fingerprint(), init)
+        self.identity = data_identity(cfg, self.train_stream, self.tokenizer.fingerprint(), init)
         self.init, self.checkpoint = init, checkpoint
         self.state = load_trainer_state(checkpoint) if checkpoint is not None else None
         if self.state is not None:
@@ -405,7 +403,7 @@ class _Trainer:
         self.start_step = self.state["step"] if self.state is not None else 0
         if self.state is not None:
             self.note(f"resuming {self.run_dir} from step {self.start_step} ({checkpoint.name})")
-        self.train_data = pretrain_batches(cfg, objective, self.train_shard, specials)
+        self.train_data = pretrain_batches(cfg, objective, self.train_stream, specials)
         check_mixture_capacity(self.train_data, train_cfg)
         self.eval_set = ([to_tensors(model_inputs(b), runtime.device) for b in validation_batches(
             pretrain_batches(cfg, objective, val_shard, specials, validation=True), cfg)] if val_shard else [])
@@ -463,7 +461,7 @@ class _Trainer:
         self.log.write({"event": "resume" if resumed else "start", "step": self.start_step,
                         "parameters": self.parameters, "raw_length": data.raw_length,
                         "inputs_length": data.inputs_length, "targets_length": data.targets_length,
-                        "train_tokens": self.train_shard.num_tokens, "vocab_size": self.tokenizer.vocab_size,
+                        "train_tokens": self.train_stream.num_tokens, "vocab_size": self.tokenizer.vocab_size,
                         "world_size": runtime.world_size, "device": str(device), "compiled": self.compiled,
                         "peak_tflops": self.peak, "peak_source": peak_source, **self._start_record(self.init)})
 

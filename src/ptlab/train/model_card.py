@@ -19,15 +19,13 @@ import yaml
 
 from ptlab.config import ModelConfig
 from ptlab.errors import PtlabError
-from ptlab.models.hf import ARCHITECTURES, UNTIED_T5_NOTE
+from ptlab.families import POSITIONS
+from ptlab.models.hf import UNTIED_T5_NOTE
 from ptlab.train.checkpoint import CHECKPOINTS
 from ptlab.train.runlog import read_metrics
 
 UNKNOWN = "not recorded"
-PIPELINES = {"t5": "text2text-generation", "bart": "text2text-generation", "gpt2": "text-generation",
-             "llama": "text-generation"}
-POSITIONS = {"t5": "relative position bias", "bart": "learned positions", "gpt2": "learned positions",
-             "llama": "RoPE"}
+PIPELINES = {True: "text2text-generation", False: "text-generation"}  # by whether the model is an encoder-decoder
 
 
 def run_directory(checkpoint: Path) -> Path | None:
@@ -50,10 +48,10 @@ def model_card(checkpoint: Path, cfg: ModelConfig, parameters: int, notes: list[
     meta = _read_json(checkpoint / "meta.json")
     step = meta.get("step")
     finetuned = "task" in run_config
-    architecture = ARCHITECTURES[cfg.family]
+    architecture = cfg.spec.hf_class
     name = run_dir.name if run_dir else checkpoint.name
     made = "fine-tuned with ptlab and " if finetuned else "pre-trained with ptlab and " if run_dir else ""
-    lines = ["---", "library_name: transformers", f"pipeline_tag: {PIPELINES[cfg.family]}",
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {PIPELINES[cfg.is_encoder_decoder]}",
              f"tags: [ptlab, {cfg.family}]", "---", "", f"# {name}", "",
              f"A {cfg.family} model ({architecture}) {made}exported by `ptlab export-hf` from `{checkpoint}`.", "",
              "## Architecture", "", "| | |", "|---|---|", *_rows(_architecture(cfg, architecture, parameters)), ""]
@@ -88,13 +86,13 @@ def model_card(checkpoint: Path, cfg: ModelConfig, parameters: int, notes: list[
 def _architecture(cfg: ModelConfig, architecture: str, parameters: int) -> list[tuple[str, Any]]:
     layers = (f"{cfg.num_layers} encoder, {cfg.num_decoder_layers or cfg.num_layers} decoder"
               if cfg.is_encoder_decoder else f"{cfg.num_layers}")
-    heads = f"{cfg.num_heads}" + (f" ({cfg.num_kv_heads} key/value)" if cfg.family == "llama" and cfg.num_kv_heads
+    heads = f"{cfg.num_heads}" + (f" ({cfg.num_kv_heads} key/value)" if cfg.spec.grouped_query and cfg.num_kv_heads
                                   and cfg.num_kv_heads != cfg.num_heads else "")
     rows = [("family", f"{cfg.family} (transformers `{architecture}`)"), ("parameters", f"{parameters:,}"),
             ("layers", layers), ("d_model", cfg.d_model), ("d_ff", cfg.d_ff), ("attention heads", heads),
             ("d_kv (per head)", cfg.d_kv or cfg.d_model // cfg.num_heads), ("vocabulary", f"{cfg.vocab_size:,}"),
-            ("positions", POSITIONS[cfg.family])]
-    if cfg.family == "t5":
+            ("positions", POSITIONS[cfg.spec.positions])]
+    if cfg.spec.feed_forward is None:  # the config picks it
         rows.append(("feed-forward", cfg.feed_forward))
     rows.append(("output head", "tied to the input embedding" if cfg.tie_word_embeddings else
                  "its own (untied from the input embedding)"))

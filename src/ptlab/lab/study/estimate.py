@@ -58,6 +58,13 @@ _NOT_TIMED = {"batch_size", "batch_warmup_steps", "batch_warmup_start", "max_ste
 
 def example_lengths(cfg: Config) -> tuple[int, int]:
     """Nominal (encoder inputs, targets) of one pre-training example, without needing the tokenizer."""
+    lengths = objective_lengths(cfg)
+    return lengths.inputs, lengths.targets  # a decoder-only model reads them as one sequence
+
+
+def objective_lengths(cfg: Config):
+    """The objective's `Lengths` at the config's inputs_length: the raw chunk of corpus tokens one example is cut
+    from, and the nominal inputs and targets, without needing the tokenizer."""
     from ptlab.objectives.base import SpecialIds
     from ptlab.objectives.registry import build_objective
 
@@ -66,8 +73,7 @@ def example_lengths(cfg: Config) -> tuple[int, int]:
     specials = SpecialIds(pad=0, eos=1, unk=2, sentinels=sentinels, mask=3, bos=4, vocab_size=vocab,
                           modes={"R": (5,), "X": (6,), "S": (7,)})
     objective, _ = build_objective(cfg.objective.name, cfg.objective.params, cfg.objective.inherited)
-    lengths = objective.lengths(cfg.objective.inputs_length, specials)
-    return lengths.inputs, lengths.targets  # a decoder-only model reads them as one sequence
+    return objective.lengths(cfg.objective.inputs_length, specials)
 
 
 def cell_figures(cfg: Config) -> dict[str, float]:
