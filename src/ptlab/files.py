@@ -55,15 +55,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def read_json_object(path: Path) -> dict:
     """A JSON object from a file; not UTF-8, malformed, nested too deeply or not an object is a one-line error."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise PtlabError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    return parse_json_object(text, path)
+
+
+def parse_json_object(text: str, path: str | Path, line: int | None = None) -> dict:
+    """TEXT (the whole of PATH, or its line LINE) as a JSON object; malformed, nested too deeply or not an object
+    is a one-line error naming the file and the line."""
+    where = f"{path} line {line}" if line is not None else str(path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise PtlabError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+        raise PtlabError(f"{path} line {line if line is not None else err.lineno}: invalid JSON ({err.msg})") from None
     except RecursionError:
-        raise PtlabError(f"{path}: JSON nested too deeply") from None
+        raise PtlabError(f"{where}: JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise PtlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise PtlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
     return data
 
 

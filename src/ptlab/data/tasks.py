@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import string
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from ptlab.config import TaskConfig, from_dict, read_yaml
 from ptlab.errors import PtlabError
+from ptlab.files import parse_json_object
 
 # The metrics a task may name; their implementations are ptlab.downstream.metrics.METRICS, in this order.
 METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "bleu", "exact_match")
@@ -195,15 +195,7 @@ def numbered_records(path: str | Path) -> list[tuple[int, dict]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PtlabError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-        except RecursionError:
-            raise PtlabError(f"{path} line {number}: JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise PtlabError(f"{path} line {number}: expected a JSON object")
-        records.append((number, record))
+        records.append((number, parse_json_object(line, path, number)))
     return records
 
 

@@ -20,14 +20,21 @@ from ptlab.models.masks import causal_bias, padding_bias
 POSITION_OFFSET = 2
 
 
+def _attention(cfg: ModelConfig) -> Attention:
+    return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout, qk_norm=cfg.qk_norm)
+
+
+def _norm(cfg: ModelConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
-                              qk_norm=cfg.qk_norm)
-        self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attn = _attention(cfg)
+        self.attn_norm = _norm(cfg)
         self.ff = GeluFeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout)
-        self.ff_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ff_norm = _norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -39,14 +46,12 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
-                              qk_norm=cfg.qk_norm)
-        self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=True, dropout=cfg.dropout,
-                              qk_norm=cfg.qk_norm)
-        self.cross_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.self_attn = _attention(cfg)
+        self.self_attn_norm = _norm(cfg)
+        self.cross_attn = _attention(cfg)
+        self.cross_attn_norm = _norm(cfg)
         self.ff = GeluFeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout)
-        self.ff_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ff_norm = _norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, encoded: torch.Tensor, self_bias: torch.Tensor | None,
@@ -69,10 +74,10 @@ class Bart(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         positions = cfg.max_position_embeddings + POSITION_OFFSET
         self.encoder_positions = nn.Embedding(positions, cfg.d_model)
-        self.encoder_embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.encoder_embed_norm = _norm(cfg)
         self.encoder_blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.num_layers))
         self.decoder_positions = nn.Embedding(positions, cfg.d_model)
-        self.decoder_embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.decoder_embed_norm = _norm(cfg)
         self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_decoder_layers or
                                                                              cfg.num_layers))
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
