@@ -360,6 +360,40 @@ def _cmd_scaling_allocate(args: argparse.Namespace) -> None:
     print(format_allocation(allocation, price(allocation, args.gpu, args.mfu, args.price_per_hour)))
 
 
+def _cmd_scaling_ladder(args: argparse.Namespace) -> None:
+    from ptlab.lab.scaling.ladder import (estimate_seconds, fit_ladder, format_ladder_plan, load_ladder, plan_ladder,
+                                         run_ladder)
+
+    if args.jobs < 1:
+        raise PtlabError(f"--jobs must be at least 1, got {args.jobs}")
+    plan = plan_ladder(*load_ladder(args.config, args.overrides))
+    if args.dry_run:
+        print(format_ladder_plan(plan, estimate_seconds(plan, args.jobs), args.jobs))
+        return
+    fit_ladder(run_ladder(plan, jobs=args.jobs, show_progress=not args.quiet))
+
+
+def _cmd_scaling_compare(args: argparse.Namespace) -> None:
+    from ptlab.files import json_text, write_text_atomic
+    from ptlab.lab.scaling import fit_law, read_runs
+    from ptlab.lab.scaling.compare import Curve, compare, format_comparison, named_table
+    from ptlab.lab.scaling.plot import plot_comparison
+
+    if len(args.tables) < 2:
+        raise PtlabError(f"a comparison needs two tables or more, got {len(args.tables)}")
+    _scaling_outputs(args.json, args.plot)
+    tables = [named_table(table) for table in args.tables]
+    runs = [(name, read_runs(path)) for name, path in tables]  # every table read before any fit
+    comparison = compare([Curve.of(name, fit_law(table, args.bootstrap, args.seed, args.grid))
+                          for name, table in runs])
+    print(format_comparison(comparison))
+    if args.plot:
+        print(f"plot: {plot_comparison(comparison, args.plot)}")
+    if args.json:
+        write_text_atomic(args.json, json_text(comparison.to_json(), indent=2) + "\n")
+        print(f"comparison: {args.json}")
+
+
 # ---- the parser: one function per command (or pair of commands), listed in `COMMANDS` ---------------------------
 
 Subparsers = argparse._SubParsersAction
@@ -639,16 +673,21 @@ def _add_study(sub: Subparsers) -> None:
                     "over seeds, and the average over tasks). Rerunning a killed study skips finished work.",
         epilog="Scale up without editing the file: ptlab study configs/study-tiny.yaml size=base "
                "common.train.device=cuda run_dir=runs/study-base")
-    study.add_argument("config", help="study YAML file")
-    study.add_argument("--dry-run", action="store_true", help="print the plan with parameters, FLOPs and a time "
-                                                              "estimate (from a few steps of each cell's model, "
-                                                              "timed with --jobs' threads), and run nothing")
-    study.add_argument("--jobs", type=int, default=1, help="cells run side by side, each with cores/jobs threads "
-                                                           "(default: %(default)s)")
-    _add_quiet(study)
-    study.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="override study keys, e.g. size=small seeds=[0] common.train.max_steps=500")
+    _add_plan_options(study, "study", "the plan with parameters, FLOPs and a time estimate (from a few steps of "
+                                      "each cell's model, timed with --jobs' threads)", "cells run",
+                      "size=small seeds=[0] common.train.max_steps=500")
     study.set_defaults(func=_cmd_study)
+
+
+def _add_plan_options(parser: argparse.ArgumentParser, what: str, dry_run: str, jobs: str, example: str) -> None:
+    """CONFIG, --dry-run, --jobs, --quiet and KEY=VALUE overrides: a command that plans runs and then runs them
+    (`study`, `scaling ladder`)."""
+    parser.add_argument("config", help=f"{what} YAML file")
+    parser.add_argument("--dry-run", action="store_true", help=f"print {dry_run}, and run nothing")
+    parser.add_argument("--jobs", type=int, default=1, help=f"{jobs} side by side, each with cores/jobs threads "
+                                                            "(default: %(default)s)")
+    _add_quiet(parser)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"override {what} keys, e.g. {example}")
 
 
 def _add_cost(sub: Subparsers) -> None:
@@ -676,7 +715,8 @@ def _add_fit_options(command: argparse.ArgumentParser) -> None:
 
 def _add_scaling(sub: Subparsers) -> None:
     scaling_sub = _add_group(
-        sub, "scaling", help="fit a scaling law to a table of runs; predict a held-out larger run; allocate a budget",
+        sub, "scaling", help="fit a scaling law to a table of runs; predict a held-out larger run; allocate a budget; "
+                             "train a ladder; compare strategies as curves",
         description="Chinchilla's law L(N, D) = E + A / N^alpha + B / D^beta, fitted the way Besiroglu et al. 2024 "
                     "replicated Hoffmann et al. 2022 (Huber loss, delta 1e-3, on log-loss summed over runs; "
                     "L-BFGS-B from a grid of starts; bootstrap intervals), to a CSV with the columns params, tokens "
@@ -724,6 +764,33 @@ def _add_scaling(sub: Subparsers) -> None:
     _add_gpu_price(scaling_allocate, "h100", "%(default)s")
     _add_fit_options(scaling_allocate)
     scaling_allocate.set_defaults(func=_cmd_scaling_allocate)
+
+    scaling_ladder = scaling_sub.add_parser(
+        "ladder", help="train model sizes x token budgets, each to a decayed learning rate, then fit and predict",
+        description="Run a ladder config (configs/scaling-*.yaml): per size one warmup-stable-decay run, its stable "
+                    "phase trained once and a short decay branched from it at each token budget (an exact copy of "
+                    "the WSD run of that budget). Each point records N (with and without embeddings), D, C (FLOPs) "
+                    "and the validation bits per byte in RUN_DIR/points.csv; then the law is fitted, the "
+                    "largest-compute point predicted without it, and the compute-optimal allocation printed, with "
+                    "plots. With `cells`, one law per strategy and a comparison (compare.json). Rerunning skips "
+                    "finished points.",
+        epilog="example: ptlab scaling ladder configs/scaling-gpt2.yaml --jobs 2")
+    _add_plan_options(scaling_ladder, "ladder", "the points with parameters, tokens, steps and FLOPs and a time "
+                                                "estimate", "runs go", "fit.bootstrap=50 common.train.device=cuda")
+    scaling_ladder.set_defaults(func=_cmd_scaling_ladder)
+
+    scaling_compare = scaling_sub.add_parser(
+        "compare", help="strategies as scaling curves: a law per table, exponents side by side, where curves cross",
+        description="Fit a law to each TABLE (a strategy: an objective, an architecture) and print alpha, beta and "
+                    "the compute exponent of each with bootstrap intervals, and where their compute-optimal curves "
+                    "L*(C) cross, if they do (C = k N D with k from each table's flops column).",
+        epilog="example: ptlab scaling compare lm=runs/lm/points.csv span=runs/span/points.csv --plot compare.png")
+    scaling_compare.add_argument("tables", nargs="+", metavar="[NAME=]TABLE",
+                                 help="CSV of runs, two or more (named after the file, or its folder for points.csv)")
+    scaling_compare.add_argument("--json", metavar="OUT", help="write the comparison as one JSON object")
+    scaling_compare.add_argument("--plot", metavar="OUT.png", help="each strategy's runs and compute-optimal curve")
+    _add_fit_options(scaling_compare)
+    scaling_compare.set_defaults(func=_cmd_scaling_compare)
 
 
 def _add_tokenize(sub: Subparsers) -> None:

@@ -1,5 +1,6 @@
 """The scaling plots in one PNG: loss against compute with the fitted law's compute-optimal frontier; the isoFLOP
-curves where the runs share compute levels; predicted against measured loss for held-out runs."""
+curves where the runs share compute levels; predicted against measured loss for held-out runs. And strategies side
+by side: each one's runs and compute-optimal curve, with their crossings (`plot_comparison`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ptlab.lab.scaling.approaches import Approach
+from ptlab.lab.scaling.compare import Comparison
 from ptlab.lab.scaling.fit import Fit
 from ptlab.lab.scaling.predict import Holdout
 
@@ -17,11 +19,7 @@ def plot_scaling(fit: Fit, output: str | Path, isoflops: Approach | None = None,
                  ) -> Path:
     """Write the panels that apply: always loss against compute; the isoFLOP parabolas when `isoflops` has any;
     predicted against measured when `holdout` is given (its runs are drawn in the first panel too)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = 1 + bool(isoflops and isoflops.parabolas) + bool(holdout)
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
@@ -30,6 +28,20 @@ def plot_scaling(fit: Fit, output: str | Path, isoflops: Approach | None = None,
         _isoflop_curves(axes.pop(0), isoflops)
     if holdout:
         _predicted_against_measured(axes.pop(0), holdout)
+    return _save(figure, output)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, output: str | Path) -> Path:
+    plt = _pyplot()
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +53,32 @@ def plot_scaling(fit: Fit, output: str | Path, isoflops: Approach | None = None,
         plt.close(figure)
         tmp.unlink(missing_ok=True)
     return output
+
+
+def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
+    """Each strategy's runs (loss against their FLOPs) and its compute-optimal curve L*(C) with its bootstrap band,
+    and a dotted line at each crossing."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 5))
+    low, high = comparison.measured
+    grid = np.geomspace(low / 10, high * 100, 100)
+    for index, curve in enumerate(comparison.curves):
+        color = f"C{index % 10}"
+        runs = curve.fit.runs
+        axis.scatter(runs.flops, runs.loss, color=color, s=14, alpha=0.6)
+        if not curve.has_frontier:
+            continue
+        axis.plot(grid, curve.frontier(grid), color=color, label=f"{curve.name} L*(C)")
+        band = [curve.fit.spread(lambda law, c=c: curve.frontier(c, law) if law.alpha > 0 and law.beta > 0
+                                 else np.nan) for c in grid]
+        if all(band):
+            axis.fill_between(grid, [b[0] for b in band], [b[1] for b in band], color=color, alpha=0.12)
+    for crossing in comparison.crossings:
+        for flops in crossing.flops:
+            if grid[0] <= flops <= grid[-1]:
+                axis.axvline(flops, color="gray", linestyle=":", label=f"{crossing.a} = {crossing.b}")
+    _label(axis, "training FLOPs C", "loss", "strategies as scaling curves", log_x=True)
+    return _save(figure, output)
 
 
 def _loss_against_compute(axis, fit: Fit, holdout: Holdout | None) -> None:
