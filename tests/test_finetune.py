@@ -94,7 +94,7 @@ def test_a_decoder_only_model_fine_tunes_too(tmp_path, tokenizer_dir):
 def test_fine_tuning_reads_the_device_only_at_log_and_evaluation_steps(tmp_path, tokenizer_dir, monkeypatch):
     """As pre-training does: steps run on the device, their losses are read back together at log and evaluation
     steps (a sync each on a GPU), every step exactly once; the logged losses are those steps' own."""
-    import ptlab.downstream.finetune as module
+    import ptlab.train.loop as module  # the one loop pre-training and fine-tuning share
 
     reads = []
 

@@ -363,3 +363,11 @@ def test_training_leaves_the_callers_subnormal_floats_alone(tmp_path, small_corp
     pretrain(in_process(tmp_path, small_corpus, tokenizer_dir, "train.max_steps=2", "train.eval_every=0"),
              show_progress=False)
     assert not flushed()
+
+
+def test_rerunning_a_finished_run_reports_its_final_scores(tmp_path, small_corpus, tokenizer_dir):
+    cfg = in_process(tmp_path, small_corpus, tokenizer_dir, "train.max_steps=4", "train.checkpoint_every=0")
+    first = pretrain(cfg, show_progress=False)
+    again = pretrain(cfg, show_progress=False)  # nothing to train: the finished run's figures, not step 0's
+    assert again.checkpoint == first.checkpoint and again.final_val_loss != again.initial_val_loss
+    assert (again.final_val_loss, again.final_val_bpb) == (first.final_val_loss, first.final_val_bpb)

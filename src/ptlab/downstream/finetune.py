@@ -24,9 +24,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
-from tqdm import tqdm
 
-from ptlab.config import Config, FinetuneConfig, check_seed, save_config
+from ptlab.config import Config, FinetuneConfig, TrainConfig, check_seed, save_config
 from ptlab.data.tasks import Task, resolve_task
 from ptlab.data.tokenizer import PtlabTokenizer, load_tokenizer
 from ptlab.downstream.evaluate import _write_predictions, encode_pairs, make_batch, score
@@ -34,6 +33,7 @@ from ptlab.errors import PtlabError
 from ptlab.files import write_text_atomic
 from ptlab.models import build_model, count_parameters
 from ptlab.models.head_loss import training_chunk_tokens
+from ptlab.objectives import Example
 from ptlab.train.checkpoint import (
     CHECKPOINTS,
     latest_valid_checkpoint,
@@ -46,10 +46,10 @@ from ptlab.train.checkpoint import (
 )
 from ptlab.train.distributed import Runtime, pick_device
 from ptlab.train.host import configure_host, denormals_restored
-from ptlab.train.loop import compile_enabled, fill_model_ids, training_loss
-from ptlab.train.optim import build_optimizer, lr_factor
+from ptlab.train.loop import LoopEnd, LoopHooks, TrainingLoop, compile_enabled, fill_model_ids
+from ptlab.train.optim import build_optimizer
 from ptlab.train.runlog import MetricsLog, read_metrics
-from ptlab.train.step import PendingStep, StopSignals, label_count, read_pending, step_on_device
+from ptlab.train.step import StepOutcome
 
 
 @dataclass
@@ -87,8 +87,9 @@ def finetune(cfg: FinetuneConfig, show_progress: bool = True, resume: str = "aut
     """Fine-tune as configured; keeps the weights with the best validation score (first metric) in RUN_DIR/best,
     and scores them on the test split when there is one.
 
-    The steps run on the trainer's machinery (`ptlab.train.step`: autocast, accumulation, clipping, non-finite
-    skips, optional compile). A checkpoint is written at every evaluation, every `train.checkpoint_every` steps and
+    The steps run through pre-training's loop (`ptlab.train.loop.TrainingLoop`: autocast, accumulation, clipping,
+    non-finite skips, optional compile, deferred read-backs), with `_FineTuning`'s batches, validation and early
+    stopping. A checkpoint is written at every evaluation, every `train.checkpoint_every` steps and
     on SIGINT/SIGTERM; `resume` as for `pretrain` ("auto" continues the run directory's newest valid checkpoint,
     "always" requires one, "never" starts afresh), and a resumed run ends with the scores of an uninterrupted one.
     """
@@ -119,10 +120,10 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
     save_config(cfg, run_dir / "config.yaml")
 
     train = encode_pairs(train, tokenizer, task)
-    has_validation = task.files.get("validation") is not None
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     max_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
-    schedule = dataclasses.replace(train_cfg, max_steps=max_steps)
+    # the loop's settings: this run's steps, validated every epoch unless train.eval_every says otherwise
+    schedule = dataclasses.replace(train_cfg, max_steps=max_steps, eval_every=train_cfg.eval_every or steps_per_epoch)
     optimizer = build_optimizer(model, train_cfg)
     identity = finetune_identity(cfg, task, max_steps)
     checkpoint = None if resume == "never" else latest_valid_checkpoint(
@@ -143,104 +144,26 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
                                  options=StateDictOptions(full_state_dict=True))
         torch.set_rng_state(state["rng"]["torch"])
         start_step, progress = state["step"], state["progress"]
-    loss_fn = training_loss(model, compile_enabled(schedule, device), on_fallback=lambda error: (
-        print(f"ptlab: warning: compiling failed, fine-tuning eagerly ({error})", file=sys.stderr),
-        record({"step": start_step, "event": "compile_fallback", "error": error})),
-        chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, model.config.vocab_size))
-    pad = tokenizer.specials.pad
-    rng = np.random.default_rng(cfg.seed)
-    order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(max_steps / steps_per_epoch) + 1)])
-    metric = task.metrics[0]
     log = MetricsLog(run_dir, resume_step=start_step if checkpoint is not None else None, config=cfg)
-    history: list[dict] = read_metrics(run_dir) if checkpoint is not None else []
-
-    def record(entry: dict) -> None:
-        history.append(entry)
-        log.write(entry)
-
-    def save_best(step: int) -> None:
-        scores = {f"val_{metric}": progress["best_score"]} if has_validation else {}
-        write_checkpoint(run_dir / "best", model, Config(run_dir=str(run_dir), model=model.config), tokenizer,
-                         step, metrics=scores)
-
-    def validate(step: int) -> bool:
-        """Score on validation and keep the best weights on disk; True when patience ran out."""
-        if not has_validation:
-            return False
-        scores, _ = score(model, tokenizer, task, "validation", train_cfg.precision, device=device)
-        model.train()
-        record({"step": step, **{f"val_{k}": v for k, v in scores.items()}})
-        if scores[metric] > progress["best_score"]:
-            progress.update(best_score=scores[metric], best_step=step, since_best=0)
-            save_best(step)
-        else:
-            progress["since_best"] += 1
-        return progress["since_best"] >= cfg.patience
-
-    def checkpoint_now(step: int) -> Path:
-        rng_state = {"torch": torch.get_rng_state()}
-        optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
-        trainer_state = {"step": step, "optimizer": optimizer_state, "rng": rng_state, "progress": dict(progress),
-                         "data": identity}
-        return save_checkpoint(run_dir, step, model, Config(run_dir=str(run_dir), model=model.config), tokenizer,
-                               trainer_state, keep=2)
-
-    eval_every = train_cfg.eval_every or steps_per_epoch
-    step, bad_in_row, interrupted = start_step, 0, None
-    pending: list[tuple[int, PendingStep]] = []  # steps not read back from the device yet
-    outcome = None
+    run = _FineTuning(cfg, schedule, task, train, model, optimizer, tokenizer, device, identity, progress, log,
+                      read_metrics(run_dir) if checkpoint is not None else [])
+    history = run.history
+    loop = TrainingLoop(model, optimizer, schedule, runtime, run, compiled=compile_enabled(schedule, device),
+                        chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, model.config.vocab_size),
+                        desc=f"fine-tuning on {task.name}", show=show_progress)
     try:
-        with StopSignals() as signals:
-            bar = tqdm(total=max_steps, initial=start_step, desc=f"fine-tuning on {task.name}", unit="step",
-                       disable=not show_progress)
-            while not progress["finished"] and step < max_steps:
-                step += 1
-                started = time.perf_counter()
-                lr = train_cfg.lr * lr_factor(step - 1, schedule)
-                rows = order[(step - 1) * train_cfg.batch_size: step * train_cfg.batch_size]
-                batch = make_batch(model, [train[i] for i in rows], pad)
-                pending.append((step, step_on_device(model, optimizer, loss_fn, batch, lr, label_count(batch),
-                                                     train_cfg, runtime)))
-                evaluated = step % eval_every == 0 or step == max_steps
-                logged = step % train_cfg.log_every == 0
-                checkpointing = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
-                stop = signals.received
-                if logged or evaluated or checkpointing or stop:  # the only places the host waits for the device
-                    outcomes, bad_in_row = read_pending(pending, bad_in_row, runtime, train_cfg.max_bad_steps,
-                                                        record, lambda done, _: checkpoint_now(done))
-                    progress["skipped_steps"] += sum(not o.applied for o in outcomes)
-                    outcome, pending = outcomes[-1], []
-                    if logged and outcome.applied:
-                        record({"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm})
-                bar.update(1)
-                if outcome is not None:
-                    bar.set_postfix(loss=f"{outcome.loss:.3f}",
-                                    best=f"{progress['best_score']:.1f}" if progress["best_step"] else "-")
-                if evaluated and validate(step):
-                    progress["finished"] = True
-                progress["finished"] |= step == max_steps
-                progress["seconds"] += time.perf_counter() - started
-                saved = None
-                if evaluated or checkpointing:
-                    saved = checkpoint_now(step)
-                if stop and not progress["finished"]:
-                    interrupted = stop
-                    saved = saved or checkpoint_now(step)
-                    record({"step": step, "event": "interrupted", "signal": interrupted, "checkpoint": str(saved)})
-                    break
-            bar.close()
-        if interrupted:
-            return FinetuneResult(run_dir, saved, progress["best_step"], {}, None, step, progress["seconds"],
-                                  history, interrupted)
+        end = LoopEnd(start_step, checkpoint) if progress["finished"] else loop.run(start_step)
+        if end.interrupted:
+            return FinetuneResult(run_dir, end.checkpoint, progress["best_step"], {}, None, end.steps,
+                                  progress["seconds"], history, end.interrupted)
         if progress["best_step"]:
             best = run_dir / "best"
             load_weights(model, load_file(str(best / "model.safetensors")), f"{best}/model.safetensors")
         else:  # no validation split: the last weights are the result
-            progress["best_step"] = step
-            save_best(step)
+            progress["best_step"] = end.steps
+            run.save_best(end.steps)
         model.eval()
-        best_step = progress["best_step"]
+        best_step, metric = progress["best_step"], task.metrics[0]
         validation_scores = {k[4:]: v for k, v in next((h for h in history if h.get("step") == best_step
                                                         and f"val_{metric}" in h), {}).items() if k.startswith("val_")}
         test_scores = None
@@ -249,13 +172,88 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
             test_scores, rows = score(model, tokenizer, task, "test", train_cfg.precision, device=device)
             progress["seconds"] += time.perf_counter() - started
             _write_predictions(run_dir / "test_predictions.jsonl", rows)
-        record({"event": "end", "step": best_step, "checkpoint": str(run_dir / "best"),
-                **{f"test_{k}": v for k, v in (test_scores or {}).items()}})
+        run.record({"event": "end", "step": best_step, "checkpoint": str(run_dir / "best"),
+                    **{f"test_{k}": v for k, v in (test_scores or {}).items()}})
     finally:
         log.close()
     summary = {"task": task.name, "init": cfg.init, "parameters": count_parameters(model), "best_step": best_step,
                "validation": validation_scores, "test": test_scores, "seconds": progress["seconds"],
                "skipped_steps": progress["skipped_steps"]}
     write_text_atomic(run_dir / "scores.json", json.dumps(summary, indent=2) + "\n")
-    return FinetuneResult(run_dir, run_dir / "best", best_step, validation_scores, test_scores, step,
+    return FinetuneResult(run_dir, run_dir / "best", best_step, validation_scores, test_scores, end.steps,
                           progress["seconds"], history)
+
+
+@dataclass
+class _FineTuning(LoopHooks):
+    """Fine-tuning's hooks into `TrainingLoop`: batches of the task's training examples, shuffled anew each epoch
+    (seeded); validation on the first metric, the best weights kept in RUN_DIR/best, the run ended once `patience`
+    validations in a row brought no better score; a checkpoint after every validation, which the best so far is
+    part of."""
+
+    cfg: FinetuneConfig
+    schedule: TrainConfig  # the run's steps and validation cadence
+    task: Task
+    train: list[Example]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: PtlabTokenizer
+    device: torch.device
+    identity: dict
+    progress: dict
+    log: MetricsLog
+    history: list[dict]
+    save_validations = True
+
+    def __post_init__(self):
+        self.run_dir, self.metric = Path(self.cfg.run_dir), self.task.metrics[0]
+        self.has_validation = self.task.files.get("validation") is not None
+        steps_per_epoch = math.ceil(len(self.train) / self.schedule.batch_size)
+        rng = np.random.default_rng(self.cfg.seed)
+        self.order = np.concatenate([rng.permutation(len(self.train))
+                                     for _ in range(math.ceil(self.schedule.max_steps / steps_per_epoch) + 1)])
+
+    def record(self, entry: dict) -> None:
+        self.history.append(entry)
+        self.log.write(entry)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        size = self.schedule.batch_size
+        rows = self.order[step * size: (step + 1) * size]
+        return make_batch(self.model, [self.train[i] for i in rows], self.tokenizer.specials.pad)
+
+    def validate(self, done: int) -> bool:
+        """Score on validation and keep the best weights on disk; True when patience ran out or the run is done.
+        Its time counts in the run's seconds."""
+        started, progress = time.perf_counter(), self.progress
+        if self.has_validation:
+            scores, _ = score(self.model, self.tokenizer, self.task, "validation", self.schedule.precision,
+                              device=self.device)
+            self.model.train()
+            self.record({"step": done, **{f"val_{k}": v for k, v in scores.items()}})
+            if scores[self.metric] > progress["best_score"]:
+                progress.update(best_score=scores[self.metric], best_step=done, since_best=0)
+                self.save_best(done)
+            else:
+                progress["since_best"] += 1
+            progress["finished"] = progress["since_best"] >= self.cfg.patience
+        progress["finished"] |= done == self.schedule.max_steps
+        progress["seconds"] += time.perf_counter() - started
+        return progress["finished"]
+
+    def save_best(self, step: int) -> None:
+        scores = {f"val_{self.metric}": self.progress["best_score"]} if self.has_validation else {}
+        write_checkpoint(self.run_dir / "best", self.model, self._config(), self.tokenizer, step, metrics=scores)
+
+    def save(self, done: int, newest: StepOutcome) -> Path:
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        trainer_state = {"step": done, "optimizer": optimizer_state, "rng": {"torch": torch.get_rng_state()},
+                         "progress": dict(self.progress), "data": self.identity}
+        return save_checkpoint(self.run_dir, done, self.model, self._config(), self.tokenizer, trainer_state, keep=2)
+
+    def postfix(self) -> dict:
+        return {"best": f"{self.progress['best_score']:.1f}" if self.progress["best_step"] else "-"}
+
+    def _config(self) -> Config:
+        return Config(run_dir=str(self.run_dir), model=self.model.config)

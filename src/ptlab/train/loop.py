@@ -1,4 +1,5 @@
-"""The pre-training loop, the same on a laptop CPU and under torchrun.
+"""Pre-training, the same on a laptop CPU and under torchrun, and the one step loop (`TrainingLoop`) that it shares
+with fine-tuning: a run gives the loop its batches, its evaluation and its checkpoints (`LoopHooks`).
 
 Each step reads the global batch's examples `[step * batch_size, (step + 1) * batch_size)` (shifted by a batch-size
 warmup's smaller first batches, `examples_before`); rank r of W takes its
@@ -11,6 +12,7 @@ the data position: a run killed at any point and resumed logs the same losses as
 from __future__ import annotations
 
 import contextlib
+import json
 import functools
 import shutil
 import sys
@@ -270,6 +272,140 @@ class _Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class LoopHooks:
+    """What a run gives `TrainingLoop`: all that pre-training and fine-tuning differ in. The batch source (`batch`),
+    the evaluation and what "best" means (`validate`, which may end the run early), the checkpoint (`save`), and
+    what the log records and the progress bar show beside the loss. `progress` holds the figures its checkpoints
+    keep; the loop adds each step's time to 'seconds', its skips to 'skipped_steps', and `measure`'s counts."""
+
+    progress: dict
+    save_validations = False  # a checkpoint after every validation too (fine-tuning: the best so far is state)
+
+    def record(self, entry: dict) -> None:
+        """One record of metrics.jsonl."""
+        raise NotImplementedError
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This rank's share of step `step`'s batch (0-based), on the host. The loop builds it a step ahead in a
+        thread, so it depends on the step alone."""
+        raise NotImplementedError
+
+    def measure(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """Counts of this rank's batch that the loop sums over the ranks into `progress` (tokens, FLOPs)."""
+        return {}
+
+    def validate(self, done: int) -> bool:
+        """Evaluate after `done` steps and record it; True ends the run there (early stopping)."""
+        return False
+
+    def save(self, done: int, newest: StepOutcome) -> Path | None:
+        """Checkpoint after `done` steps; `newest` is the last step read back."""
+        raise NotImplementedError
+
+    def log_fields(self, done: int) -> dict:
+        """What a loss record holds beside the step, loss, learning rate and gradient norm."""
+        return {}
+
+    def postfix(self) -> dict:
+        """What the progress bar shows beside the loss."""
+        return {}
+
+
+@dataclass
+class LoopEnd:
+    steps: int  # steps done when the loop ended
+    checkpoint: Path | None  # the last checkpoint it wrote
+    interrupted: str | None = None  # the signal's name when a SIGINT/SIGTERM stopped the run
+
+
+def _every(done: int, period: int) -> bool:
+    return bool(period) and done % period == 0
+
+
+class TrainingLoop:
+    """The one step loop of pre-training and fine-tuning (OLMo-core's `Trainer`): what differs is in `hooks`.
+
+    `cfg` is the run's: its `max_steps`, cadences, learning-rate schedule and step settings. Each step's batch
+    comes from `hooks.batch` (built a step ahead in a thread) and runs on the device (`step_on_device`); the
+    steps' losses and gradient norms are read back together (`read_pending`, one sync) only where the host needs
+    them. Every `log_every` steps and at the last, a loss record; every `eval_every` steps and at the last,
+    `hooks.validate`; every `checkpoint_every` steps, at the last, after a validation that ends the run (or after
+    every one, `hooks.save_validations`) and on SIGINT/SIGTERM, `hooks.save`. A signal stops the run after that
+    checkpoint with an `interrupted` record, unless the step was the run's last. `train.max_bad_steps` non-finite
+    steps in a row stop it with an error. Nothing here draws random numbers: a resumed run repeats the steps of an
+    uninterrupted one."""
+
+    def __init__(self, trained: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 runtime: distributed.Runtime, hooks: LoopHooks, *, compiled: bool, chunk_tokens: int,
+                 spike_guard: SpikeGuard | None = None, desc: str = "training", show: bool = True):
+        self.trained, self.optimizer, self.cfg, self.runtime, self.hooks = trained, optimizer, cfg, runtime, hooks
+        self.compiled, self.chunk_tokens, self.spike_guard = compiled, chunk_tokens, spike_guard
+        self.desc, self.show, self.running = desc, show, 0
+
+    def run(self, start: int) -> LoopEnd:
+        """The steps after `start` (0, or a checkpoint's step) up to `cfg.max_steps`, or fewer: early stopping,
+        a signal."""
+        cfg, runtime, hooks, progress = self.cfg, self.runtime, self.hooks, self.hooks.progress
+        loss_fn = training_loss(self.trained, self.compiled, self._compile_fallback, self.chunk_tokens)
+        batches = _Prefetcher(hooks.batch)
+        bar = tqdm(total=cfg.max_steps, initial=start, desc=self.desc, unit="step", disable=not self.show,
+                   dynamic_ncols=True)
+        pending: list[tuple[int, PendingStep]] = []  # steps not read back yet: (step number, its figures)
+        outcome, bad_in_row, checkpoint = None, 0, None
+        with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
+            for step in range(start, cfg.max_steps):
+                started = time.perf_counter()
+                lr = cfg.lr * lr_factor(step, cfg)
+                batch = batches.get(step)
+                counts = hooks.measure(batch)
+                total_labels, *sums = runtime.sum(label_count(batch), *counts.values())
+                self.running = done = step + 1
+                pending.append((done, step_on_device(self.trained, self.optimizer, loss_fn, batch, lr, total_labels,
+                                                     cfg, runtime, self.spike_guard)))
+                last = done == cfg.max_steps
+                validate = last or _every(done, cfg.eval_every)
+                stop = runtime.any(signals.received is not None)
+                save = (stop or last or _every(done, cfg.checkpoint_every)
+                        or (validate and hooks.save_validations))
+                logged = last or done % cfg.log_every == 0
+                if logged or save or validate:  # the only places the host waits for the device
+                    outcome, bad_in_row = self._read(pending, bad_in_row)
+                    pending = []
+                progress["seconds"] += time.perf_counter() - started
+                for key, value in zip(counts, sums):
+                    progress[key] += value
+                if logged and outcome.applied:
+                    hooks.record({"step": done, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
+                                  **hooks.log_fields(done)})
+                finished = (validate and hooks.validate(done)) or last
+                if save or finished:
+                    checkpoint = hooks.save(done, outcome)
+                bar.update(1)
+                if outcome is not None:
+                    bar.set_postfix(loss=f"{outcome.loss:.3f}", **hooks.postfix())
+                if finished:
+                    return LoopEnd(done, checkpoint)
+                if stop:
+                    name = signals.received or "SIGTERM"
+                    hooks.record({"step": done, "event": "interrupted", "signal": name,
+                                  "checkpoint": str(checkpoint)})
+                    return LoopEnd(done, checkpoint, name)
+        return LoopEnd(start, None)
+
+    def _read(self, pending: list[tuple[int, PendingStep]], bad_in_row: int) -> tuple[StepOutcome, int]:
+        """`read_pending` for this run: the newest step's outcome and the bad steps in a row."""
+        outcomes, bad_in_row = read_pending(pending, bad_in_row, self.runtime, self.cfg.max_bad_steps,
+                                            self.hooks.record, self.hooks.save)
+        self.hooks.progress["skipped_steps"] += sum(not outcome.applied for outcome in outcomes)
+        return outcomes[-1], bad_in_row
+
+    def _compile_fallback(self, error: str) -> None:
+        if self.runtime.is_main:
+            print(f"ptlab: warning: torch.compile failed, this run continues eagerly ({error})", file=sys.stderr,
+                  flush=True)
+        self.hooks.record({"step": self.running, "event": "compile_fallback", "error": error})
+
+
 def data_identity(cfg: Config, train: TrainingStream, tokenizer_fingerprint: str,
                   init: InitSource | None = None) -> dict:
     """What must not change between a checkpoint and its resumption for the data stream to continue exactly (a
@@ -308,7 +444,9 @@ def pretrain(cfg: Config, show_progress: bool = True, resume: str = "auto",
         distributed.teardown()
 
 
-class _Trainer:
+class _Trainer(LoopHooks):
+    """Pre-training: the data, model and checkpoints of a run, and its hooks into `TrainingLoop`."""
+
     def __init__(self, cfg: Config, runtime: distributed.Runtime, show_progress: bool):
         self.cfg, self.runtime = cfg, runtime
         self.show = show_progress and runtime.is_main
@@ -466,16 +604,13 @@ class _Trainer:
                         "peak_tflops": self.peak, "peak_source": peak_source, **self._start_record(self.init)})
 
     def _evaluate(self, step: int) -> Validation:
+        """The validation pass after `step` steps, recorded."""
         if not self.eval_set:
             return Validation(None)
         validation = evaluate(self.trained, self.eval_set, self.cfg.train.precision, self.runtime.device,  # eager
                               self.tokenizer.token_bytes)
         self.record({"step": step, "val_loss": validation.loss, "val_bpb": validation.bpb})
         return validation
-
-    def _checkpoint(self, step: int, metrics: dict) -> Path | None:
-        return self._save(step, self.model, self.trained, self.optimizer, self.tokenizer, self.identity,
-                          dict(self.progress), metrics)
 
     def _mfu(self) -> float | None:
         progress = self.progress
@@ -492,95 +627,67 @@ class _Trainer:
                               interrupted, progress["skipped_steps"], self._mfu(), initial_val.bpb, final_val.bpb)
 
     def _train(self) -> PretrainResult:
-        """The steps from the start (or the checkpoint) to train.max_steps, then the final evaluation and
-        checkpoint; SIGINT/SIGTERM stop it after a step with a checkpoint."""
-        runtime, train_cfg, progress = self.runtime, self.cfg.train, self.progress
-        initial_val = self._evaluate(0) if self.state is None else next(
+        """The steps from the start (or the checkpoint) to train.max_steps, the last with the final evaluation and
+        checkpoint (`TrainingLoop`); SIGINT/SIGTERM stop it after a step with a checkpoint."""
+        train_cfg = self.cfg.train
+        self.val = self._evaluate(0) if self.state is None else next(
             (Validation(r["val_loss"], r.get("val_bpb")) for r in read_metrics(self.run_dir)
              if r.get("step") == 0 and "val_loss" in r), Validation(None))  # val_bpb: absent in older runs
-        val, bad_in_row, last_checkpoint, step = initial_val, 0, None, self.start_step
-        bar = tqdm(total=train_cfg.max_steps, initial=self.start_step, desc="pre-training", unit="step",
-                   disable=not self.show, dynamic_ncols=True)
-
-        def rank_batch(n: int) -> dict:
-            share = batch_rows(n, train_cfg, runtime.world_size) // runtime.world_size
-            return self.train_data.batch(examples_before(n, train_cfg, runtime.world_size) + runtime.rank * share,
-                                         share)
-
-        batches = _Prefetcher(rank_batch)
-
-        def compile_fallback(error: str) -> None:
-            self.note(f"warning: torch.compile failed, this run continues eagerly ({error})")
-            self.record({"step": step + 1, "event": "compile_fallback", "error": error})
-
-        loss_fn = training_loss(self.trained, self.compiled, compile_fallback,
-                                training_chunk_tokens(train_cfg.loss_chunk_tokens, self.cfg.model.vocab_size))
-        pending: list[tuple[int, PendingStep]] = []  # steps not read back yet: (step number, its figures)
-        outcome = None
-        with StopSignals() as signals, contextlib.closing(batches), contextlib.closing(bar):
-            for step in range(self.start_step, train_cfg.max_steps):
-                started = time.perf_counter()
-                lr = train_cfg.lr * lr_factor(step, train_cfg)
-                batch = batches.get(step)
-                total_labels, step_tokens, step_flops = runtime.sum(
-                    label_count(batch), batch_tokens(batch), self._flops(batch))
-                done = step + 1
-                pending.append((done, step_on_device(self.trained, self.optimizer, loss_fn, batch, lr, total_labels,
-                                                     train_cfg, runtime, self.spike_guard)))
-                evaluate = train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != train_cfg.max_steps
-                stop = runtime.any(signals.received is not None)
-                save = stop or (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
-                                and done != train_cfg.max_steps)
-                logged = done % train_cfg.log_every == 0 or done == train_cfg.max_steps
-                if logged or save or evaluate:  # the only places the host waits for the device
-                    outcome, bad_in_row = self._read_steps(pending, bad_in_row)
-                    pending = []
-                progress["seconds"] += time.perf_counter() - started
-                progress["tokens"] += step_tokens
-                progress["flops"] += step_flops
-                tokens_per_second = progress["tokens"] / progress["seconds"]
-                mfu = self._mfu()
-                if logged and outcome.applied:
-                    self.record({"step": done, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
-                                 "tokens": progress["tokens"], "tokens_per_second": tokens_per_second,
-                                 "tflops": progress["flops"] / progress["seconds"] / 1e12, "mfu": mfu,
-                                 "seconds": progress["seconds"], **self._source_tokens(done)})
-                if evaluate:
-                    val = self._evaluate(done)
-                if save:
-                    last_checkpoint = self._checkpoint(done, {"loss": outcome.loss})
-                bar.update(1)
-                if outcome is not None:
-                    bar.set_postfix(loss=f"{outcome.loss:.3f}",
-                                    val=f"{val.loss:.3f}" if val.loss is not None else "-",
-                                    bpb=f"{val.bpb:.3f}" if val.bpb is not None else "-",
-                                    tok_s=f"{tokens_per_second:,.0f}", mfu=f"{mfu:.1%}")
-                if stop:
-                    name = signals.received or "SIGTERM"
-                    self.record({"step": done, "event": "interrupted", "signal": name,
-                                 "checkpoint": str(last_checkpoint)})
-                    return self._result(done, last_checkpoint, initial_val, val, name)
+        initial_val, self.val_step = self.val, 0
+        loop = TrainingLoop(self.trained, self.optimizer, train_cfg, self.runtime, self, compiled=self.compiled,
+                            chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, self.cfg.model.vocab_size),
+                            spike_guard=self.spike_guard, desc="pre-training", show=self.show)
+        end = loop.run(self.start_step)
+        if end.interrupted:
+            return self._result(end.steps, end.checkpoint, initial_val, self.val, end.interrupted)
+        final = end.checkpoint
         if self.start_step >= train_cfg.max_steps and self.checkpoint is not None:
             self.note(f"{self.run_dir} already finished {self.start_step} steps "
                       f"(train.max_steps={train_cfg.max_steps})")
-            final_val, final = val, self.checkpoint
-        else:
-            final_val = self._evaluate(train_cfg.max_steps)
-            final = self._checkpoint(train_cfg.max_steps, {"val_loss": final_val.loss, "val_bpb": final_val.bpb})
-        result = self._result(train_cfg.max_steps, final, initial_val, final_val)
-        self.record({"event": "end", "step": train_cfg.max_steps, "val_loss": final_val.loss,
-                     "val_bpb": final_val.bpb,
+            final = self.checkpoint
+            saved = json.loads((final / "meta.json").read_text(encoding="utf-8")).get("metrics", {})
+            self.val = Validation(saved.get("val_loss"), saved.get("val_bpb"))  # the finished run's, not step 0's
+        result = self._result(train_cfg.max_steps, final, initial_val, self.val)
+        self.record({"event": "end", "step": train_cfg.max_steps, "val_loss": self.val.loss,
+                     "val_bpb": self.val.bpb,
                      "tokens_per_second": result.tokens_per_second, "mfu": result.mfu,
-                     "skipped_steps": progress["skipped_steps"], "checkpoint": str(final)})
+                     "skipped_steps": self.progress["skipped_steps"], "checkpoint": str(final)})
         return result
 
-    def _read_steps(self, pending: list[tuple[int, PendingStep]], bad_in_row: int) -> tuple[StepOutcome, int]:
-        """`read_pending` for this run: the newest step's outcome and the bad steps in a row."""
-        outcomes, bad_in_row = read_pending(
-            pending, bad_in_row, self.runtime, self.cfg.train.max_bad_steps, self.record,
-            lambda done, newest: self._checkpoint(done, {"loss": newest.loss}))
-        self.progress["skipped_steps"] += sum(not outcome.applied for outcome in outcomes)
-        return outcomes[-1], bad_in_row
+    # LoopHooks: pre-training's batches, evaluation and checkpoints
+
+    def batch(self, step: int) -> dict:
+        runtime, train_cfg = self.runtime, self.cfg.train
+        share = batch_rows(step, train_cfg, runtime.world_size) // runtime.world_size
+        return self.train_data.batch(examples_before(step, train_cfg, runtime.world_size) + runtime.rank * share,
+                                     share)
+
+    def measure(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"tokens": batch_tokens(batch), "flops": self._flops(batch)}
+
+    def validate(self, done: int) -> bool:
+        """The validation loss; pre-training never stops early (its result is the last weights)."""
+        self.val, self.val_step = self._evaluate(done), done
+        return False
+
+    def save(self, done: int, newest: StepOutcome) -> Path | None:
+        """The final checkpoint holds the final validation's figures, the others the step's loss."""
+        final = done == self.cfg.train.max_steps and self.val_step == done
+        metrics = {"val_loss": self.val.loss, "val_bpb": self.val.bpb} if final else {"loss": newest.loss}
+        return self._save(done, self.model, self.trained, self.optimizer, self.tokenizer, self.identity,
+                          dict(self.progress), metrics)
+
+    def log_fields(self, done: int) -> dict:
+        progress = self.progress
+        return {"tokens": progress["tokens"], "tokens_per_second": progress["tokens"] / progress["seconds"],
+                "tflops": progress["flops"] / progress["seconds"] / 1e12, "mfu": self._mfu(),
+                "seconds": progress["seconds"], **self._source_tokens(done)}
+
+    def postfix(self) -> dict:
+        val, progress = self.val, self.progress
+        return {"val": f"{val.loss:.3f}" if val.loss is not None else "-",
+                "bpb": f"{val.bpb:.3f}" if val.bpb is not None else "-",
+                "tok_s": f"{progress['tokens'] / progress['seconds']:,.0f}", "mfu": f"{self._mfu():.1%}"}
 
     def _source_tokens(self, done: int) -> dict:
         """A mixture's cumulative chunk tokens per source after `done` steps (a pure function of the step)."""
