@@ -18,12 +18,17 @@ def test_shipped_configs_load():
     from pathlib import Path
 
     from ptlab.config import FinetuneConfig
+    from ptlab.lab.scaling.ladder import load_ladder, plan_ladder
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
         if path.name.startswith("study"):
             continue  # study grids: tests/test_study.py
+        if path.name.startswith("scaling"):  # ladders: every point's run config is built and checked
+            ladder, base_dir = load_ladder(path)
+            assert plan_ladder(ladder, base_dir)
+            continue
         load_config(path, cls=FinetuneConfig if path.name.startswith("finetune") else None)
 
 
