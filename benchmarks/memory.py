@@ -1,0 +1,94 @@
+"""Process peak memory as a user sees it: `ptlab pretrain` run as a command, its peak resident set (the kernel's
+high-water mark for that one process, from wait4) at a small and a large vocabulary, with and without a
+validation set, with `train.loss_chunk_tokens` at its default (auto) and at 0 (the whole logits); and tokens/s of
+a longer run of each, measured between two log steps after the first (so compiling is left out).
+
+A compiled GPT-2 tiny (d_model 256, 4 layers, batch 8 x 512), as `configs/gpt2-tiny.yaml` trains it. Writes
+benchmarks/results/memory-cpu.{json,md}.
+
+    .venv/bin/python benchmarks/memory.py [--vocabs 2048,32768] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from ptlab.train.runlog import read_metrics
+
+RUNS = Path("runs/bench/memory")
+# bf16 as shipped where the CPU computes it natively; on an AVX2-only CPU (emulated bf16, ten times slower)
+# PTLAB_BENCH_PRECISION=fp32 keeps the runs short: the head and loss memory this measures scale the same way
+PRECISION = os.environ.get("PTLAB_BENCH_PRECISION", "bf16")
+RESULTS = Path("benchmarks/results")
+
+
+def run(vocab: int, chunk: str, steps: int, validation: bool, tag: str) -> tuple[float, float | None]:
+    """(peak RSS in MB, tokens/s between the 10th and the last step or None for a 1-step run)."""
+    run_dir = RUNS / f"v{vocab}-{chunk}-{tag}"
+    overrides = [f"run_dir={run_dir}", f"data.tokenizer=runs/bench/tok-bpe-{vocab}", f"data.vocab_size={vocab}",
+                 "data.tokenizer_kind=bpe", "data.tokenizer_sample_bytes=5000000", "objective.inputs_length=512",
+                 "train.batch_size=8", f"train.max_steps={steps}", "train.compile=true", "train.log_every=10",
+                 f"train.loss_chunk_tokens={chunk}", "train.checkpoint_every=0", "train.loggers=[]",
+                 "train.eval_every=0", "train.threads=2", f"train.precision={PRECISION}"]
+    if not validation:
+        overrides.append("data.validation_files=[]")
+    command = [sys.executable, "-m", "ptlab", "pretrain", "--config", "configs/gpt2-tiny.yaml", "--quiet",
+               "--restart", *overrides]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    records = [r for r in read_metrics(run_dir) if "tokens_per_second" in r and "event" not in r]
+    rate = None
+    if len(records) >= 2:
+        first, last = records[0], records[-1]
+        rate = (last["tokens"] - first["tokens"]) / (last["seconds"] - first["seconds"])
+    return usage.ru_maxrss / 1024, rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocabs", default="2048,32768")
+    parser.add_argument("--steps", type=int, default=40, help="steps of the tokens/s runs")
+    parser.add_argument("--output", type=Path, default=RESULTS / "memory-cpu")
+    args = parser.parse_args()
+    rows = []
+    for vocab in map(int, args.vocabs.split(",")):
+        run(vocab, "auto", 1, True, "warm")  # trains the tokenizer and writes the shards: not measured
+        for chunk in ("auto", "0"):
+            with_val, _ = run(vocab, chunk, 1, True, "val")
+            without_val, _ = run(vocab, chunk, 1, False, "noval")
+            _, rate = run(vocab, chunk, args.steps, False, "speed")
+            rows.append({"vocab": vocab, "loss_chunk_tokens": chunk, "peak_mb_with_validation": with_val,
+                         "peak_mb_without_validation": without_val, "tokens_per_second": rate})
+            print(rows[-1], file=sys.stderr, flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["# Process peak memory (CPU)", "", "`benchmarks/memory.py`: `ptlab pretrain` on configs/gpt2-tiny.yaml "
+             "(compiled, batch 8 x 512), each as its own process after one that trained the tokenizer and wrote the shards; "
+             "peak RSS from the kernel (wait4), one step; "
+             f"tokens/s between step 10 and step {args.steps} of a longer run; {PRECISION}, "
+             f"{platform.processor() or platform.machine()}.", "",
+             "| vocabulary | loss_chunk_tokens | peak RSS, with validation (MB) | without (MB) | tokens/s |",
+             "|---:|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['vocab']:,} | {r['loss_chunk_tokens']} | {r['peak_mb_with_validation']:,.0f} "
+                     f"| {r['peak_mb_without_validation']:,.0f} | {r['tokens_per_second'] or float('nan'):,.0f} |")
+    small, large = min(r["vocab"] for r in rows), max(r["vocab"] for r in rows)
+    for chunk in ("auto", "0"):
+        pick = {r["vocab"]: r for r in rows if r["loss_chunk_tokens"] == chunk}
+        lines.append(f"\nOverhead of {large:,} over {small:,} with validation, loss_chunk_tokens {chunk}: "
+                     f"{pick[large]['peak_mb_with_validation'] - pick[small]['peak_mb_with_validation']:,.0f} MB")
+    args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
