@@ -52,28 +52,24 @@ def run(vocab: int, chunk: str, steps: int, validation: bool, tag: str) -> tuple
     return usage.ru_maxrss / 1024, rate
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocabs", default="2048,32768")
-    parser.add_argument("--steps", type=int, default=40, help="steps of the tokens/s runs")
-    parser.add_argument("--output", type=Path, default=RESULTS / "memory-cpu")
-    args = parser.parse_args()
+def run_all(vocabs: list[int], steps: int, output: Path) -> str:
+    """Every row, written to OUTPUT.{json,md}; returns the markdown."""
     rows = []
-    for vocab in map(int, args.vocabs.split(",")):
+    for vocab in vocabs:
         run(vocab, "auto", 1, True, "warm")  # trains the tokenizer and writes the shards: not measured
         for chunk in ("auto", "0"):
             with_val, _ = run(vocab, chunk, 1, True, "val")
             without_val, _ = run(vocab, chunk, 1, False, "noval")
-            _, rate = run(vocab, chunk, args.steps, False, "speed")
+            _, rate = run(vocab, chunk, steps, False, "speed")
             rows.append({"vocab": vocab, "loss_chunk_tokens": chunk, "peak_mb_with_validation": with_val,
                          "peak_mb_without_validation": without_val, "tokens_per_second": rate})
             print(rows[-1], file=sys.stderr, flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# Process peak memory (CPU)", "", "`benchmarks/memory.py`: `ptlab pretrain` on configs/gpt2-tiny.yaml "
-             "(compiled, batch 8 x 512), each as its own process after one that trained the tokenizer and wrote the shards; "
-             "peak RSS from the kernel (wait4), one step; "
-             f"tokens/s between step 10 and step {args.steps} of a longer run; {PRECISION}, "
+             "(compiled, batch 8 x 512), each as its own process after one that trained the tokenizer and wrote "
+             "the shards; peak RSS from the kernel (wait4), one step; "
+             f"tokens/s between step 10 and step {steps} of a longer run; {PRECISION}, "
              f"{platform.processor() or platform.machine()}.", "",
              "| vocabulary | loss_chunk_tokens | peak RSS, with validation (MB) | without (MB) | tokens/s |",
              "|---:|---|---:|---:|---:|"]
@@ -85,8 +81,17 @@ def main() -> int:
         pick = {r["vocab"]: r for r in rows if r["loss_chunk_tokens"] == chunk}
         lines.append(f"\nOverhead of {large:,} over {small:,} with validation, loss_chunk_tokens {chunk}: "
                      f"{pick[large]['peak_mb_with_validation'] - pick[small]['peak_mb_with_validation']:,.0f} MB")
-    args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocabs", default="2048,32768")
+    parser.add_argument("--steps", type=int, default=40, help="steps of the tokens/s runs")
+    parser.add_argument("--output", type=Path, default=RESULTS / "memory-cpu")
+    args = parser.parse_args()
+    print(run_all([int(v) for v in args.vocabs.split(",")], args.steps, args.output))
     return 0
 
 

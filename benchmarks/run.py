@@ -5,12 +5,14 @@ tokenize with 1 and 2 workers against datasets.map), then the scaling curves (be
 peak memory against sequence length, width and vocabulary, ptlab against HF; benchmarks/results/scaling-cpu.md and
 .png), then the fused head and loss against the unfused one in the compiled step (benchmarks/head_loss.py: peak
 memory and tokens/s at 8k, 32k and 128k vocabularies; benchmarks/results/head-loss-cpu.md), then the training
-recipe's time to target against the previous recipe (benchmarks/time_to_target.py; time-to-target-cpu.md). Writes
+process peak memory as a user sees it (benchmarks/memory.py; memory-cpu.md), then the training recipe's time to
+target against the previous recipe (benchmarks/time_to_target.py; time-to-target-cpu.md). Writes
 benchmarks/results/bench.json (compare it across changes) and exits 1 when ptlab is slower than HF at equal
 precision for any family.
 
     .venv/bin/python benchmarks/run.py [--sizes tiny,small] [--seconds 6] [--loss-steps 0] [--scaling full|quick|off]
-                                       [--head-loss on|off] [--time-to-target on|off] [--json PATH]
+                                       [--head-loss on|off] [--memory on|off] [--time-to-target on|off]
+                                       [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import train  # noqa: E402
 
 import data  # noqa: E402
 import head_loss  # noqa: E402
+import memory  # noqa: E402
 import scaling  # noqa: E402
 import time_to_target  # noqa: E402
 
@@ -42,6 +45,8 @@ def main() -> int:
                         help="the scaling curves' sweep (quick: fewer points)")
     parser.add_argument("--head-loss", choices=("on", "off"), default="on",
                         help="the fused head and loss's memory and speed (about 10 minutes)")
+    parser.add_argument("--memory", choices=("on", "off"), default="on",
+                        help="process peak memory of ptlab pretrain at 2k and 32k vocabularies (about 10 minutes)")
     parser.add_argument("--time-to-target", choices=("on", "off"), default="on",
                         help="the recipe's time to target against the previous one, 5 seeds a side (about 1.5 hours)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
@@ -62,6 +67,8 @@ def main() -> int:
         fused = head_loss.run([8192, 32768, 131072], [128, 256, 0], compiled=True, steps=8)
         head_loss.write(fused, Path("benchmarks/results/head-loss-cpu"), "cpu", compiled=True)
         scaling_lines += ["", head_loss.markdown(fused, "cpu", compiled=True)]
+    if args.memory == "on":
+        scaling_lines += ["", memory.run_all([2048, 32768], 40, memory.RESULTS / "memory-cpu")]
     if args.time_to_target == "on":
         scaling_lines += ["", time_to_target.run(["gpt2", "t5"], 5, time_to_target.RESULTS / "time-to-target-cpu")]
     print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines)
