@@ -10,6 +10,7 @@ import errno
 import os
 import random
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,8 +63,6 @@ def newest_step(run_dir: Path) -> int:
 
 
 def campaign(tmp_path, small_corpus, tokenizer_dir, kill_after, setting: str, kills: int, steps: int) -> None:
-    import subprocess
-
     processes, asynchronous = SETTINGS[setting]
     train = {"max_steps": steps, "async_checkpoint": asynchronous}
     reference = write_config(tmp_path / "reference", small_corpus, tokenizer_dir, **train)
@@ -147,8 +146,6 @@ def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, small
 
 def test_a_full_disk_is_one_line_from_the_command_line(tmp_path, small_corpus, tokenizer_dir):
     """The CLI's view of the same fault, in a child process whose writer fails (a sitecustomize hook)."""
-    import subprocess
-
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(

@@ -737,7 +737,7 @@ class _Trainer(LoopHooks):
             return None
         weights = state_dict_for_saving(model)
 
-        def write(weights=weights, trainer_state=trainer_state) -> Path:
+        def write(weights: dict, trainer_state: dict) -> Path:
             return save_checkpoint(self.run_dir, step, weights, self.cfg, tokenizer, trainer_state, metrics,
                                    keep=self.cfg.train.keep_checkpoints)
 
@@ -746,7 +746,7 @@ class _Trainer(LoopHooks):
                                                                    host_snapshot(trainer_state)))
             path = checkpoint_dir(self.run_dir, step)
         else:
-            path = write()
+            path = write(weights, trainer_state)
         self.runtime.barrier()
         return path
 
