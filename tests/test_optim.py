@@ -112,6 +112,50 @@ def test_muon_takes_the_hidden_matrices_and_adam_the_rest(family):
     assert any(n.endswith("q_norm.weight") for n in rest)
 
 
+@pytest.mark.parametrize("family", ["t5", "bart", "gpt2", "llama"])
+def test_muon_scales_the_step_of_queries_that_hold_the_attention_scale(family):
+    """T5 scores attention unscaled and folds 1/sqrt(d_kv) into its queries' init: Muon's step on those query
+    matrices carries the same factor, so queries and keys keep their balance. Scaled attention (every other
+    family, and T5 with QK-norm, which scales its scores) steps at Muon's one rate."""
+    from ptlab.train.optim import build_optimizer
+
+    for qk_norm in (False, True):
+        model = _muon_model(family, qk_norm=qk_norm)
+        optimizer = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02))
+        names = {id(p): n for n, p in model.named_parameters()}
+        ratios = {names[id(p)]: group["lr_ratio"] for group in optimizer.parts[0].param_groups
+                  for p in group["params"]}
+        d_kv = model.config.d_kv or model.config.d_model // model.config.num_heads
+        folded = family == "t5" and not qk_norm
+        assert {n: r for n, r in ratios.items() if r != 20.0} == (
+            {n: pytest.approx(20.0 / d_kv ** 0.5) for n in ratios if n.endswith(".q.weight")} if folded else {})
+        if folded:
+            assert any(n.endswith(".q.weight") for n in ratios)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "gpt2", "llama"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_scale", "muon"])
+def test_embedding_lr_gives_the_token_and_position_embeddings_their_own_rate(family, optimizer):
+    from ptlab.errors import PtlabError
+    from ptlab.train.optim import build_optimizer
+    from ptlab.train.step import set_learning_rate
+
+    model = _muon_model(family, tie_word_embeddings=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3))
+    assert all("lr_ratio" not in g for g in plain.param_groups[-2:])
+    optim = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3, embedding_lr=0.05))
+    set_learning_rate(optim, 1e-3 * 0.5)  # a scheduled step at half the peak moves the embeddings' rate alike
+    rates = {names[id(p)]: g["lr"] for g in optim.param_groups for p in g["params"]}
+    assert set(rates) == set(names.values())
+    fast = {n for n, lr in rates.items() if lr == pytest.approx(0.025)}
+    assert fast == {n for n in names.values() if n in ("embed.weight", "positions.weight", "encoder_positions.weight",
+                                                       "decoder_positions.weight")}
+    assert "embed.weight" in fast and "lm_head.weight" not in fast
+    with pytest.raises(PtlabError, match="train.embedding_lr"):
+        TrainConfig(embedding_lr=0).validate()
+
+
 def test_muon_with_adam_steps_exactly_as_torchs_muon_and_adamw_side_by_side():
     from ptlab.train.optim import build_optimizer, hidden_matrices
 

@@ -240,6 +240,9 @@ class TrainConfig:
     # matrices, AdamW for embeddings, head, norms and biases) | muon_scale (Muon, and RMS-scaled AdamW for the rest)
     optimizer: str = "adamw"
     lr: float = 1e-3  # the peak learning rate (with muon: of the AdamW part)
+    # The token and learned position embeddings' peak rate (None: lr); a tied head shares its embedding's. An
+    # untied embedding learns from few rows a step and takes a far higher rate than the rest (modded-nanogpt)
+    embedding_lr: float | None = None
     muon_lr: float = 0.02  # muon: the hidden matrices' peak learning rate, before Muon's per-shape adjustment
     muon_momentum: float = 0.95  # muon: Nesterov momentum of the matrices' updates
     schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt (T5) | wsd (warmup-stable-decay)
@@ -293,6 +296,9 @@ class TrainConfig:
         _check(self.batch_size > 0, "train.batch_size", "must be positive")
         _check(self.grad_accum > 0, "train.grad_accum", "must be positive")
         _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.embedding_lr is None or (isinstance(self.embedding_lr, (int, float))
+                                             and not isinstance(self.embedding_lr, bool) and self.embedding_lr > 0),
+               "train.embedding_lr", "must be a positive number (or null: train.lr)")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer",
                f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         _check(self.schedule in SCHEDULES, "train.schedule",

@@ -40,6 +40,7 @@ from ptlab.lab.study.schedule import Job, run_jobs
 from ptlab.train.checkpoint import load_model
 from ptlab.train.host import available_cores
 from ptlab.train.loop import pretrain
+from ptlab.train.optim import MUON_OPTIMIZERS
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -79,8 +80,11 @@ def run_demo(config_path: str | None = DEFAULT_CONFIG, overrides: list[str] | No
     objective = resolve_objective(cfg.objective)
     settings = ", ".join(f"{k} {v}" for k, v in objective.as_dict().items())
     print(f"  objective   {objective.name} ({settings}), {cfg.objective.inputs_length} input tokens", file=out)
-    print(f"  training    {cfg.train.max_steps} steps x {cfg.train.batch_size} examples, lr {cfg.train.lr} "
-          f"({cfg.train.schedule}), {cfg.train.precision}", file=out)
+    train = cfg.train
+    rates = f"lr {train.lr}" + (f", matrices {train.muon_lr}" if train.optimizer in MUON_OPTIMIZERS else "") + (
+        f", embeddings {train.embedding_lr}" if train.embedding_lr else "")
+    print(f"  training    {train.max_steps} steps x {train.batch_size} examples, {train.optimizer} ({rates}), "
+          f"{train.schedule} schedule, {train.precision}", file=out)
 
     result = pretrain(cfg, show_progress)
     specials = tokenizer.specials

@@ -206,28 +206,52 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     muon_names = set(hidden_matrices(model)) if cfg.optimizer in MUON_OPTIMIZERS else set()
     if cfg.optimizer in MUON_OPTIMIZERS and not muon_names:
         raise PtlabError(f"config key 'train.optimizer': {cfg.optimizer} found no hidden matrices to optimize")
-    matrices, decay, no_decay = [], [], []
+    embeddings = {id(module.weight) for name, module in model.named_modules()
+                  if isinstance(module, nn.Embedding) and "position_bias" not in name} if cfg.embedding_lr else set()
+    matrices, decay, no_decay, embedding = [], [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if _plain_name(name) in muon_names:
             matrices.append(param)
+        elif id(param) in embeddings:
+            embedding.append(param)
         else:
             (decay if param.ndim >= 2 and "position_bias" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if embedding:  # its own rate, kept in step with the schedule as Muon's is (`lr_ratio`)
+        groups.append({"params": embedding, "weight_decay": cfg.weight_decay, "lr_ratio": cfg.embedding_lr / cfg.lr})
     adam = _build_adam(groups, cfg, "adamw_scale" if cfg.optimizer in ("adamw_scale", "muon_scale") else
                        cfg.optimizer)
     if not muon_names:
         return adam
     # Muon's own learning rate, scaled per matrix by sqrt(max(1, rows / columns)) (Keller Jordan's adjustment);
     # `lr_ratio` keeps it in step with the schedule, which sets every group's lr from train.lr
-    muon = _Muon([{"params": matrices, "lr_ratio": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr,
+    # An attention whose scores are not scaled by 1/sqrt(d_head) (T5's) has that factor folded into its query
+    # matrix's initialisation; its Muon step is scaled by the same factor, or the queries outgrow the keys at once
+    folded = _query_folding(model)
+    plain = [p for p in matrices if p not in folded]
+    groups = [{"params": plain, "lr_ratio": cfg.muon_lr / cfg.lr}]
+    for factor in sorted(set(folded.values())):
+        groups.append({"params": [p for p, f in folded.items() if f == factor],
+                       "lr_ratio": cfg.muon_lr / cfg.lr * factor})
+    muon = _Muon(groups, lr=cfg.muon_lr,
                  weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original")
     muon.float32 = cfg.precision == "fp32"
     return MuonWithAdam(muon, adam)
 
 
 MUON_OPTIMIZERS = ("muon", "muon_scale")
+
+
+def _query_folding(model: nn.Module) -> dict[nn.Parameter, float]:
+    """Query matrices of attentions whose scores are scaled by other than 1/sqrt(d_head), each with the factor
+    1 / (scale x sqrt(d_head)) by which its init holds the missing scale (1/sqrt(d_head) for T5's unscaled
+    attention)."""
+    from ptlab.models.layers import Attention
+    return {module.q.weight: 1.0 / (module.scale * module.d_head ** 0.5) for module in model.modules()
+            if isinstance(module, Attention) and module.scale is not None and module.q.weight.requires_grad
+            and abs(module.scale * module.d_head ** 0.5 - 1.0) > 1e-9}
 
 
 def _plain_name(name: str) -> str:

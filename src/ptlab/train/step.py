@@ -133,6 +133,13 @@ def optimizer_step(trained: nn.Module, optimizer: torch.optim.Optimizer,
                       runtime)[0]
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """train.lr's scheduled value `lr` on every group; a group with an `lr_ratio` (Muon's matrices, the
+    embeddings under `train.embedding_lr`) takes that multiple of it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
+
+
 def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
                    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, np.ndarray],
                    lr: float, total_labels: float, cfg: TrainConfig, runtime: Runtime,
@@ -140,11 +147,9 @@ def step_on_device(trained: nn.Module, optimizer: torch.optim.Optimizer,
     """Forward and backward over `batch` (this rank's share), then clip and update unless the loss or the gradient
     norm is not finite or `spike_guard` finds the loss a spike, decided on the device: the host waits for nothing
     (but with Adafactor and Muon, which cannot skip on the device). `total_labels` is the label count of the
-    global batch, summed over ranks. `lr` is train.lr's scheduled value; a group with an `lr_ratio` (Muon's
-    matrices) takes that multiple of it."""
+    global batch, summed over ranks. `lr` is train.lr's scheduled value (`set_learning_rate`)."""
     device = runtime.device
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_ratio", 1.0)
+    set_learning_rate(optimizer, lr)
     rows = len(batch["labels"])
     parts = np.array_split(np.arange(rows), min(cfg.grad_accum, rows))
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
