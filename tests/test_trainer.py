@@ -322,6 +322,11 @@ def test_tensorboard_events_and_the_loss_plot(tmp_path, small_corpus, tokenizer_
                           "--output", str(tmp_path / "curves.png"), "--x", "tokens"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    # the run logged val_bpb, so the plot has its bits-per-byte panel beside the loss: twice as wide
+    assert any("val_bpb" in r for r in read_metrics(tmp_path / "run"))
+    assert Image.open(tmp_path / "curves.png").size[0] > 1.5 * Image.open(tmp_path / "curves.png").size[1]
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, small_corpus, tokenizer_dir):

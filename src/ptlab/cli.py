@@ -618,7 +618,8 @@ def _add_evaluate_and_probe(sub: Subparsers) -> None:
 def _add_plot(sub: Subparsers) -> None:
     plot = sub.add_parser("plot", help="draw the loss curves of one or several runs into a PNG",
                           description="Training loss (lines) and validation loss (markers) from each RUN_DIR's "
-                                      "metrics.jsonl, one colour per run.")
+                                      "metrics.jsonl, one colour per run, and beside them validation bits per "
+                                      "byte where the runs logged it (comparable across tokenizers).")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
     plot.add_argument("--output", default="loss.png", help="PNG to write (default: %(default)s)")
     plot.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis (default: %(default)s)")

@@ -10,7 +10,9 @@ from ptlab.train.runlog import read_metrics
 
 
 def plot_runs(run_dirs: list[str | Path], output: str | Path, x: str = "step", log_y: bool = False) -> Path:
-    """Training loss (thin) and validation loss (markers) against `x` ("step" or "tokens") for each run."""
+    """Training loss (thin) and validation loss (markers) against `x` ("step" or "tokens") for each run, and
+    beside them validation bits per byte where a run logged it (`val_bpb`): the unit in which runs with different
+    tokenizers compare."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,9 +20,11 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, x: str = "step", l
 
     if x not in ("step", "tokens"):
         raise PtlabError(f"--x must be 'step' or 'tokens', got {x!r}")
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for index, run_dir in enumerate(run_dirs):
-        records = read_metrics(run_dir)
+    runs = [(run_dir, read_metrics(run_dir)) for run_dir in run_dirs]
+    with_bpb = any("val_bpb" in r for _, records in runs for r in records)
+    figure, axes = plt.subplots(1, 2 if with_bpb else 1, figsize=(14 if with_bpb else 8, 5), squeeze=False)
+    axis, bpb_axis = axes[0][0], axes[0][-1]
+    for index, (run_dir, records) in enumerate(runs):
         train = [r for r in records if "loss" in r and "event" not in r]
         if not train:
             raise PtlabError(f"{run_dir}/metrics.jsonl has no training records")
@@ -33,12 +37,19 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, x: str = "step", l
         if val:
             axis.plot([position[r["step"]] for r in val], [r["val_loss"] for r in val], color=color, marker="o",
                       markersize=3, linestyle="--", label=f"{label} validation")
-    axis.set_xlabel("optimizer step" if x == "step" else "tokens")
+        bpb = [r for r in val if r.get("val_bpb") is not None]
+        if with_bpb and bpb:
+            bpb_axis.plot([position[r["step"]] for r in bpb], [r["val_bpb"] for r in bpb], color=color, marker="o",
+                          markersize=3, linestyle="--", label=f"{label} validation")
     axis.set_ylabel("loss (nats per target token)")
-    if log_y:
-        axis.set_yscale("log")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    if with_bpb:
+        bpb_axis.set_ylabel("validation bits per UTF-8 byte of the targets")
+    for panel in {id(a): a for a in (axis, bpb_axis)}.values():
+        panel.set_xlabel("optimizer step" if x == "step" else "tokens")
+        if log_y:
+            panel.set_yscale("log")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=8)
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
