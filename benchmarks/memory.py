@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -52,24 +53,30 @@ def run(vocab: int, chunk: str, steps: int, validation: bool, tag: str) -> tuple
     return usage.ru_maxrss / 1024, rate
 
 
-def run_all(vocabs: list[int], steps: int, output: Path) -> str:
-    """Every row, written to OUTPUT.{json,md}; returns the markdown."""
+def run_all(vocabs: list[int], steps: int, output: Path, repeats: int = 2) -> str:
+    """Every row, written to OUTPUT.{json,md}; returns the markdown. The tokens/s runs are repeated `repeats`
+    times, the two settings of a vocabulary alternating so that a change in the machine's load touches both; the
+    table gives their median and the JSON each one."""
     rows = []
     for vocab in vocabs:
         run(vocab, "auto", 1, True, "warm")  # trains the tokenizer and writes the shards: not measured
-        for chunk in ("auto", "0"):
+        rates: dict[str, list[float]] = {"auto": [], "0": []}
+        for _ in range(repeats):
+            for chunk in rates:
+                rates[chunk].append(run(vocab, chunk, steps, False, "speed")[1])
+        for chunk in rates:
             with_val, _ = run(vocab, chunk, 1, True, "val")
             without_val, _ = run(vocab, chunk, 1, False, "noval")
-            _, rate = run(vocab, chunk, steps, False, "speed")
             rows.append({"vocab": vocab, "loss_chunk_tokens": chunk, "peak_mb_with_validation": with_val,
-                         "peak_mb_without_validation": without_val, "tokens_per_second": rate})
+                         "peak_mb_without_validation": without_val,
+                         "tokens_per_second": statistics.median(rates[chunk]), "tokens_per_second_runs": rates[chunk]})
             print(rows[-1], file=sys.stderr, flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# Process peak memory (CPU)", "", "`benchmarks/memory.py`: `ptlab pretrain` on configs/gpt2-tiny.yaml "
              "(compiled, batch 8 x 512), each as its own process after one that trained the tokenizer and wrote "
              "the shards; peak RSS from the kernel (wait4), one step; "
-             f"tokens/s between step 10 and step {steps} of a longer run; {PRECISION}, "
+             f"tokens/s between step 10 and step {steps} of a longer run, the median of {repeats}; {PRECISION}, "
              f"{platform.processor() or platform.machine()}.", "",
              "| vocabulary | loss_chunk_tokens | peak RSS, with validation (MB) | without (MB) | tokens/s |",
              "|---:|---|---:|---:|---:|"]
@@ -81,6 +88,13 @@ def run_all(vocabs: list[int], steps: int, output: Path) -> str:
         pick = {r["vocab"]: r for r in rows if r["loss_chunk_tokens"] == chunk}
         lines.append(f"\nOverhead of {large:,} over {small:,} with validation, loss_chunk_tokens {chunk}: "
                      f"{pick[large]['peak_mb_with_validation'] - pick[small]['peak_mb_with_validation']:,.0f} MB")
+    for vocab in sorted({r["vocab"] for r in rows}):
+        auto, whole = (next(r for r in rows if r["vocab"] == vocab and r["loss_chunk_tokens"] == chunk)
+                       for chunk in ("auto", "0"))
+        lines.append(f"\nTokens/s at {vocab:,}, loss_chunk_tokens auto against 0: "
+                     f"{auto['tokens_per_second'] / whole['tokens_per_second']:.2f}x (runs: "
+                     f"{', '.join(f'{x:,.0f}' for x in auto['tokens_per_second_runs'])} against "
+                     f"{', '.join(f'{x:,.0f}' for x in whole['tokens_per_second_runs'])})")
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -89,9 +103,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocabs", default="2048,32768")
     parser.add_argument("--steps", type=int, default=40, help="steps of the tokens/s runs")
+    parser.add_argument("--repeats", type=int, default=2, help="tokens/s runs of each setting")
     parser.add_argument("--output", type=Path, default=RESULTS / "memory-cpu")
     args = parser.parse_args()
-    print(run_all([int(v) for v in args.vocabs.split(",")], args.steps, args.output))
+    print(run_all([int(v) for v in args.vocabs.split(",")], args.steps, args.output, args.repeats))
     return 0
 
 

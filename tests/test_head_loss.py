@@ -323,7 +323,7 @@ def test_evaluation_and_scoring_never_hold_a_batchs_whole_logits(family, monkeyp
                       eos_token_id=1, bos_token_id=2, decoder_start_token_id=0)
     cfg.validate()
     model = build_model(cfg).eval()
-    monkeypatch.setattr(head_loss, "CHUNK_LOGITS", 16 * V)  # 16 tokens a chunk
+    monkeypatch.setattr(head_loss, "SCORING_CHUNK_LOGITS", 16 * V)  # 16 tokens a chunk
     ids = torch.randint(3, V, (4, 25), generator=torch.Generator().manual_seed(0))
     if family == "t5":
         batch = {"input_ids": ids, "decoder_input_ids": ids, "labels": ids}

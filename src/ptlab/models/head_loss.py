@@ -188,11 +188,16 @@ class _HeadLossSum(torch.autograd.Function):
 # A chunk's logits, when the chunk is sized by the vocabulary: 64 MiB in float32, whatever the vocabulary
 CHUNK_LOGITS = 1 << 24
 FUSE_FROM_VOCAB = 32768  # train.loss_chunk_tokens auto: the smallest vocabulary the head and loss are fused for
+# Scoring keeps a quarter of that, 16 MiB: its chunk's logits, their float32 copy and logsumexp's temporaries come
+# on top of a trained model's weights, gradients and optimizer state, and at 32k 512-token chunks made a validation
+# pass raise a run's process peak by 160 MB where 128-token ones add 60 MB (and score a little faster, in cache)
+SCORING_CHUNK_LOGITS = CHUNK_LOGITS // 4
 
 
 def scoring_chunk_tokens(vocab_size: int) -> int:
-    """Tokens per chunk when scoring: a whole small-vocabulary batch in one product, a 32k one 512 at a time."""
-    return max(16, CHUNK_LOGITS // max(vocab_size, 1))
+    """Tokens per chunk when scoring: a whole small-vocabulary batch (2,048 tokens at 2k) in one product, a 32k
+    one 128 at a time."""
+    return max(16, SCORING_CHUNK_LOGITS // max(vocab_size, 1))
 
 
 def training_chunk_tokens(setting: int | str, vocab_size: int) -> int:
