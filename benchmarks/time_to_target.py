@@ -196,19 +196,18 @@ def cpu_name() -> str:
 
 def run(models: list[str], seeds: int, output: Path, steps: int = 0, quick: bool = False) -> str:
     """Benchmark each model, writing OUTPUT.json after each; returns the markdown report (also OUTPUT.md)."""
-    # Models benchmarked earlier (another process, another day) stay in the report beside these
-    earlier = output.with_suffix(".json")
-    results = json.loads(earlier.read_text()) if earlier.exists() else {}
+    # Models benchmarked earlier stay in the report beside these: the file is read again before each write, so two
+    # processes benchmarking different models side by side keep each other's results
+    path, measured, results = output.with_suffix(".json"), {}, {}
     for name in models:
         setup = SETUPS[name]
         if steps or quick:
             setup.steps = steps or setup.steps // 4
             setup.eval_every = max(10, setup.steps // 24)
-        results[name] = bench(name, setup, seeds, lambda m: print(m, file=sys.stderr, flush=True))
+        measured[name] = bench(name, setup, seeds, lambda m: print(m, file=sys.stderr, flush=True))
         output.parent.mkdir(parents=True, exist_ok=True)
-        others = json.loads(earlier.read_text()) if earlier.exists() else {}
-        results = {**others, **{key: value for key, value in results.items() if key in models}}
-        earlier.write_text(json.dumps(results, indent=1) + "\n")
+        results = {**(json.loads(path.read_text()) if path.exists() else {}), **measured}
+        path.write_text(json.dumps(results, indent=1) + "\n")
     report = markdown(results, cpu_name())
     output.with_suffix(".md").write_text(report)
     return report

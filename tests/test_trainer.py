@@ -326,7 +326,8 @@ def test_tensorboard_events_and_the_loss_plot(tmp_path, small_corpus, tokenizer_
 
     # the run logged val_bpb, so the plot has its bits-per-byte panel beside the loss: twice as wide
     assert any("val_bpb" in r for r in read_metrics(tmp_path / "run"))
-    assert Image.open(tmp_path / "curves.png").size[0] > 1.5 * Image.open(tmp_path / "curves.png").size[1]
+    width, height = Image.open(tmp_path / "curves.png").size
+    assert width > 1.5 * height
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, small_corpus, tokenizer_dir):

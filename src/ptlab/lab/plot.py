@@ -44,7 +44,7 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, x: str = "step", l
     axis.set_ylabel("loss (nats per target token)")
     if with_bpb:
         bpb_axis.set_ylabel("validation bits per UTF-8 byte of the targets")
-    for panel in {id(a): a for a in (axis, bpb_axis)}.values():
+    for panel in axes[0]:
         panel.set_xlabel("optimizer step" if x == "step" else "tokens")
         if log_y:
             panel.set_yscale("log")
