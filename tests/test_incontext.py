@@ -157,6 +157,11 @@ def test_label_ranking_equals_hand_summed_log_probabilities(task_files, bpe_toke
     assert len(set(by_sum)) == 2 and np.abs(oracle[:, 0] - oracle[:, 1]).min() > 1e-3  # the prompt matters, no ties
     assert scores["accuracy"] == pytest.approx(100 * np.mean([p == t for p, t in zip(by_sum, targets)]))
     assert scores["accuracy_per_token"] == pytest.approx(100 * np.mean([p == t for p, t in zip(per_token, targets)]))
+    # the loss on the true label's words, in bits per byte of those words (each answer here is one token)
+    gold = [task.labels.index(t) for t in targets]
+    gold_bytes = sum(len(verbalizer[t].encode("utf-8")) for t in targets)
+    assert scores["target_bpb"] == pytest.approx(-oracle[np.arange(len(gold)), gold].sum() / (np.log(2) * gold_bytes),
+                                                 rel=1e-4)
     train = [json.loads(line)["verdict"] for line in task_files["train"].open()]
     majority = max(set(train), key=train.count)  # the floor is the train split's majority, not the test split's
     assert scores["majority_class"] == majority
@@ -191,6 +196,28 @@ def test_generation_is_greedy_and_stops_at_a_newline(tmp_path, bpe_tokenizer, fa
     expected = [bpe_tokenizer.decode(hand_greedy(model, p.context, 6)).lstrip(" ").split("\n")[0].strip()
                 for p in prompted]
     assert answers == expected
+    # target_bpb: the reference answer (after a space, at most max_target_length tokens) scored after the prompt
+    scores, _ = score_prompted(model, bpe_tokenizer, task, "test", 0, seed=0, budget=512, batch_size=4)
+    nats, num_bytes = 0.0, 0
+    for p in prompted:
+        whole, context = bpe_tokenizer.encode(p.text + " " + p.target), bpe_tokenizer.encode(p.text)
+        answer = whole[len(context):][:6]
+        nats -= hand_log_likelihood(model, p.context, answer)
+        num_bytes += len(bpe_tokenizer.decode(answer).encode("utf-8"))
+    assert num_bytes < sum(len((" " + p.target).encode("utf-8")) for p in prompted)  # the cut at 6 tokens counts
+    assert scores["target_bpb"] == pytest.approx(nats / (np.log(2) * num_bytes), rel=1e-4)
+
+
+def test_a_uniform_model_scores_log2_v_bits_per_answer_token_spread_over_its_bytes(task_files, bpe_tokenizer):
+    task = custom_task(task_files)
+    model = tiny_model(bpe_tokenizer, "gpt2")
+    for parameter in model.parameters():
+        torch.nn.init.zeros_(parameter)  # every logit 0: each id has probability 1 / V
+    scores, rows = score_prompted(model, bpe_tokenizer, task, "test", 2, seed=0, budget=512)
+    tokens = sum(len(bpe_tokenizer.encode(r["prompt"] + VERBALIZER[r["target"]]))
+                 - len(bpe_tokenizer.encode(r["prompt"])) for r in rows)
+    num_bytes = sum(len(VERBALIZER[r["target"]].encode("utf-8")) for r in rows)
+    assert scores["target_bpb"] == pytest.approx(np.log2(bpe_tokenizer.vocab_size) * tokens / num_bytes, rel=1e-6)
 
 
 def tiny_checkpoint(path: Path, tokenizer, family: str) -> Path:
