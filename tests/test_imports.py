@@ -114,7 +114,9 @@ def test_every_module_imports_on_its_own():
     names = [name for name in modules() if name != "ptlab.__main__"]
     script = textwrap.dedent(f"""
         import os, sys, traceback
-        import numpy, torch, tokenizers, yaml  # shared by the children; no ptlab module is loaded here
+        # third-party libraries shared by the children (torch's compiler, which @torch.compiler.disable loads, takes
+        # 2 s a child); no ptlab module is loaded here
+        import numpy, scipy.optimize, tokenizers, torch, torch._dynamo, yaml
         failed = []
         for name in {names!r}:
             pid = os.fork()

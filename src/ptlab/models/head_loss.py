@@ -49,7 +49,7 @@ def head_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, 
 CHUNK_COMPILE_BACKEND = "inductor"  # what compiles the chunk kernel inside a compiled step
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, with the compiler imported at the first call, not here (2 s)
 def _chunk_by_chunk(*args) -> torch.Tensor:
     # Outside the step's graph: in one graph the chunks do not depend on one another, and the compiler ran them
     # side by side, holding every chunk's logits at once (measured on CPU at a 32k vocabulary: the compiled fused
