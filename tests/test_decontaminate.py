@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -161,3 +162,16 @@ def test_pretraining_config_decontaminates_and_names_bad_tasks(tmp_path):
     cfg.data.decontaminate = ["no_such_task"]
     with pytest.raises(PtlabError, match="data.decontaminate.*no_such_task.*not a bundled task"):
         ensure_shards(cfg.data, tokenizer, show_progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 2**63), max_size=300), st.lists(st.integers(1, 20), min_size=1, max_size=6))
+def test_rolling_window_hashes_equal_the_direct_polynomial_hashes(ids, lengths):
+    """matches() hashes every window length of a document from one prefix sum; the values must be the direct ones
+    (the evaluation texts' n-grams are hashed directly), including documents shorter than a window."""
+    from ptlab.data.decontaminate import _RollingHashes, window_hashes
+
+    ids = np.array(ids, dtype=np.uint64)
+    rolling = _RollingHashes()
+    for n, hashes in rolling(ids, lengths).items():
+        np.testing.assert_array_equal(hashes, window_hashes(ids, n))

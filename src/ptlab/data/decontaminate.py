@@ -69,6 +69,33 @@ def window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
         return (windows * powers).sum(axis=1, dtype=np.uint64)
 
 
+class _RollingHashes:
+    """`window_hashes` for several window lengths of one document in O(words) each, not O(words x n): with
+    M^-1 the inverse of the odd multiplier modulo 2**64 and Q[k] the sum over t < k of ids[t] M^-t, the window at i
+    hashes to M^(n+i) (Q[i+n] - Q[i]), the same 64-bit value, exactly (every product and sum wraps modulo 2**64).
+    Decontaminating the bundled corpus hashes ~15M words at six window lengths (evaluation texts of 8-13 words)."""
+
+    def __init__(self) -> None:
+        self.up = np.ones(1, dtype=np.uint64)  # M^k
+        self.down = np.ones(1, dtype=np.uint64)  # M^-k
+
+    def _grow(self, length: int) -> None:
+        if len(self.up) >= length:
+            return
+        size = max(length, 2 * len(self.up))
+        inverse = np.uint64(pow(int(_MULTIPLIER), -1, 2**64))
+        with np.errstate(over="ignore"):
+            self.up = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, _MULTIPLIER)]), dtype=np.uint64)
+            self.down = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, inverse)]), dtype=np.uint64)
+
+    def __call__(self, ids: np.ndarray, lengths: Iterable[int]) -> dict[int, np.ndarray]:
+        self._grow(len(ids) + 1)
+        with np.errstate(over="ignore"):
+            prefix = np.concatenate([[np.uint64(0)], np.cumsum(ids * self.down[:len(ids)], dtype=np.uint64)])
+            return {n: (self.up[n:len(ids) + 1] * (prefix[n:] - prefix[:-n]) if len(ids) >= n
+                        else np.empty(0, dtype=np.uint64)) for n in lengths}
+
+
 @dataclass
 class Contamination:
     """The n-grams of some tasks' evaluation texts, and a test for documents that share one."""
@@ -79,6 +106,7 @@ class Contamination:
     texts: int = 0  # evaluation texts used
     too_short: int = 0  # evaluation texts under MIN_WORDS words, not used
     vocabulary: _Vocabulary = field(default_factory=_Vocabulary)
+    _hashes: _RollingHashes = field(default_factory=_RollingHashes)
 
     def add(self, text: str) -> None:
         ids = self.vocabulary.encode(text)
@@ -96,8 +124,8 @@ class Contamination:
         self._pending.clear()
         ids = self.vocabulary.encode(text)
         found = []
-        for n, grams in self.grams.items():
-            hashes = window_hashes(ids, n)
+        for n, hashes in self._hashes(ids, self.grams).items():
+            grams = self.grams[n]
             if len(hashes) and len(grams):
                 at = np.minimum(np.searchsorted(grams, hashes), len(grams) - 1)
                 with np.errstate(over="ignore"):
@@ -163,10 +191,12 @@ def decontaminate_files(files: list[str], tasks: list[str], directory: Path, sou
         found = contamination.matches(record["text"])
         if len(found):
             matched[documents] = found
-    grams, counts = (np.unique(np.concatenate(list(matched.values())), return_counts=True) if matched
-                     else (np.empty(0, np.uint64), np.empty(0, np.int64)))
+    found = np.concatenate(list(matched.values())) if matched else np.empty(0, np.uint64)
+    grams, counts = np.unique(found, return_counts=True)
     boilerplate = grams[counts > MAX_SHARED_DOCUMENTS]
-    drop = {i for i, found in matched.items() if not np.isin(found, boilerplate).all()}
+    # a document goes when any evaluation n-gram it holds is not boilerplate
+    holder = np.repeat(np.fromiter(matched, dtype=np.int64, count=len(matched)), [len(f) for f in matched.values()])
+    drop = set(holder[~np.isin(found, boilerplate)].tolist())
     if drop and len(drop) == documents:
         raise PtlabError(f"config key 'data.decontaminate': all {documents:,} training documents overlap the "
                          f"evaluation splits of {', '.join(tasks)}; nothing is left to pre-train on")
