@@ -156,17 +156,19 @@ def test_embedding_lr_gives_the_token_and_position_embeddings_their_own_rate(fam
         TrainConfig(embedding_lr=0).validate()
 
 
-def test_muon_with_adam_steps_exactly_as_torchs_muon_and_adamw_side_by_side():
+@pytest.mark.parametrize("ns_steps", [5, 3])  # torch's default, and train.muon_ns_steps passed through
+def test_muon_with_adam_steps_exactly_as_torchs_muon_and_adamw_side_by_side(ns_steps):
     from ptlab.train.optim import build_optimizer, hidden_matrices
 
     model, twin = _muon_model(), _muon_model()
-    cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, beta2=0.95)
+    cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, beta2=0.95, muon_ns_steps=ns_steps)
     ours = build_optimizer(model, cfg)
     matrices = set(hidden_matrices(twin))
     hidden = [p for n, p in twin.named_parameters() if n in matrices]
     decay = [p for n, p in twin.named_parameters() if n not in matrices and p.ndim >= 2]
     other = [p for n, p in twin.named_parameters() if n not in matrices and p.ndim < 2]
-    reference = [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="original"),
+    reference = [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="original",
+                                  ns_steps=ns_steps),
                  torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                                    lr=1e-3, betas=(0.9, 0.95), eps=1e-8, fused=True)]
     ids = torch.randint(3, 64, (4, 9), generator=torch.Generator().manual_seed(0))

@@ -245,6 +245,9 @@ class TrainConfig:
     embedding_lr: float | None = None
     muon_lr: float = 0.02  # muon: the hidden matrices' peak learning rate, before Muon's per-shape adjustment
     muon_momentum: float = 0.95  # muon: Nesterov momentum of the matrices' updates
+    # muon: Newton-Schulz iterations a step (torch's 5); each costs about 6 x rows^2 x columns FLOPs a matrix, per
+    # step whatever the batch, so at small batches they can cost as much as the model's own step
+    muon_ns_steps: int = 5
     schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt (T5) | wsd (warmup-stable-decay)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine/linear/wsd decay floor, as a fraction of lr
@@ -326,6 +329,7 @@ class TrainConfig:
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(self.muon_lr > 0, "train.muon_lr", "must be positive")
         _check(0.0 <= self.muon_momentum < 1.0, "train.muon_momentum", "must be in [0, 1)")
+        _check(1 <= self.muon_ns_steps < 100, "train.muon_ns_steps", "must be in [1, 99]")
         _check(self.spike_sigmas >= 0, "train.spike_sigmas", "must be >= 0 (0 disables the guard)")
         _check(self.spike_window >= 2, "train.spike_window", "must be >= 2")
         _check(self.batch_warmup_steps >= 0, "train.batch_warmup_steps", "must be >= 0 (0 disables it)")

@@ -235,8 +235,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     for factor in sorted(set(folded.values())):
         groups.append({"params": [p for p, f in folded.items() if f == factor],
                        "lr_ratio": cfg.muon_lr / cfg.lr * factor})
-    muon = _Muon(groups, lr=cfg.muon_lr,
-                 weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original")
+    muon = _Muon(groups, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                 ns_steps=cfg.muon_ns_steps, adjust_lr_fn="original")
     muon.float32 = cfg.precision == "fp32"
     return MuonWithAdam(muon, adam)
 
