@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 demo: $(VENV)/.installed
 	$(VENV)/bin/ptlab demo
 
+# --durations: the slowest tests, printed each run, to keep the suite under ten minutes on two cores
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
