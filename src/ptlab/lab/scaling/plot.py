@@ -62,13 +62,17 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, 5))
     low, high = comparison.measured
     grid = np.geomspace(low / 10, high * 100, 100)
+    shown = []  # the losses the axis must show: runs and central curves (a loose fit's band can run far above)
     for index, curve in enumerate(comparison.curves):
         color = f"C{index % 10}"
         runs = curve.fit.runs
         axis.scatter(runs.flops, runs.loss, color=color, s=14, alpha=0.6)
+        shown.append(runs.loss)
         if not curve.has_frontier:
             continue
-        axis.plot(grid, curve.frontier(grid), color=color, label=f"{curve.name} L*(C)")
+        central = curve.frontier(grid)
+        axis.plot(grid, central, color=color, label=f"{curve.name} L*(C)")
+        shown.append(central)
         band = [curve.fit.spread(lambda law, c=c: curve.frontier(c, law) if law.alpha > 0 and law.beta > 0
                                  else np.nan) for c in grid]
         if all(band):
@@ -77,8 +81,19 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
         for flops in crossing.flops:
             if grid[0] <= flops <= grid[-1]:
                 axis.axvline(flops, color="gray", linestyle=":", label=f"{crossing.a} = {crossing.b}")
+    _limit_losses(axis, shown)
     _label(axis, "training FLOPs C", "loss", "strategies as scaling curves", log_x=True)
     return _save(figure, output)
+
+
+def _limit_losses(axis, shown: list[np.ndarray]) -> None:
+    """The loss axis spans the runs and the central curves with a margin; bootstrap bands are cut at its edges."""
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in shown])
+    values = values[np.isfinite(values)]
+    if len(values):
+        low, high = values.min(), values.max()
+        margin = 0.1 * (high - low) or 0.05 * abs(high) or 0.1
+        axis.set_ylim(low - margin, high + margin)
 
 
 def _loss_against_compute(axis, fit: Fit, holdout: Holdout | None) -> None:
@@ -95,14 +110,17 @@ def _loss_against_compute(axis, fit: Fit, holdout: Holdout | None) -> None:
     every = np.concatenate(every)
     grid = np.geomspace(every.min(), every.max() * 10, 100)
     law = fit.law
+    shown = [runs.loss] + ([np.array([p.measured for p in holdout.predictions])] if holdout else [])
     if law.alpha > 0 and law.beta > 0:
         n, d = law.optimal(grid)
-        axis.plot(grid, law.loss(n, d), color="black", label="law's compute-optimal frontier")
+        shown.append(law.loss(n, d))
+        axis.plot(grid, shown[-1], color="black", label="law's compute-optimal frontier")
         band = [fit.spread(lambda b, c=c: b.loss(*b.optimal(c)) if b.alpha > 0 and b.beta > 0 else np.nan)
                 for c in grid]
         if all(band):
             axis.fill_between(grid, [b[0] for b in band], [b[1] for b in band], color="black", alpha=0.12,
                               label=f"{fit.level:.0%} bootstrap interval")
+    _limit_losses(axis, shown)
     _label(axis, "compute C = 6ND (FLOPs)", "loss", "loss against compute", log_x=True)
 
 
