@@ -203,7 +203,9 @@ def scoring_chunk_tokens(vocab_size: int) -> int:
 def training_chunk_tokens(setting: int | str, vocab_size: int) -> int:
     """`train.loss_chunk_tokens` for a model of `vocab_size` tokens, auto resolved: unfused below 32k, where the
     whole logits are small and the unfused step is faster; from 32k, `CHUNK_LOGITS` logits a chunk (512 tokens at
-    32k), 256 tokens at least, where fusing costs no speed and saves most memory."""
+    32k), 256 tokens at least, where fusing saves most memory in float32. In bf16 on a 2-core AMX Xeon at 32k it
+    saved 4-48 MB and cost 17% of the tokens/s (benchmarks/results/memory-cpu.md): the rule is not yet
+    precision-aware."""
     if setting != "auto":
         return setting
     return 0 if vocab_size < FUSE_FROM_VOCAB else max(256, CHUNK_LOGITS // vocab_size)
