@@ -191,12 +191,12 @@ def decontaminate_files(files: list[str], tasks: list[str], directory: Path, sou
         found = contamination.matches(record["text"])
         if len(found):
             matched[documents] = found
-    found = np.concatenate(list(matched.values())) if matched else np.empty(0, np.uint64)
-    grams, counts = np.unique(found, return_counts=True)
+    held = np.concatenate(list(matched.values())) if matched else np.empty(0, np.uint64)  # every (doc, n-gram)
+    grams, counts = np.unique(held, return_counts=True)
     boilerplate = grams[counts > MAX_SHARED_DOCUMENTS]
     # a document goes when any evaluation n-gram it holds is not boilerplate
     holder = np.repeat(np.fromiter(matched, dtype=np.int64, count=len(matched)), [len(f) for f in matched.values()])
-    drop = set(holder[~np.isin(found, boilerplate)].tolist())
+    drop = set(holder[~np.isin(held, boilerplate)].tolist())
     if drop and len(drop) == documents:
         raise PtlabError(f"config key 'data.decontaminate': all {documents:,} training documents overlap the "
                          f"evaluation splits of {', '.join(tasks)}; nothing is left to pre-train on")

@@ -13,10 +13,11 @@ Classification ranks the labels by the log-likelihood of their words after the p
 reported); generation decodes greedily and stops at the first newline or EOS. Both also report `target_bpb`, the
 model's loss on the reference answer (the true label's words; the target after a space, cut at the task's
 max_target_length tokens) after the prompt, in bits per UTF-8 byte of that answer: the unit in which models with
-different tokenizers compare (`ptlab evaluate` without --shots reports the same for fine-tuned models). Decoder-only models read the prompt
-then the answer as one sequence; encoder-decoders read the prompt (ended with EOS, as in pre-training) in the
-encoder and the answer as the decoder's target. The prompt and answer are tokenized the way lm-evaluation-harness
-does (the answer's tokens are those the whole text has past the prompt's), so the two score alike.
+different tokenizers compare (`ptlab evaluate` without --shots reports the same for fine-tuned models).
+Decoder-only models read the prompt then the answer as one sequence; encoder-decoders read the prompt (ended with
+EOS, as in pre-training) in the encoder and the answer as the decoder's target. The prompt and answer are
+tokenized the way lm-evaluation-harness does (the answer's tokens are those the whole text has past the prompt's),
+so the two score alike.
 """
 
 from __future__ import annotations
@@ -197,19 +198,11 @@ def generate_answers(model: nn.Module, tokenizer: PtlabTokenizer, prompted: list
     return out
 
 
-def reference_answers(tokenizer: PtlabTokenizer, task: Task, prompted: list[Prompted]) -> list[list[int]]:
-    """Each example's reference answer tokens after its prompt: the true label's (already split off for ranking),
-    or the target's after a space, as `split_answer` cuts them, at most the task's max_target_length."""
-    if task.labels:
-        return [p.answers[task.labels.index(p.target)] for p in prompted]
-    return [split_answer(tokenizer, p.text, task.answer(p.target))[1][:task.max_target_length] for p in prompted]
-
-
 def answer_bits_per_byte(log_likelihoods: np.ndarray, answers: list[list[int]], tokenizer: PtlabTokenizer
                          ) -> float | None:
     """Summed log-likelihoods of answers as bits per UTF-8 byte of the text they decode to (None for no bytes)."""
-    num_bytes = sum(target_bytes(np.array(a, dtype=np.int64), tokenizer.token_bytes) for a in answers)
-    return bits_per_byte(-float(np.sum(log_likelihoods, dtype=np.float64)), num_bytes)
+    tokens = np.fromiter((t for answer in answers for t in answer), dtype=np.int64)
+    return bits_per_byte(-float(np.sum(log_likelihoods, dtype=np.float64)), target_bytes(tokens, tokenizer.token_bytes))
 
 
 def context_length(config: Config) -> int:
@@ -243,8 +236,8 @@ def score_prompted(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, spli
         per_token = [task.labels[i] for i in (sums / lengths).argmax(axis=1)]
         scores = compute_metrics(task.metrics, by_sum, targets, task.labels)
         scores["accuracy_per_token"] = compute_metrics(["accuracy"], per_token, targets, task.labels)["accuracy"]
-        gold = [task.labels.index(t) for t in targets]
-        bpb = answer_bits_per_byte(sums[np.arange(len(gold)), gold], reference_answers(tokenizer, task, prompted),
+        gold = [task.labels.index(t) for t in targets]  # the reference answer is the true label's words
+        bpb = answer_bits_per_byte(sums[np.arange(len(gold)), gold], [p.answers[g] for p, g in zip(prompted, gold)],
                                    tokenizer)
         floor_label, floor = majority_floor(task, targets)
         info |= {"majority_class": floor_label, "majority_accuracy": floor}
@@ -257,7 +250,10 @@ def score_prompted(model: nn.Module, tokenizer: PtlabTokenizer, task: Task, spli
         scores = compute_metrics(task.metrics, predictions, targets, task.labels)
         rows = [{"prompt": p.text, "target": p.target, "prediction": g, "shots": p.shots}
                 for p, g in zip(prompted, predictions)]
-        answers = reference_answers(tokenizer, task, prompted)
+        # the reference answer: the target after a space, its tokens as `split_answer` cuts them, at most as many
+        # as generation may write
+        answers = [split_answer(tokenizer, p.text, task.answer(p.target))[1][:task.max_target_length]
+                   for p in prompted]
         model_rows = [Example(_model_input(model, tokenizer, p.context), np.array(a, dtype=np.int64))
                       for p, a in zip(prompted, answers)]
         bpb = answer_bits_per_byte(answer_log_likelihoods(model, model_rows, tokenizer.specials.pad, precision,
