@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--head-loss", choices=("on", "off"), default="on",
                         help="the fused head and loss's memory and speed (about 10 minutes)")
     parser.add_argument("--memory", choices=("on", "off"), default="on",
-                        help="process peak memory of ptlab pretrain at 2k and 32k vocabularies (about 10 minutes)")
+                        help="process peak memory of ptlab pretrain at 2k, 32k and 64k vocabularies (about 15 minutes)")
     parser.add_argument("--time-to-target", choices=("on", "off"), default="on",
                         help="the recipe's time to target against the previous one, 5 seeds a side (about 1.5 hours)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench.json"))
@@ -68,7 +68,7 @@ def main() -> int:
         head_loss.write(fused, Path("benchmarks/results/head-loss-cpu"), "cpu", compiled=True)
         scaling_lines += ["", head_loss.markdown(fused, "cpu", compiled=True)]
     if args.memory == "on":
-        scaling_lines += ["", memory.run_all([2048, 32768], 40, memory.RESULTS / "memory-cpu")]
+        scaling_lines += ["", memory.run_all([2048, 32768, 65536], 40, memory.RESULTS / "memory-cpu")]
     if args.time_to_target == "on":
         scaling_lines += ["", time_to_target.run(["gpt2", "t5"], 5, time_to_target.RESULTS / "time-to-target-cpu")]
     print("\n" + "\n".join(train_lines) + "\n\n" + "\n".join(data_lines) + "\n\n" + "\n".join(tokenize_lines)

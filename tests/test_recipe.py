@@ -85,14 +85,17 @@ def test_the_batch_size_warmup_trains_on_the_ramps_examples(tmp_path, small_corp
     assert state["data"]["batch_warmup"] == [4, 0.25]
 
 
-def test_loss_chunk_tokens_auto_fuses_only_large_vocabularies():
+def test_loss_chunk_tokens_auto_fuses_by_vocabulary_and_precision():
     from ptlab.models.head_loss import training_chunk_tokens
 
     train = TrainConfig()
-    assert train.loss_chunk_tokens == "auto"
-    assert [training_chunk_tokens(train.loss_chunk_tokens, v) for v in (1024, 8192, 32768, 50257, 131072)] == [
-        0, 0, 512, 333, 256]
-    assert training_chunk_tokens(TrainConfig(loss_chunk_tokens=64).loss_chunk_tokens, 131072) == 64
+    assert train.loss_chunk_tokens == "auto" and train.precision == "bf16"
+    vocabularies = (1024, 8192, 32768, 50257, 65536, 131072)
+    # 256 KiB of logits a token: from 64k ids in float32 and 128k in bf16 (below, the whole logits measured faster)
+    assert [training_chunk_tokens("auto", v, "fp32") for v in vocabularies] == [0, 0, 0, 0, 256, 256]
+    assert [training_chunk_tokens("auto", v, "bf16") for v in vocabularies] == [0, 0, 0, 0, 0, 256]
+    assert training_chunk_tokens(TrainConfig(loss_chunk_tokens=64).loss_chunk_tokens, 131072, "bf16") == 64
+    assert training_chunk_tokens(0, 131072, "fp32") == 0
     with pytest.raises(PtlabError, match="loss_chunk_tokens"):
         TrainConfig(loss_chunk_tokens="sometimes").validate()
 

@@ -257,9 +257,9 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     # The LM head and the cross-entropy fused, this many tokens at a time, so the whole batch's logits are never
-    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss; auto: fused for vocabularies of
-    # 32k and more, in chunks of 2**24 / vocabulary tokens (512 at 32k, 256 at least), where it costs no speed and
-    # saves most memory; unfused below, where the whole logits are small (`head_loss.training_chunk_tokens`).
+    # held (`ptlab.models.head_loss`); 0: the whole batch's logits, then the loss; auto: fused from 64k ids in fp32
+    # and 128k in bf16, in chunks of 2**24 / vocabulary tokens (256 at least); unfused below, where the unfused
+    # step measured faster (`head_loss.FUSE_FROM_ROW_BYTES`, benchmarks/results/memory-cpu.md).
     # On a GPU use thousands of tokens
     loss_chunk_tokens: int | str = "auto"
     precision: str = "bf16"  # bf16 (autocast) | fp32

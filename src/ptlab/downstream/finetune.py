@@ -149,7 +149,8 @@ def _finetune(cfg: FinetuneConfig, show_progress: bool, resume: str) -> Finetune
                       read_metrics(run_dir) if checkpoint is not None else [])
     history = run.history
     loop = TrainingLoop(model, optimizer, schedule, runtime, run, compiled=compile_enabled(schedule, device),
-                        chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, model.config.vocab_size),
+                        chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, model.config.vocab_size,
+                                                           train_cfg.precision),
                         desc=f"fine-tuning on {task.name}", show=show_progress)
     try:
         end = LoopEnd(start_step, checkpoint) if progress["finished"] else loop.run(start_step)

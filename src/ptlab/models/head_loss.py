@@ -187,11 +187,15 @@ class _HeadLossSum(torch.autograd.Function):
 
 # A chunk's logits, when the chunk is sized by the vocabulary: 64 MiB in float32, whatever the vocabulary
 CHUNK_LOGITS = 1 << 24
-FUSE_FROM_VOCAB = 32768  # train.loss_chunk_tokens auto: the smallest vocabulary the head and loss are fused for
 # Scoring keeps a quarter of that, 16 MiB: its chunk's logits, their float32 copy and logsumexp's temporaries come
 # on top of a trained model's weights, gradients and optimizer state, and at 32k 512-token chunks made a validation
 # pass raise a run's process peak by 160 MB where 128-token ones add 60 MB (and score a little faster, in cache)
 SCORING_CHUNK_LOGITS = CHUNK_LOGITS // 4
+# train.loss_chunk_tokens auto fuses the head and loss where a token's logits take this many bytes: from 64k ids in
+# float32, 128k in bf16. Below, the whole logits measured faster on a 2-core AMX Xeon, compiled (fused: 0.88x the
+# tokens/s in fp32 at 32k, saving 379 MB; 0.83x in bf16 at 32k and 0.62x at 64k, saving at most 160 MB;
+# benchmarks/results/memory-cpu*.md): auto fuses where a batch's whole logits run to gigabytes
+FUSE_FROM_ROW_BYTES = 256 * 1024
 
 
 def scoring_chunk_tokens(vocab_size: int) -> int:
@@ -200,15 +204,19 @@ def scoring_chunk_tokens(vocab_size: int) -> int:
     return max(16, SCORING_CHUNK_LOGITS // max(vocab_size, 1))
 
 
-def training_chunk_tokens(setting: int | str, vocab_size: int) -> int:
-    """`train.loss_chunk_tokens` for a model of `vocab_size` tokens, auto resolved: unfused below 32k, where the
-    whole logits are small and the unfused step is faster; from 32k, `CHUNK_LOGITS` logits a chunk (512 tokens at
-    32k), 256 tokens at least, where fusing saves most memory in float32. In bf16 on a 2-core AMX Xeon at 32k it
-    saved 4-48 MB and cost 17% of the tokens/s (benchmarks/results/memory-cpu.md): the rule is not yet
-    precision-aware."""
+def fused_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per chunk of the fused head and loss: `CHUNK_LOGITS` logits (512 tokens at 32k), 256 at least."""
+    return max(256, CHUNK_LOGITS // vocab_size)
+
+
+def training_chunk_tokens(setting: int | str, vocab_size: int, precision: str) -> int:
+    """`train.loss_chunk_tokens` for a model of `vocab_size` tokens trained in `precision`, auto resolved: fused
+    (`fused_chunk_tokens`) where a token's logits take `FUSE_FROM_ROW_BYTES` or more, unfused below, where the
+    unfused step is faster and the whole logits small enough."""
     if setting != "auto":
         return setting
-    return 0 if vocab_size < FUSE_FROM_VOCAB else max(256, CHUNK_LOGITS // vocab_size)
+    row_bytes = vocab_size * (2 if precision == "bf16" else 4)
+    return fused_chunk_tokens(vocab_size) if row_bytes >= FUSE_FROM_ROW_BYTES else 0
 
 
 @torch.no_grad()

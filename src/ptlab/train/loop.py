@@ -635,7 +635,8 @@ class _Trainer(LoopHooks):
              if r.get("step") == 0 and "val_loss" in r), Validation(None))  # val_bpb: absent in older runs
         initial_val, self.val_step = self.val, 0
         loop = TrainingLoop(self.trained, self.optimizer, train_cfg, self.runtime, self, compiled=self.compiled,
-                            chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, self.cfg.model.vocab_size),
+                            chunk_tokens=training_chunk_tokens(train_cfg.loss_chunk_tokens, self.cfg.model.vocab_size,
+                                                               train_cfg.precision),
                             spike_guard=self.spike_guard, desc="pre-training", show=self.show)
         end = loop.run(self.start_step)
         if end.interrupted:

@@ -192,7 +192,7 @@ class StepTimer:
         if train.activation_checkpointing:
             enable_activation_checkpointing(model)
         optimizer = build_optimizer(model, train)
-        chunk_tokens = training_chunk_tokens(train.loss_chunk_tokens, model.config.vocab_size)
+        chunk_tokens = training_chunk_tokens(train.loss_chunk_tokens, model.config.vocab_size, train.precision)
         loss_fn = training_loss(model, compiled=False, chunk_tokens=chunk_tokens)
         runtime, labels = Runtime(0, 1, device), label_count(batch)
 
