@@ -158,6 +158,18 @@ def test_a_rerun_trains_nothing_and_a_lost_point_alone(ladder, first_run, capsys
     assert {k: v for k, v in after.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}
 
 
+
+def test_a_ladder_whose_recipe_changed_does_not_reuse_runs_trained_under_the_old_one(ladder, first_run, capsys):
+    path, plan = ladder
+    code, out, err = run(capsys, path, "common.train.lr=0.002")
+    size_dir = plan.cells[0].rungs[0].stable.run_dir.rsplit("/", 1)[0]
+    assert code == 2 and out == ""
+    assert err.strip().startswith("ptlab: error: ladder size 'xs':") and "train.lr 0.001, the ladder now sets 0.002" \
+        in err and f"delete {size_dir} " in err and len(err.strip().splitlines()) == 1
+    # bookkeeping (threads, logging, checkpoint cadence) does not change what a run computes: reused
+    code, out, _ = run(capsys, path, "common.train.log_every=2", "fit.bootstrap=0", "fit.holdout=0")
+    assert code == 0 and "9/9 points done; 0 to train" in out
+
 def test_the_dry_run_prints_the_points_and_writes_nothing(tmp_path, small_corpus, tokenizer_dir, capsys):
     path = tiny_ladder(tmp_path / "ladder.yaml", small_corpus, tokenizer_dir)
     code = main(["scaling", "ladder", str(path), "--dry-run"])

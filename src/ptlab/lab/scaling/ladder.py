@@ -54,7 +54,7 @@ from ptlab.lab.scaling.predict import predict_holdout
 from ptlab.lab.scaling.report import format_fit, format_holdout
 from ptlab.lab.scaling.runs import PARAMETERS, read_runs
 from ptlab.lab.study.estimate import objective_lengths
-from ptlab.lab.study.plan import data_key, flatten
+from ptlab.lab.study.plan import _override, data_key, flatten
 from ptlab.lab.study.schedule import Job, run_jobs
 
 PARAMS = ("non_embedding", "total")  # fit.params: which N the law is fitted to
@@ -214,8 +214,8 @@ class LadderPlan:
     cells: list[CellPlan]
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+def _where(cell: LadderCell | None, size: LadderSize) -> str:
+    return f"ladder {'cell ' + repr(cell.name) + ', ' if cell else ''}size {size.name!r}"
 
 
 def _point_config(ladder: LadderConfig, base: Path, cell: LadderCell | None, size: LadderSize,
@@ -229,7 +229,7 @@ def _point_config(ladder: LadderConfig, base: Path, cell: LadderCell | None, siz
     overrides.update({f"model.{k}": v for k, v in flatten(size.model).items()})
     overrides.update(flatten(size.set))
     overrides.update({"train.schedule": "wsd", "run_dir": str(run_dir)})
-    where = f"ladder {'cell ' + repr(cell.name) + ', ' if cell else ''}size {size.name!r}"
+    where = _where(cell, size)
     try:
         cfg = load_config(base, [_override(k, v) for k, v in overrides.items()])
     except PtlabError as err:
@@ -263,6 +263,34 @@ def _resolve_compile(cfg: Config, shortest: int) -> None:
         return
     device = torch.device("cuda") if cfg.train.device == "cuda" else pick_device(cfg.train.device)  # no GPU: a plan
     cfg.train.compile = compile_enabled(dataclasses.replace(cfg.train, max_steps=shortest), device)
+
+
+# Keys that do not change what a run computes: a run directory trained under other values is still its point's.
+# (The stable run is trained in segments, so its saved train.max_steps is the last segment's.)
+BOOKKEEPING = {"train.threads", "train.max_steps", "train.keep_checkpoints", "train.checkpoint_every",
+               "train.log_every", "train.loggers", "train.compile"}
+
+
+def check_unchanged(cfg: Config, where: str) -> None:
+    """A run directory the ladder would reuse (resume, branch from or take as finished) must have been trained
+    with the config the ladder now plans for it, or its figures would be reported under settings they were not
+    trained with. Keys the config file did not hold, or that the trainer fills in (None in the plan), pass."""
+    from ptlab.schema import read_yaml
+
+    saved_path = Path(cfg.run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = flatten(read_yaml(saved_path))
+    except PtlabError:
+        return  # unreadable: the trainer's own resume check reports it
+    planned = flatten(cfg.to_dict())
+    for key, value in planned.items():
+        if key in BOOKKEEPING or value is None or key not in saved or saved[key] == value:
+            continue
+        raise PtlabError(f"{where}: {cfg.run_dir} was trained with {key} {saved[key]!r}, the ladder now sets "
+                         f"{value!r}; delete {Path(cfg.run_dir).parent} to train this size again, or set the "
+                         "key back")
 
 
 def plan_ladder(ladder: LadderConfig, base_dir: Path) -> LadderPlan:
@@ -304,6 +332,8 @@ def plan_ladder(ladder: LadderConfig, base_dir: Path) -> LadderPlan:
             stable_cfg.train.schedule = STABLE
             stable_cfg.train.keep_checkpoints += len(points)  # every branch step's checkpoint outlives its segment
             rung = Rung(cell_plan.name, size.name, stable_cfg, points)
+            for piece in [stable_cfg, *(p.cfg for p in points)]:
+                check_unchanged(piece, _where(cell, size))
             pieces = [b - a for a, b in zip([0, *rung.segments], rung.segments)] + [p.steps - p.branch_step
                                                                                    for p in points]
             for piece in [stable_cfg, *(p.cfg for p in points)]:
