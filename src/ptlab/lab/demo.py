@@ -247,6 +247,8 @@ def _adapt_job(cfg: Config, checkpoint: str, task: str, steps: int, _needed, thr
                show_progress: bool) -> str:
     cfg = copy.deepcopy(cfg)
     cfg.train.threads = threads
+    if cfg.train.compile is True:  # set for the general run's length; a fifth of it may not repay compiling
+        cfg.train.compile = "auto"
     return str(task_adaptive_pretraining(cfg, Path(checkpoint), task, steps, show_progress))
 
 
