@@ -268,7 +268,9 @@ def _resolve_compile(cfg: Config, shortest: int) -> None:
 # Keys that do not change what a run computes: a run directory trained under other values is still its point's.
 # (The stable run is trained in segments, so its saved train.max_steps is the last segment's.)
 BOOKKEEPING = {"train.threads", "train.max_steps", "train.keep_checkpoints", "train.checkpoint_every",
-               "train.log_every", "train.loggers", "train.compile"}
+               "train.async_checkpoint", "train.eval_every", "train.log_every", "train.loggers", "train.tensorboard",
+               "train.experiment", "train.run_name", "train.tracking_uri", "train.tags", "train.peak_tflops",
+               "train.compile", "train.device"}
 
 
 def check_unchanged(cfg: Config, where: str) -> None:
