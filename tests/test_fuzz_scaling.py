@@ -21,11 +21,15 @@ from fuzz_strategies import (
     leftovers,
     run_cli,
 )
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ptlab.config import load_config
+
 from ptlab.lab.scaling import HOFFMANN, fit_law, read_runs, runs_from_records
 from ptlab.lab.scaling.fit import coarse_grid
+from ptlab.lab.scaling.ladder import check_unchanged
 
 HEADER = ["name", "params", "tokens", "loss"]
 ROWS = [[f"run{i}", f"{n:g}", f"{d:g}", f"{HOFFMANN.loss(n, d):.4f}"]
@@ -100,6 +104,18 @@ def test_ladder_records_with_an_odd_value_fit_or_are_refused(key, value, row):
     ok, result = accepted_or_refused(lambda: fit_law(runs_from_records(records), resamples=0, grid=FEW_STARTS))
     if ok:
         assert all(math.isfinite(v) for v in result.law.values())
+
+
+@examples(30)
+@given(saved=st.one_of(BYTES, st.dictionaries(st.sampled_from(["train", "model", "objective", "seed", "data"]), VALUES,
+                                              max_size=4).map(lambda d: yaml.safe_dump(d).encode())))
+def test_a_ladder_run_directory_with_an_odd_saved_config_is_reused_or_refused_in_one_line(tmp_path_factory, saved):
+    """A ladder checks each run directory it would reuse against its saved config.yaml: whatever that file
+    holds, the check passes or refuses in one line."""
+    run_dir = tmp_path_factory.mktemp("point")
+    (run_dir / "config.yaml").write_bytes(saved)
+    cfg = load_config(Path("configs/gpt2-tiny.yaml"), [f"run_dir={run_dir}"])
+    accepted_or_refused(check_unchanged, cfg, "ladder size 'xs'")
 
 
 @examples(3)

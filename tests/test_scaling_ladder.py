@@ -158,7 +158,6 @@ def test_a_rerun_trains_nothing_and_a_lost_point_alone(ladder, first_run, capsys
     assert {k: v for k, v in after.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}
 
 
-
 def test_a_ladder_whose_recipe_changed_does_not_reuse_runs_trained_under_the_old_one(ladder, first_run, capsys):
     path, plan = ladder
     code, out, err = run(capsys, path, "common.train.lr=0.002")
@@ -169,6 +168,7 @@ def test_a_ladder_whose_recipe_changed_does_not_reuse_runs_trained_under_the_old
     # bookkeeping (threads, logging, checkpoint cadence) does not change what a run computes: reused
     code, out, _ = run(capsys, path, "common.train.log_every=2", "fit.bootstrap=0", "fit.holdout=0")
     assert code == 0 and "9/9 points done; 0 to train" in out
+
 
 def test_the_dry_run_prints_the_points_and_writes_nothing(tmp_path, small_corpus, tokenizer_dir, capsys):
     path = tiny_ladder(tmp_path / "ladder.yaml", small_corpus, tokenizer_dir)
