@@ -54,7 +54,7 @@ from ptlab.lab.scaling.predict import predict_holdout
 from ptlab.lab.scaling.report import format_fit, format_holdout
 from ptlab.lab.scaling.runs import PARAMETERS, read_runs
 from ptlab.lab.study.estimate import objective_lengths
-from ptlab.lab.study.plan import _override, data_key, flatten
+from ptlab.lab.study.plan import data_key, flatten, override_text
 from ptlab.lab.study.schedule import Job, run_jobs
 
 PARAMS = ("non_embedding", "total")  # fit.params: which N the law is fitted to
@@ -231,7 +231,7 @@ def _point_config(ladder: LadderConfig, base: Path, cell: LadderCell | None, siz
     overrides.update({"train.schedule": "wsd", "run_dir": str(run_dir)})
     where = _where(cell, size)
     try:
-        cfg = load_config(base, [_override(k, v) for k, v in overrides.items()])
+        cfg = load_config(base, [override_text(k, v) for k, v in overrides.items()])
     except PtlabError as err:
         raise PtlabError(f"{where}: {err}") from None
     if not (cfg.data.validation_files or any(s.validation_files for s in cfg.data.mixture)):

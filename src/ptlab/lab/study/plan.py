@@ -167,7 +167,8 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _override(key: str, value: Any) -> str:
+def override_text(key: str, value: Any) -> str:
+    """A dotted key and its value as the `key=value` override `load_config` reads (non-strings as JSON)."""
     return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
@@ -199,7 +200,7 @@ def cell_config(study: StudyConfig, cell: StudyCell, base_dir: Path, run_name: s
     overrides.update(flatten(cell.set))
     overrides["run_dir"] = str(Path(study.run_dir) / "cells" / cell_slug(cell) / run_name)
     try:
-        cfg = load_config(base, [_override(k, v) for k, v in overrides.items()])
+        cfg = load_config(base, [override_text(k, v) for k, v in overrides.items()])
     except PtlabError as err:
         raise PtlabError(f"study cell {cell.name!r}: {err}") from None
     if cell.clean and cfg.data.mixture:
