@@ -32,14 +32,15 @@ from pathlib import Path
 from scipy import stats
 
 from ptlab.config import load_config
+from ptlab.precision import resolve_precision
 from ptlab.train.loop import pretrain
 
 RESULTS = Path("benchmarks/results")
 RUNS = Path("runs/bench/time-to-target")
 THREADS = int(os.environ.get("PTLAB_BENCH_THREADS", "2"))  # torch threads per run (the machine has two cores)
-# bf16 is the recipe's precision, and fast where the CPU has bf16 matrix units (AVX-512 BF16, AMX); on a CPU with
-# only AVX2, PyTorch's bf16 matmuls are emulated and ten times slower than fp32: both sides then run in fp32
-PRECISION = os.environ.get("PTLAB_BENCH_PRECISION", "bf16")
+# Both sides at the precision a run takes by default (`train.precision: auto`): bf16 where the CPU has bf16 matrix
+# units (AVX-512 BF16, AMX), fp32 where PyTorch would emulate bf16 matmuls
+PRECISION = resolve_precision(os.environ.get("PTLAB_BENCH_PRECISION", "auto"), "cpu")
 
 # The model each side trains: small enough for a run of a minute or two on two cores.
 COMMON = ["model.d_model=128", "model.d_ff=512", "model.num_heads=4", "train.batch_size=16", "train.compile=false",

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import settings
 
 from ptlab.data.tokenizer import train_tokenizer
@@ -21,9 +20,6 @@ settings.register_profile("fuzz", deadline=None, database=None, derandomize=Fals
 settings.load_profile("fuzz" if os.environ.get("PTLAB_FUZZ") else "ptlab")
 
 ROOT = Path(__file__).resolve().parents[1]
-# Tests that train for accuracy (not for bf16 itself) run in bf16 where the CPU computes it natively (AVX-512 BF16,
-# AMX) and in fp32 elsewhere: on an AVX2-only CPU PyTorch emulates bf16 matmuls, ten times slower than fp32
-FAST_CPU_PRECISION = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 CORPUS = ROOT / "data" / "corpus"
 
 

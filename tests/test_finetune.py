@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST_CPU_PRECISION
 from ptlab.config import FinetuneConfig, ModelConfig, TaskConfig, load_config
 from ptlab.data.tasks import resolve_task
 from ptlab.downstream.evaluate import encode_pairs, predict
@@ -188,7 +187,7 @@ def test_both_architectures_beat_chance_on_rt_polarity(tmp_path, tokenizer_dir, 
                              "task.name=rt_polarity", "task.max_train_examples=3000", "task.max_eval_examples=400",
                              "task.max_input_length=48", "train.batch_size=32", f"train.lr={lr}",
                              f"train.optimizer={optimizer}", "train.warmup_steps=20", "train.eval_every=60",
-                             f"train.precision={FAST_CPU_PRECISION}", "train.threads=2", f"epochs={epochs}",
+                             "train.threads=2", f"epochs={epochs}",
                              "patience=3"],
                       cls=FinetuneConfig)
     result = finetune(cfg, show_progress=False)

@@ -1,7 +1,9 @@
 """The 2026 recipe's options do what they say: QK-norm makes attention blind to the scale of queries and keys,
 zero-initialised output projections start every block as the identity, the spike guard skips (and records) steps
-without stopping the run, the batch-size warmup feeds the ramp's examples, and `loss_chunk_tokens: auto` fuses
-the head and loss only for large vocabularies."""
+without stopping the run, the batch-size warmup feeds the ramp's examples, `loss_chunk_tokens: auto` fuses
+the head and loss only for large vocabularies, and `precision: auto` takes bf16 only where the CPU computes it."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_loss_chunk_tokens_auto_fuses_by_vocabulary_and_precision():
     from ptlab.models.head_loss import training_chunk_tokens
 
     train = TrainConfig()
-    assert train.loss_chunk_tokens == "auto" and train.precision == "bf16"
+    assert train.loss_chunk_tokens == "auto" and train.precision == "auto"
     vocabularies = (1024, 8192, 32768, 50257, 65536, 131072)
     # 256 KiB of logits a token: from 64k ids in float32 and 128k in bf16 (below, the whole logits measured faster)
     assert [training_chunk_tokens("auto", v, "fp32") for v in vocabularies] == [0, 0, 0, 0, 256, 256]
@@ -106,3 +108,32 @@ def test_a_qk_norm_model_is_refused_by_the_hf_export_with_one_line():
     with pytest.raises(PtlabError, match="model.qk_norm"):
         hf_config_from_model(model_config("llama", qk_norm=True))
     hf_config_from_model(model_config("llama", zero_init_output=True))  # an init choice: exports as any other
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_takes_bf16_only_where_the_device_computes_it_natively(monkeypatch, tmp_path, native):
+    import ptlab.precision
+    from ptlab.config import save_config
+    from ptlab.train.batches import autocast
+
+    monkeypatch.setattr(ptlab.precision, "native_bf16", lambda device_type="cpu": native)
+    expected = "bf16" if native else "fp32"
+    cfg = load_config(None, ["train.device=cpu"])  # the default is auto
+    assert cfg.train.precision == expected
+    save_config(cfg, tmp_path / "config.yaml")  # the saved config says which one ran, and loads as it ran
+    assert load_config(tmp_path / "config.yaml").train.precision == expected
+    for precision in ("bf16", "fp32"):  # a chosen precision is kept whatever the hardware
+        assert load_config(None, [f"train.precision={precision}"]).train.precision == precision
+    with autocast("auto"):  # a config built without validate() resolves auto where it computes
+        assert (torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")) == native
+    with pytest.raises(PtlabError, match="train.precision.*'auto', 'bf16' or 'fp32'"):
+        load_config(None, ["train.precision=fp16"])
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="the kernel's CPU flags are the oracle (Linux)")
+def test_native_bf16_follows_the_cpus_instruction_flags():
+    from ptlab.precision import native_bf16
+
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split())
+    assert native_bf16("cpu") == bool(flags & {"amx_bf16", "avx512_bf16"})

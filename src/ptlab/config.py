@@ -262,7 +262,9 @@ class TrainConfig:
     # step measured faster (`head_loss.FUSE_FROM_ROW_BYTES`, benchmarks/results/memory-cpu.md).
     # On a GPU use thousands of tokens
     loss_chunk_tokens: int | str = "auto"
-    precision: str = "bf16"  # bf16 (autocast) | fp32
+    # auto: bf16 (autocast) where the device computes it natively (a bf16 GPU; a CPU with AMX or AVX-512 BF16), else
+    # fp32, where bf16 matmuls are emulated and slower; validate() replaces auto with the one this machine takes
+    precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (runs long enough to repay it)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
@@ -306,8 +308,12 @@ class TrainConfig:
                f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         _check(self.schedule in SCHEDULES, "train.schedule",
                f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
-        _check(self.precision in ("bf16", "fp32"), "train.precision", "must be 'bf16' or 'fp32'")
+        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", "must be 'auto', 'bf16' or 'fp32'")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be 'auto', 'cpu' or 'cuda'")
+        if self.precision == "auto":  # resolved here, so that the saved config says what the run computed in
+            from ptlab.precision import resolve_precision
+
+            self.precision = resolve_precision("auto", self.device)
         _check(self.distributed in ("ddp", "fsdp"), "train.distributed", "must be 'ddp' or 'fsdp'")
         _check(self.compile in (True, False, "auto"), "train.compile", "must be true, false or auto")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")

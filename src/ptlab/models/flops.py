@@ -15,6 +15,7 @@ import torch
 
 from ptlab.config import ModelConfig
 from ptlab.families import GATED_FEED_FORWARDS
+from ptlab.precision import resolve_precision
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity).
 GPU_PEAK_TFLOPS = {
@@ -113,5 +114,6 @@ def peak_tflops(device: torch.device, precision: str, override: float | None = N
         if peak is not None:
             return peak, f"{name} datasheet bf16 dense"
         return measure_matmul_tflops(device=str(device)), f"{name}, measured bf16 matmul"
+    precision = resolve_precision(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return measure_matmul_tflops(dtype), f"this CPU's measured {precision} matmul ({torch.get_num_threads()} threads)"

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ptlab.precision import resolve_precision
+
 
 @dataclass
 class OutputHead:
@@ -215,7 +217,7 @@ def training_chunk_tokens(setting: int | str, vocab_size: int, precision: str) -
     unfused step is faster and the whole logits small enough."""
     if setting != "auto":
         return setting
-    row_bytes = vocab_size * (2 if precision == "bf16" else 4)
+    row_bytes = vocab_size * (2 if resolve_precision(precision) == "bf16" else 4)
     return fused_chunk_tokens(vocab_size) if row_bytes >= FUSE_FROM_ROW_BYTES else 0
 
 

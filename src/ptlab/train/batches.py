@@ -11,10 +11,12 @@ from torch import nn
 
 from ptlab.data.pipeline import IGNORE_INDEX
 from ptlab.models.head_loss import label_log_probs
+from ptlab.precision import resolve_precision
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    if precision == "bf16":
+    """bf16 autocast for `train.precision` bf16 (or auto, where the device computes bf16 natively); none for fp32."""
+    if resolve_precision(precision, torch.device(device)) == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -10,6 +10,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ptlab.config import TrainConfig
 from ptlab.errors import PtlabError
+from ptlab.precision import resolve_precision
 
 
 class AdamWScale(torch.optim.Optimizer):
@@ -237,7 +238,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
                        "lr_ratio": cfg.muon_lr / cfg.lr * factor})
     muon = _Muon(groups, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
                  ns_steps=cfg.muon_ns_steps, adjust_lr_fn="original")
-    muon.float32 = cfg.precision == "fp32"
+    muon.float32 = resolve_precision(cfg.precision, cfg.device) == "fp32"
     return MuonWithAdam(muon, adam)
 
 
