@@ -5,7 +5,8 @@ For a GPT-2-style decoder (next-token prediction) and a T5 (span corruption) on 
    over learning rates at one seed and run at the best one with `--seeds` seeds; its mean final validation loss
    (nats per token, on the fixed validation batches) is the target;
 2. the new recipe runs `--seeds` seeds with a budget of its own (`Setup.budget`, a share of the baseline's steps,
-   with room to reach the target), its schedule fully decayed at that budget, evaluated as often as the baseline;
+   with room to reach the target), its schedule fully decayed at that budget, evaluated every 10 steps
+   (`Setup.resolution`: its time to target is read at its first evaluation at or below the target);
 3. reported: each side's training seconds and tokens, the new recipe's seconds and tokens to its first evaluation
    at or below the target, the ratio of wall-clocks, and two one-sided Welch t-tests (modded-nanogpt's p < 0.01
    rule): that the new recipe's final loss is below the target, and that its time to target is below the bound
@@ -59,8 +60,11 @@ class Setup:
     new: list[str]  # what the shipped config now sets, restated so the benchmark does not drift with it
     # (`baseline` restates every key the shipped config changed since, for the same reason)
     bound: float  # the acceptance bound: the new recipe's time to target, as a share of the baseline's wall-clock
-    eval_every: int
+    eval_every: int  # the baseline's evaluations (its last one is what counts)
     budget: float = 0.8  # the new recipe's steps, as a share of the baseline's: room to reach the target
+    # The new recipe's evaluations: its time to target is read at the first one at or below the target, so it is
+    # known to this many steps (evaluation time is not counted, on either side)
+    resolution: int = 10
     extra: dict = field(default_factory=dict)
 
 
@@ -79,14 +83,14 @@ SETUPS = {
          "model.tie_word_embeddings=false"],
         0.5, 25, budget=0.4),
     "t5": Setup(
-        "T5 (span corruption)", "configs/t5-tiny.yaml", 500,
-        ["objective.name=span_corruption", "objective.inputs_length=128", "data.tokenizer=runs/bench/tok-unigram-1k"],
+        "T5 (span corruption)", "configs/t5-span-tiny.yaml", 500, ["data.tokenizer=runs/bench/tok-unigram-1k"],
         ["train.optimizer=adamw_scale", "train.embedding_lr=null", "train.schedule=cosine", "train.warmup_steps=100",
-         "train.weight_decay=0", "model.qk_norm=false", "model.zero_init_output=false"],
+         "train.min_lr_ratio=0.1", "train.weight_decay=0", "model.qk_norm=false", "model.zero_init_output=false"],
         [1e-2, 3e-2, 1e-1],
-        ["train.optimizer=muon_scale", "train.lr=5e-2", "train.embedding_lr=0.15", "train.muon_lr=0.025",
-         "train.muon_momentum=0.85", "train.weight_decay=0", "train.schedule=wsd", "train.decay_ratio=1.0",
-         "train.warmup_steps=10", "model.qk_norm=false", "model.zero_init_output=false"],
+        ["train.optimizer=muon_scale", "train.lr=0.1", "train.embedding_lr=0.3", "train.muon_lr=0.025",
+         "train.muon_momentum=0.85", "train.muon_ns_steps=3", "train.weight_decay=0", "train.schedule=wsd",
+         "train.decay_ratio=1.0", "train.min_lr_ratio=0", "train.warmup_steps=10", "model.qk_norm=false",
+         "model.zero_init_output=false"],
         2 / 3, 25, budget=0.6),
 }
 
@@ -105,9 +109,10 @@ class Run:
         return next(((s, t) for _, s, t, loss in self.curve if loss <= target), None)
 
 
-def train(setup: Setup, recipe: list[str], seed: int, steps: int, tag: str) -> Run:
+def train(setup: Setup, recipe: list[str], seed: int, steps: int, tag: str, eval_every: int = 0) -> Run:
+    eval_every = eval_every or setup.eval_every
     overrides = [*COMMON, *setup.overrides, *recipe, f"seed={seed}", f"train.max_steps={steps}",
-                 f"train.eval_every={setup.eval_every}", f"train.log_every={setup.eval_every}",
+                 f"train.eval_every={eval_every}", f"train.log_every={eval_every}",
                  f"run_dir={RUNS / setup.config.split('/')[-1].split('.')[0] / tag / f'seed{seed}'}"]
     result = pretrain(load_config(setup.config, overrides), show_progress=False, resume="never")
     timing = {r["step"]: (r["seconds"], r["tokens"]) for r in result.history if "seconds" in r and "step" in r}
@@ -139,13 +144,13 @@ def bench(name: str, setup: Setup, seeds: int, log) -> dict:
     for seed in range(seeds):  # interleaved, so a change in the machine's load touches both sides alike
         if seed:
             baseline.append(train(setup, baseline_recipe, seed, setup.steps, "baseline"))
-        new.append(train(setup, setup.new, seed, new_steps, "new"))
+        new.append(train(setup, setup.new, seed, new_steps, "new", setup.resolution))
         log(f"{name} seed {seed}: baseline {baseline[-1].final_loss:.4f} in {baseline[-1].seconds:.0f} s, "
             f"new {new[-1].final_loss:.4f} in {new[-1].seconds:.0f} s")
     target = statistics.mean(r.final_loss for r in baseline)
     reached = [r.reach(target) for r in new]
     # A seed that never reached the target counts as its whole run plus one evaluation interval: conservative
-    to_target = [hit[0] if hit else r.seconds * (1 + setup.eval_every / r.steps) for hit, r in zip(reached, new)]
+    to_target = [hit[0] if hit else r.seconds * (1 + setup.resolution / r.steps) for hit, r in zip(reached, new)]
     tokens_to_target = [hit[1] if hit else None for hit in reached]
     baseline_seconds = [r.seconds for r in baseline]
     return {
