@@ -11,7 +11,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [  # a module may import from its own layer and the ones below it
-    {"ptlab.errors", "ptlab.files", "ptlab.schema", "ptlab.families"},
+    {"ptlab.errors", "ptlab.files", "ptlab.schema", "ptlab.families", "ptlab.precision"},
     {"ptlab.objectives"},
     {"ptlab.config"},
     {"ptlab.data", "ptlab.models", "ptlab.clean"},

@@ -161,7 +161,9 @@ def test_muon_with_adam_steps_exactly_as_torchs_muon_and_adamw_side_by_side(ns_s
     from ptlab.train.optim import build_optimizer, hidden_matrices
 
     model, twin = _muon_model(), _muon_model()
-    cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, beta2=0.95, muon_ns_steps=ns_steps)
+    # bf16, where Newton-Schulz is torch's own (an fp32 run's runs in fp32: `_Muon`), on any CPU
+    cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, beta2=0.95, muon_ns_steps=ns_steps,
+                      precision="bf16")
     ours = build_optimizer(model, cfg)
     matrices = set(hidden_matrices(twin))
     hidden = [p for n, p in twin.named_parameters() if n in matrices]
