@@ -332,3 +332,18 @@ def test_the_example_table_is_what_its_script_writes():
     spec.loader.exec_module(script)
     assert script.table_text() == EXAMPLE.read_text(encoding="utf-8")
     assert len(read_runs(EXAMPLE)) == 35
+
+
+def test_a_prediction_outside_its_own_bootstrap_interval_still_plots(tmp_path):
+    """With few resamples a point estimate can fall outside its percentile interval (a ladder's 5-resample fit
+    did): the plot draws the interval from its ends instead of refusing negative error-bar lengths."""
+    from dataclasses import replace
+
+    from ptlab.lab.scaling.plot import plot_scaling
+
+    holdout = predict_holdout(read_runs(EXAMPLE), holdout=2, resamples=5)
+    first = holdout.predictions[0]
+    shifted = replace(first, interval=(first.predicted + 0.01, first.predicted + 0.02))
+    holdout = replace(holdout, predictions=[shifted, *holdout.predictions[1:]])
+    plot = plot_scaling(holdout.fit, tmp_path / "fit.png", holdout=holdout)
+    assert plot.stat().st_size > 10_000

@@ -170,6 +170,22 @@ def test_a_ladder_whose_recipe_changed_does_not_reuse_runs_trained_under_the_old
     assert code == 0 and "9/9 points done; 0 to train" in out
 
 
+@pytest.mark.parametrize("damaged, what", [("config.yaml", "not UTF-8 text"),
+                                           ("point.json", "not a finished point's record")])
+def test_a_finished_point_with_a_damaged_file_is_refused_not_taken(ladder, first_run, capsys, damaged, what):
+    """A point the ladder would take as finished never reaches the trainer's checks: a saved config it cannot
+    read, or a record that is not one, is a one-line error naming the file, not a point reused on trust."""
+    path, plan = ladder
+    file = plan.cells[0].rungs[0].points[0].run_dir / damaged
+    kept = file.read_bytes()
+    try:
+        file.write_bytes(b"\xff\xfe{" + kept[:10])
+        code, out, err = run(capsys, path, "fit.bootstrap=0", "fit.holdout=0")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert str(file) in err and what in err and "delete" in err
+    finally:
+        file.write_bytes(kept)
+
 def test_the_dry_run_prints_the_points_and_writes_nothing(tmp_path, small_corpus, tokenizer_dir, capsys):
     path = tiny_ladder(tmp_path / "ladder.yaml", small_corpus, tokenizer_dir)
     code = main(["scaling", "ladder", str(path), "--dry-run"])

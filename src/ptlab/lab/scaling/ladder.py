@@ -284,8 +284,8 @@ def check_unchanged(cfg: Config, where: str) -> None:
         return
     try:
         saved = flatten(read_yaml(saved_path))
-    except PtlabError:
-        return  # unreadable: the trainer's own resume check reports it
+    except PtlabError as err:  # a point taken as finished never reaches the trainer's own check
+        raise PtlabError(f"{where}: {err}; delete {cfg.run_dir} to train this point again") from None
     planned = flatten(cfg.to_dict())
     for key, value in planned.items():
         if key in BOOKKEEPING or value is None or key not in saved or saved[key] == value:
@@ -354,7 +354,15 @@ def _done_marker(point: Point) -> Path:
 
 def finished_point(point: Point) -> dict | None:
     marker = _done_marker(point)
-    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        record = err
+    if not isinstance(record, dict):  # a half-written or edited marker: its figures cannot be trusted
+        raise PtlabError(f"{marker}: not a finished point's record ({record}); delete it to train the point again")
+    return record
 
 
 def _seeded(point: Point) -> bool:

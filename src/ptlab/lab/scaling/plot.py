@@ -139,10 +139,12 @@ def _predicted_against_measured(axis, holdout: Holdout) -> None:
     predictions = holdout.predictions
     measured = np.array([p.measured for p in predictions])
     predicted = np.array([p.predicted for p in predictions])
-    errors = None
-    if all(p.interval for p in predictions):
-        errors = np.array([[p.predicted - p.interval[0], p.interval[1] - p.predicted] for p in predictions]).T
-    axis.errorbar(measured, predicted, yerr=errors, fmt="*", color="C3", markersize=10, capsize=3)
+    axis.plot(measured, predicted, "*", color="C3", markersize=10)
+    # each interval drawn from its own ends: with few resamples a point estimate can fall outside its bootstrap
+    # percentile interval, which an error bar (lengths from the point) cannot show
+    ranged = [(m, p.interval) for m, p in zip(measured, predictions) if p.interval]
+    if ranged:
+        axis.vlines([m for m, _ in ranged], [i[0] for _, i in ranged], [i[1] for _, i in ranged], color="C3")
     low, high = min(measured.min(), predicted.min()), max(measured.max(), predicted.max())
     pad = (high - low) * 0.2 or high * 0.02
     axis.plot([low - pad, high + pad], [low - pad, high + pad], color="gray", linestyle="--",
