@@ -135,7 +135,9 @@ def test_muon_scales_the_step_of_queries_that_hold_the_attention_scale(family):
 
 @pytest.mark.parametrize("family", ["t5", "bart", "gpt2", "llama"])
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw_scale", "muon"])
-def test_embedding_lr_gives_the_token_and_position_embeddings_their_own_rate(family, optimizer):
+def test_embedding_lr_gives_every_embedding_table_its_own_rate(family, optimizer):
+    """Tokens, learned positions and T5's relative-position bias tables step at `train.embedding_lr`; the bias
+    tables, as before, without weight decay."""
     from ptlab.errors import PtlabError
     from ptlab.train.optim import build_optimizer
     from ptlab.train.step import set_learning_rate
@@ -144,14 +146,18 @@ def test_embedding_lr_gives_the_token_and_position_embeddings_their_own_rate(fam
     names = {id(p): n for n, p in model.named_parameters()}
     plain = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3))
     assert all("lr_ratio" not in g for g in plain.param_groups[-2:])
-    optim = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3, embedding_lr=0.05))
+    optim = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3, embedding_lr=0.05, weight_decay=0.1))
     set_learning_rate(optim, 1e-3 * 0.5)  # a scheduled step at half the peak moves the embeddings' rate alike
     rates = {names[id(p)]: g["lr"] for g in optim.param_groups for p in g["params"]}
+    decays = {names[id(p)]: g["weight_decay"] for g in optim.param_groups for p in g["params"]}
     assert set(rates) == set(names.values())
     fast = {n for n, lr in rates.items() if lr == pytest.approx(0.025)}
-    assert fast == {n for n in names.values() if n in ("embed.weight", "positions.weight", "encoder_positions.weight",
-                                                       "decoder_positions.weight")}
+    tables = ("embed.weight", "positions.weight", "encoder_positions.weight", "decoder_positions.weight",
+              "encoder_position_bias.embedding.weight", "decoder_position_bias.embedding.weight")
+    assert fast == {n for n in names.values() if n in tables}
     assert "embed.weight" in fast and "lm_head.weight" not in fast
+    assert ("encoder_position_bias.embedding.weight" in fast) == (family == "t5")
+    assert all(decays[n] == 0.0 for n in fast if "position_bias" in n) and decays["embed.weight"] == 0.1
     with pytest.raises(PtlabError, match="train.embedding_lr"):
         TrainConfig(embedding_lr=0).validate()
 

@@ -240,8 +240,9 @@ class TrainConfig:
     # matrices, AdamW for embeddings, head, norms and biases) | muon_scale (Muon, and RMS-scaled AdamW for the rest)
     optimizer: str = "adamw"
     lr: float = 1e-3  # the peak learning rate (with muon: of the AdamW part)
-    # The token and learned position embeddings' peak rate (None: lr); a tied head shares its embedding's. An
-    # untied embedding learns from few rows a step and takes a far higher rate than the rest (modded-nanogpt)
+    # The embedding tables' peak rate (None: lr): tokens, learned positions and T5's relative-position biases; a tied
+    # head shares its embedding's. An untied embedding learns from few rows a step and takes a far higher rate than
+    # the rest (modded-nanogpt)
     embedding_lr: float | None = None
     muon_lr: float = 0.02  # muon: the hidden matrices' peak learning rate, before Muon's per-shape adjustment
     muon_momentum: float = 0.95  # muon: Nesterov momentum of the matrices' updates

@@ -207,21 +207,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     muon_names = set(hidden_matrices(model)) if cfg.optimizer in MUON_OPTIMIZERS else set()
     if cfg.optimizer in MUON_OPTIMIZERS and not muon_names:
         raise PtlabError(f"config key 'train.optimizer': {cfg.optimizer} found no hidden matrices to optimize")
-    embeddings = {id(module.weight) for name, module in model.named_modules()
-                  if isinstance(module, nn.Embedding) and "position_bias" not in name} if cfg.embedding_lr else set()
-    matrices, decay, no_decay, embedding = [], [], [], []
+    # `train.embedding_lr` takes every embedding table: the tokens', learned positions' and T5's relative-position
+    # bias tables. Left at `train.lr`, T5's tables grew slowly (RMS-scaled steps on a table initialised at std
+    # d_model**-0.5) and the demo's encoder formed the previous-token head behind its copy transition late or
+    # never (docs/results/demo.md)
+    tables = {id(module.weight): "position_bias" in name for name, module in model.named_modules()
+              if isinstance(module, nn.Embedding)} if cfg.embedding_lr else {}
+    matrices, decay, no_decay, embedding, bias_tables = [], [], [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if _plain_name(name) in muon_names:
             matrices.append(param)
-        elif id(param) in embeddings:
-            embedding.append(param)
+        elif id(param) in tables:
+            (bias_tables if tables[id(param)] else embedding).append(param)
         else:
             (decay if param.ndim >= 2 and "position_bias" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if embedding:  # its own rate, kept in step with the schedule as Muon's is (`lr_ratio`)
-        groups.append({"params": embedding, "weight_decay": cfg.weight_decay, "lr_ratio": cfg.embedding_lr / cfg.lr})
+    # their own rate, kept in step with the schedule as Muon's is (`lr_ratio`); the bias tables are not decayed
+    for params, weight_decay in ((embedding, cfg.weight_decay), (bias_tables, 0.0)):
+        if params:
+            groups.append({"params": params, "weight_decay": weight_decay, "lr_ratio": cfg.embedding_lr / cfg.lr})
     adam = _build_adam(groups, cfg, "adamw_scale" if cfg.optimizer in ("adamw_scale", "muon_scale") else
                        cfg.optimizer)
     if not muon_names:
