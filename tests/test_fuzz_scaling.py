@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from ptlab.config import load_config
 
 from ptlab.lab.scaling import HOFFMANN, fit_law, read_runs, runs_from_records
 from ptlab.lab.scaling.fit import coarse_grid
-from ptlab.lab.scaling.ladder import check_unchanged
+from ptlab.lab.scaling.ladder import Point, check_unchanged, finished_point
 
 HEADER = ["name", "params", "tokens", "loss"]
 ROWS = [[f"run{i}", f"{n:g}", f"{d:g}", f"{HOFFMANN.loss(n, d):.4f}"]
@@ -116,6 +117,22 @@ def test_a_ladder_run_directory_with_an_odd_saved_config_is_reused_or_refused_in
     (run_dir / "config.yaml").write_bytes(saved)
     cfg = load_config(Path("configs/gpt2-tiny.yaml"), [f"run_dir={run_dir}"])
     accepted_or_refused(check_unchanged, cfg, "ladder size 'xs'")
+
+
+@examples(40)
+@given(saved=st.one_of(BYTES, st.recursive(st.none() | st.booleans() | ODD_FLOATS | ODD_TEXT,
+                                           lambda inner: st.lists(inner, max_size=3)
+                                           | st.dictionaries(ODD_TEXT, inner, max_size=3), max_leaves=8)
+                       .map(lambda value: json.dumps(value).encode()),
+                       st.integers(1, 2000).map(lambda depth: b"[" * depth + b"]" * depth)))
+def test_a_finished_points_record_of_any_bytes_is_read_or_refused_in_one_line(tmp_path_factory, saved):
+    """A ladder takes a point whose point.json it can read as finished: whatever that file holds, it is read as
+    a record (a JSON object) or refused in one line naming the file."""
+    run_dir = tmp_path_factory.mktemp("point")
+    (run_dir / "point.json").write_bytes(saved)
+    cfg = load_config(Path("configs/gpt2-tiny.yaml"), [f"run_dir={run_dir}"])
+    ok, result = accepted_or_refused(finished_point, Point("ladder", "xs", 1.0, 10, 0, 10, cfg))
+    assert isinstance(result, dict) if ok else str(run_dir / "point.json") in str(result)
 
 
 @examples(3)

@@ -186,6 +186,7 @@ def test_a_finished_point_with_a_damaged_file_is_refused_not_taken(ladder, first
     finally:
         file.write_bytes(kept)
 
+
 def test_the_dry_run_prints_the_points_and_writes_nothing(tmp_path, small_corpus, tokenizer_dir, capsys):
     path = tiny_ladder(tmp_path / "ladder.yaml", small_corpus, tokenizer_dir)
     code = main(["scaling", "ladder", str(path), "--dry-run"])

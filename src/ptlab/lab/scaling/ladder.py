@@ -358,10 +358,12 @@ def finished_point(point: Point) -> dict | None:
         return None
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        record = err
-    if not isinstance(record, dict):  # a half-written or edited marker: its figures cannot be trusted
-        raise PtlabError(f"{marker}: not a finished point's record ({record}); delete it to train the point again")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+    else:  # the kind, not the value: a damaged marker's value may be anything, of any length
+        problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+    if problem is not None:  # a half-written or edited marker: its figures cannot be trusted
+        raise PtlabError(f"{marker}: not a finished point's record ({problem}); delete it to train the point again")
     return record
 
 
